@@ -1,0 +1,3 @@
+from mixtrain.cli import entry_point
+
+entry_point()

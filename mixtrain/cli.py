@@ -1,0 +1,166 @@
+"""``mixtrain <command> [args]``: pops the command and hands the rest to its entry point.
+
+Hydra has no subcommands, so each Hydra command is its own ``@hydra.main`` function,
+called with ``sys.argv`` rewritten to hold only that command's overrides. Before Hydra
+starts, the overrides are composed and validated (every combination of a multirun
+sweep), so a bad value stops everything with one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from mixtrain.config import config_dir, debug_enabled, describe_config_error, register_configs, to_object
+from mixtrain.errors import EXIT_USAGE, MixtrainError
+
+USAGE = """usage: mixtrain <command> [overrides]
+
+commands:
+  train     train a classifier          mixtrain train [dataset=... model=... augment=... key=value ...]
+            multirun sweeps             mixtrain train -m optim.lr=0.05,0.1
+            continue a run              mixtrain train resume=outputs/<date>/<time>
+
+`mixtrain <command> --help` shows the config groups and the composed config;
+`mixtrain train --cfg job` prints the config a run would use.
+"""
+
+
+def fail(message: str) -> int:
+    sys.stderr.write(f"mixtrain: error: {message}\n")
+    return EXIT_USAGE
+
+
+# --------------------------------------------------------------------------- validation before Hydra
+
+
+def _hydra_args(args: List[str]):
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_args(args)
+
+
+def check_overrides(config_name: str, overrides: List[str], multirun: bool) -> None:
+    """Compose and validate the config (each job of a sweep); raise MixtrainError if bad."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    jobs = [overrides]
+    if multirun:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        if all(not o.is_sweep_override() or o.is_discrete_sweep() for o in parsed):
+            jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+        else:  # a range/interval sweep for a sweeper plugin: check the fixed part only
+            jobs = [[o.input_line for o in parsed if not o.is_sweep_override()]]
+    with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=f"check_{config_name}"):
+        for job in jobs:
+            try:
+                cfg = compose(config_name, overrides=job)
+            except Exception as ex:  # Hydra and OmegaConf raise many types; all are config errors here
+                raise MixtrainError(describe_config_error(ex, _base_config(config_name))) from None
+            to_object(cfg)
+
+
+def _base_config(config_name: str):
+    from hydra import compose
+
+    try:
+        return compose(config_name)
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def resume_overrides(overrides: List[str]) -> List[str]:
+    """For ``resume=PATH``: the original run's overrides first, and Hydra pointed at its dir.
+
+    The run continues in its own directory; Hydra's files for this invocation go to
+    ``.hydra/resume-<time>`` so the original ``.hydra/`` stays as it was.
+    """
+    from omegaconf import OmegaConf
+
+    from mixtrain.checkpoint import checkpoint_path
+
+    given = [o for o in overrides if o.startswith("resume=")]
+    if not given:
+        return overrides
+    ckpt = checkpoint_path(given[-1].split("=", 1)[1]).resolve()
+    run_dir = ckpt.parent
+    original_file = run_dir / ".hydra" / "overrides.yaml"
+    original = [str(o) for o in OmegaConf.load(original_file)] if original_file.is_file() else []
+    original = [o for o in original if not o.startswith(("resume=", "hydra."))]
+    rest = [o for o in overrides if not o.startswith("resume=")]
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return [*original, *rest, f"resume={ckpt}", f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume-{stamp}"]
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _train_task(cfg) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
+    from mixtrain.engine import fit
+
+    try:
+        summary = fit(to_object(cfg), Path(HydraConfig.get().runtime.output_dir))
+    except MixtrainError as ex:
+        if debug_enabled():
+            raise
+        raise SystemExit(fail(str(ex))) from None
+    return summary["best_val_acc1"]
+
+
+def run_hydra_command(command: str, task: Callable, config_name: str, args: List[str]) -> int:
+    import hydra
+
+    parsed = _hydra_args(args)
+    informational = parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion
+    overrides = list(parsed.overrides)
+    if command == "train" and not informational:
+        rewritten = resume_overrides(overrides)
+        if rewritten is not overrides:
+            args = [a for a in args if a not in overrides] + rewritten
+            overrides = rewritten
+    if not informational:
+        check_overrides(config_name, overrides, parsed.multirun)
+    main = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
+    saved = sys.argv
+    sys.argv = [f"mixtrain {command}", *args]
+    try:
+        main()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {
+    "train": lambda args: run_hydra_command("train", _train_task, "train", args),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0 if argv else EXIT_USAGE
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        return fail(f"unknown command '{command}': use one of {', '.join(COMMANDS)} (see `mixtrain --help`)")
+    register_configs()
+    try:
+        return COMMANDS[command](args)
+    except MixtrainError as ex:
+        if debug_enabled():
+            traceback.print_exc()
+        return fail(str(ex))
+
+
+def entry_point() -> None:
+    sys.exit(main())

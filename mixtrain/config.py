@@ -1,0 +1,441 @@
+"""Typed config schemas: every key has one home, here, with its default and its checks.
+
+Each YAML option in ``conf/<group>/`` starts from one of these schemas (through the
+``/schema/<group>/<kind>`` entries registered below), so a wrong type or an unknown
+key fails when Hydra composes the config. Range checks live in ``__post_init__``
+and run when :func:`to_object` turns the composed config into these dataclasses,
+before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mixtrain.errors import MixtrainError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _resource_dir(name: str) -> Path:
+    """``conf/`` or ``recipes/``: inside the package in a wheel, beside it in a checkout."""
+    for candidate in (PACKAGE_DIR / name, PACKAGE_DIR.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise MixtrainError(f"mixtrain's {name}/ directory is missing from {PACKAGE_DIR}: reinstall mixtrain")
+
+
+def config_dir() -> Path:
+    return _resource_dir("conf")
+
+
+def recipes_dir() -> Path:
+    return _resource_dir("recipes")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _require(ok: bool, key: str, message: str, value: Any) -> None:
+    if not ok:
+        raise MixtrainError(f"{key} {message} (got {value!r})")
+
+
+def _choice(value: str, choices: tuple, key: str) -> None:
+    _require(value in choices, key, f"must be one of {', '.join(choices)}", value)
+
+
+def _probability(value: float, key: str) -> None:
+    _require(0.0 <= value <= 1.0, key, "must be a probability in [0, 1]", value)
+
+
+def _at_least(value: float, low: float, key: str) -> None:
+    _require(value >= low, key, f"must be >= {low}", value)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    num_classes: Optional[int] = None  # None: read from the data
+    # Per-channel statistics in [0, 1] pixel units, applied on the training device.
+    mean: List[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
+    std: List[float] = field(default_factory=lambda: [0.2470, 0.2435, 0.2616])
+    crop_padding: int = 4  # random-crop padding (px) on the device-resident path
+
+    def __post_init__(self) -> None:
+        if self.num_classes is not None:
+            _at_least(self.num_classes, 2, "dataset.num_classes")
+        _require(len(self.mean) == 3 and len(self.std) == 3, "dataset.mean/std", "need 3 values each", (self.mean, self.std))
+        _require(all(s > 0 for s in self.std), "dataset.std", "must be positive", self.std)
+        _at_least(self.crop_padding, 0, "dataset.crop_padding")
+
+
+@dataclass
+class CifarConfig(DatasetConfig):
+    """CIFAR-10/100 in torchvision's on-disk format (``<root>/cifar-10-batches-py``)."""
+
+    root: str = "${oc.env:MIXTRAIN_DATA,'~/.cache/mixtrain/data'}"
+    download: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(self.name, ("cifar10", "cifar100"), "dataset.name")
+
+
+@dataclass
+class MiniConfig(DatasetConfig):
+    """The real CIFAR-10 subset shipped inside the package (the offline default)."""
+
+    name: str = "cifar10_mini"
+    num_classes: Optional[int] = 10
+
+
+@dataclass
+class FolderConfig(DatasetConfig):
+    """An ImageNet-style folder: ``<root>/<train_split>/<class>/*.jpg`` and the same for val."""
+
+    name: str = "imagefolder"
+    root: str = MISSING
+    train_split: str = "train"
+    val_split: str = "val"
+    image_size: int = 224  # train crop and eval size
+    crop_pct: float = 0.875  # eval: resize to image_size / crop_pct, then center crop
+    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
+    # Decode every image once into a uint8 tensor on the device and augment there
+    # (crop with padding + flip, as for CIFAR). Meant for small images.
+    cache: bool = False
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self.image_size, 8, "dataset.image_size")
+        _require(0.0 < self.crop_pct <= 1.0, "dataset.crop_pct", "must be in (0, 1]", self.crop_pct)
+        _require(
+            len(self.scale) == 2 and 0.0 < self.scale[0] <= self.scale[1] <= 1.0,
+            "dataset.scale", "must be [min, max] with 0 < min <= max <= 1", self.scale,
+        )
+        _require(self.train_split != self.val_split, "dataset.val_split", "must differ from dataset.train_split", self.val_split)
+
+
+# --------------------------------------------------------------------------- model
+
+CIFAR_MODELS = ("resnet20", "resnet56", "preact_resnet18", "wrn28_10")
+
+
+@dataclass
+class CifarModelConfig:
+    """A ResNet bundled with mixtrain for 32x32 inputs (stem -> stages -> head)."""
+
+    name: str = MISSING
+    drop_rate: float = 0.0  # dropout inside wide blocks (WRN) or before the classifier
+
+    def __post_init__(self) -> None:
+        _choice(self.name, CIFAR_MODELS, "model.name")
+        _probability(self.drop_rate, "model.drop_rate")
+
+
+@dataclass
+class TimmModelConfig:
+    """Any model from timm's registry, created with ``timm.create_model``."""
+
+    name: str = MISSING
+    pretrained: bool = False  # needs network (or a local HF cache) when true
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _probability(self.drop_rate, "model.drop_rate")
+        _probability(self.drop_path_rate, "model.drop_path_rate")
+
+
+# --------------------------------------------------------------------------- augment
+
+
+@dataclass
+class AugmentConfig:
+    """Batch-level augmentation applied on the device after the batch is formed."""
+
+    name: str = "none"
+    label_smoothing: float = 0.0  # applied to one-hot targets before any mixing
+    disable_epochs: int = 0  # the last N epochs train without mixing
+    loss: str = "soft_ce"  # soft_ce | bce
+    bce_target_threshold: Optional[float] = None  # bce only: binarize targets above this
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.label_smoothing < 1.0, "augment.label_smoothing", "must be in [0, 1)", self.label_smoothing)
+        _at_least(self.disable_epochs, 0, "augment.disable_epochs")
+        _choice(self.loss, ("soft_ce", "bce"), "augment.loss")
+        if self.bce_target_threshold is not None:
+            _require(self.loss == "bce", "augment.bce_target_threshold", "needs augment.loss=bce", self.bce_target_threshold)
+            _probability(self.bce_target_threshold, "augment.bce_target_threshold")
+
+
+# --------------------------------------------------------------------------- optim
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    # Exempt norm weights and biases (all 1-d parameters) from weight decay, as timm does.
+    filter_bias_and_bn: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", "must be > 0", self.lr)
+        _at_least(self.weight_decay, 0.0, "optim.weight_decay")
+
+
+@dataclass
+class SGDConfig(OptimConfig):
+    name: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0.0 <= self.momentum < 1.0, "optim.momentum", "must be in [0, 1)", self.momentum)
+        _require(not self.nesterov or self.momentum > 0, "optim.nesterov", "needs optim.momentum > 0", self.nesterov)
+
+
+@dataclass
+class AdamWConfig(OptimConfig):
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "optim.betas", "must be two values in [0, 1)", self.betas)
+        _require(self.eps > 0, "optim.eps", "must be > 0", self.eps)
+
+
+# --------------------------------------------------------------------------- sched
+
+
+@dataclass
+class SchedConfig:
+    """Learning-rate schedule, stepped every optimizer step."""
+
+    name: str = MISSING
+    warmup_epochs: float = 0.0  # linear warmup, may be fractional
+    warmup_start_factor: float = 0.1  # warmup starts at lr * this
+
+    def __post_init__(self) -> None:
+        _at_least(self.warmup_epochs, 0.0, "sched.warmup_epochs")
+        _require(0.0 < self.warmup_start_factor <= 1.0, "sched.warmup_start_factor", "must be in (0, 1]", self.warmup_start_factor)
+
+
+@dataclass
+class CosineConfig(SchedConfig):
+    name: str = "cosine"
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self.min_lr, 0.0, "sched.min_lr")
+
+
+@dataclass
+class MultiStepConfig(SchedConfig):
+    name: str = "multistep"
+    milestones: List[int] = field(default_factory=lambda: [100, 150])  # epochs
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(list(self.milestones) == sorted(self.milestones) and all(m > 0 for m in self.milestones),
+                 "sched.milestones", "must be increasing positive epochs", self.milestones)
+        _require(0.0 < self.gamma <= 1.0, "sched.gamma", "must be in (0, 1]", self.gamma)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 15
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Optional[bool] = None  # None: on for CUDA, off for CPU
+    amp_dtype: str = "fp16"  # fp16 (CUDA, with a GradScaler) | bf16 (CUDA or CPU)
+    channels_last: bool = True  # NHWC: ~1.3x faster for ResNet-20 on this CPU, and on GPUs with AMP
+    compile: bool = False
+    num_workers: int = 4  # DataLoader workers (ImageFolder path only)
+    eval_every: int = 1  # epochs; the last epoch is always evaluated
+    log_every: int = 50  # steps between TensorBoard step scalars
+    checkpoint: bool = True  # write last.pt / best.pt
+    # Smoke runs: stop each epoch's training / evaluation after this many batches.
+    limit_train_batches: Optional[int] = None
+    limit_val_batches: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _at_least(self.epochs, 1, "trainer.epochs")
+        _at_least(self.batch_size, 1, "trainer.batch_size")
+        _at_least(self.eval_batch_size, 1, "trainer.eval_batch_size")
+        _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                 "trainer.device", "must be auto, cpu, cuda or cuda:N", self.device)
+        _choice(self.amp_dtype, ("fp16", "bf16"), "trainer.amp_dtype")
+        _at_least(self.num_workers, 0, "trainer.num_workers")
+        _at_least(self.eval_every, 1, "trainer.eval_every")
+        _at_least(self.log_every, 1, "trainer.log_every")
+        for key in ("limit_train_batches", "limit_val_batches"):
+            if getattr(self, key) is not None:
+                _at_least(getattr(self, key), 1, f"trainer.{key}")
+
+
+# --------------------------------------------------------------------------- top level
+
+
+@dataclass
+class TrainConfig:
+    dataset: Any = MISSING
+    model: Any = MISSING
+    augment: Any = MISSING
+    optim: Any = MISSING
+    sched: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    resume: Optional[str] = None  # a checkpoint file or a run dir to continue
+
+    def __post_init__(self) -> None:
+        _at_least(self.seed, 0, "seed")
+        if isinstance(self.augment, AugmentConfig):
+            _require(self.augment.disable_epochs <= self.trainer.epochs, "augment.disable_epochs",
+                     f"must be <= trainer.epochs ({self.trainer.epochs})", self.augment.disable_epochs)
+        if isinstance(self.sched, MultiStepConfig):
+            _require(all(m < self.trainer.epochs for m in self.sched.milestones), "sched.milestones",
+                     f"must be < trainer.epochs ({self.trainer.epochs})", self.sched.milestones)
+        _require(self.sched.warmup_epochs < self.trainer.epochs or self.sched.warmup_epochs == 0,
+                 "sched.warmup_epochs", f"must be < trainer.epochs ({self.trainer.epochs})", self.sched.warmup_epochs)
+
+
+SCHEMAS = {
+    "dataset": {"cifar": CifarConfig, "mini": MiniConfig, "folder": FolderConfig},
+    "model": {"cifar": CifarModelConfig, "timm": TimmModelConfig},
+    "augment": {"none": AugmentConfig},
+    "optim": {"sgd": SGDConfig, "adamw": AdamWConfig},
+    "sched": {"cosine": CosineConfig, "multistep": MultiStepConfig},
+}
+
+
+def register_configs() -> None:
+    """Put the schemas and the recipes in Hydra's ConfigStore."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, kinds in SCHEMAS.items():
+        for kind, schema in kinds.items():
+            cs.store(group=f"schema/{group}", name=kind, node=schema)
+    # recipes/ sits beside conf/, not inside it, so Hydra would not see it as the
+    # `recipe` group; registering each file keeps `recipe=NAME` working (no `+`).
+    for path in sorted(recipes_dir().glob("*.yaml")):
+        cs.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def to_object(cfg: DictConfig) -> Any:
+    """Resolve and validate a composed config; return the dataclass tree."""
+    check_no_extra_keys(cfg)
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as ex:
+        raise MixtrainError(describe_config_error(ex, cfg)) from None
+
+
+def _leaf_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
+    keys = []
+    for k in cfg.keys():
+        node = cfg._get_node(k)
+        if isinstance(node, DictConfig):
+            keys.extend(_leaf_keys(node, f"{prefix}{k}."))
+        else:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _unknown_key(key: str, cfg: Optional[DictConfig]) -> str:
+    """'unknown config key' plus the likeliest fix: a near name beside it, or the same name elsewhere."""
+    message = f"unknown config key '{key}'"
+    if cfg is None:
+        return message
+    parent, _, leaf = key.rpartition(".")
+    keys = [k for k in _leaf_keys(cfg) if k != key]
+    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.7)
+    if close:
+        return f"{message}; did you mean {parent + '.' if parent else ''}{close[0]}?"
+    elsewhere = [k for k in keys if k.rpartition(".")[2] == leaf]
+    if elsewhere:
+        return f"{message}; did you mean {elsewhere[0]}?"
+    if siblings:
+        return f"{message} ({parent or 'the top level'} has: {', '.join(siblings)})"
+    return message
+
+
+def check_no_extra_keys(cfg: DictConfig, root: Optional[DictConfig] = None, prefix: str = "") -> None:
+    """Reject keys that a schema does not declare (``+key=value`` gets past Hydra's struct mode)."""
+    root = cfg if root is None else root
+    schema = OmegaConf.get_type(cfg)
+    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for k in cfg.keys():
+        if declared is not None and k not in declared:
+            raise MixtrainError(_unknown_key(f"{prefix}{k}", root))
+        node = cfg._get_node(k)
+        if isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
+            check_no_extra_keys(node, root, f"{prefix}{k}.")
+
+
+def describe_config_error(ex: BaseException, cfg: Optional[DictConfig] = None) -> str:
+    """One line for a Hydra/OmegaConf composition error: the key, what is wrong, the fix."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(ex, MissingConfigException) and ex.options is not None and ex.missing_cfg_file:
+        group, _, name = str(ex.missing_cfg_file).rpartition("/")
+        return f"unknown {group} '{name}': choose one of {', '.join(sorted(ex.options))}"
+    if isinstance(ex, OverrideParseException):
+        return f"cannot parse override '{ex.override}': {ex.message.splitlines()[0]}"
+    cause = ex
+    while not isinstance(cause, OmegaConfBaseException) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+    if not isinstance(cause, OmegaConfBaseException):
+        if "Could not override '" in first or "Could not append to config" in first:
+            key = first.split("'")[1]
+            return _unknown_key(key, cfg)
+        return first
+    key = cause.full_key or ""
+    msg = (cause.msg or str(cause)).strip().splitlines()[0]
+    kind = type(cause).__name__
+    if kind in ("ConfigKeyError", "ConfigAttributeError") or "not in struct" in msg or "not in '" in msg:
+        return _unknown_key(key, cfg)
+    if kind == "MissingMandatoryValue":
+        return f"{key} is required: pass {key}=..."
+    return f"{key}: {msg}" if key else msg
+
+
+def debug_enabled() -> bool:
+    """Whether errors should keep their traceback (MIXTRAIN_DEBUG=1)."""
+    return os.environ.get("MIXTRAIN_DEBUG", "") not in ("", "0")
+
+
+def asdict(obj: Any) -> Dict[str, Any]:
+    """A plain dict of a config object (dataclass tree), for JSON files and checkpoints."""
+    return dataclasses.asdict(obj)

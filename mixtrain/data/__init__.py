@@ -1,0 +1,66 @@
+"""Data: every source ends as a loader of normalized ``(images, labels)`` batches on the device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Union
+
+import torch
+
+from mixtrain.config import CifarConfig, DatasetConfig, FolderConfig, MiniConfig, TrainerConfig
+from mixtrain.data.device_loader import DeviceLoader
+from mixtrain.data.folder import FolderLoader, check_same_classes, decode_folder, eval_transform, open_split, train_transform
+
+Loader = Union[DeviceLoader, FolderLoader]
+
+
+@dataclass
+class Data:
+    train: Loader
+    val: Loader
+    classes: List[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device, seed: int,
+               rank: int = 0, world_size: int = 1) -> Data:
+    """Train and val loaders for ``cfg`` on ``device`` (this rank's share under DDP)."""
+    if isinstance(cfg, FolderConfig) and not cfg.cache:
+        return _streaming_folder(cfg, trainer, device, seed, rank, world_size)
+
+    if isinstance(cfg, MiniConfig):
+        from mixtrain.data.mini import load_mini
+        train_x, train_y, val_x, val_y, classes = load_mini()
+    elif isinstance(cfg, CifarConfig):
+        from mixtrain.data.cifar import load_cifar
+        train_x, train_y, val_x, val_y, classes = load_cifar(cfg.name, cfg.root, cfg.download)
+    else:
+        train_ds = open_split(cfg.root, cfg.train_split, "dataset.train_split")
+        val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split")
+        check_same_classes(train_ds, val_ds)
+        train_x, train_y = decode_folder(train_ds, cfg.image_size)
+        val_x, val_y = decode_folder(val_ds, cfg.image_size)
+        classes = list(train_ds.classes)
+
+    common = dict(mean=cfg.mean, std=cfg.std, channels_last=trainer.channels_last, seed=seed,
+                  rank=rank, world_size=world_size)
+    train = DeviceLoader(train_x.to(device), train_y.to(device), trainer.batch_size, train=True,
+                         padding=cfg.crop_padding, max_batches=trainer.limit_train_batches, **common)
+    val = DeviceLoader(val_x.to(device), val_y.to(device), trainer.eval_batch_size, train=False,
+                       max_batches=trainer.limit_val_batches, **common)
+    return Data(train, val, classes)
+
+
+def _streaming_folder(cfg: FolderConfig, trainer: TrainerConfig, device: torch.device, seed: int,
+                      rank: int, world_size: int) -> Data:
+    train_ds = open_split(cfg.root, cfg.train_split, "dataset.train_split", train_transform(cfg.image_size, cfg.scale))
+    val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split", eval_transform(cfg.image_size, cfg.crop_pct))
+    check_same_classes(train_ds, val_ds)
+    common = dict(device=device, mean=cfg.mean, std=cfg.std, num_workers=trainer.num_workers,
+                  channels_last=trainer.channels_last, seed=seed, rank=rank, world_size=world_size)
+    train = FolderLoader(train_ds, trainer.batch_size, train=True, max_batches=trainer.limit_train_batches, **common)
+    val = FolderLoader(val_ds, trainer.eval_batch_size, train=False, max_batches=trainer.limit_val_batches, **common)
+    return Data(train, val, list(train_ds.classes))

@@ -1,0 +1,145 @@
+"""Small images held on the training device as uint8, augmented a whole batch at a time.
+
+The airbench recipe: decode once, keep ``[N, 3, H, W]`` uint8 on the device, and per
+batch do one gather that applies a random crop of the zero-padded image and a random
+horizontal flip, then normalize in float. No PIL, no per-sample Python, no worker
+processes. Every random choice of an epoch (order, crop offsets, flips) is drawn at
+the start of the epoch from a generator seeded by ``(seed, epoch)``, so any batch of any
+epoch can be rebuilt exactly, which is what resuming in the middle of an epoch needs.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
+
+from mixtrain.errors import MixtrainError
+
+
+def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` such that ``uint8 * scale - shift == (x / 255 - mean) / std``."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * std_t), mean_t / std_t
+
+
+def normalize(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` -> normalized float32, in the memory format the model wants."""
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return torch.addcmul(-shift, images.float(), scale)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # A fresh stream per epoch, independent of how many numbers earlier epochs drew.
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class DeviceLoader:
+    """Iterates ``(images, labels)`` batches of a device-resident uint8 dataset.
+
+    Training (``train=True``): a new random order every epoch, random crop with
+    ``padding`` pixels of zero padding and random horizontal flip, incomplete last
+    batch dropped. Evaluation: the data in order, unaugmented, every sample once.
+    With ``world_size > 1`` each rank takes its own slice of the same epoch order.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        train: bool,
+        padding: int = 4,
+        channels_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        max_batches: Optional[int] = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"expected uint8 [N, C, H, W] images, got {images.dtype} {tuple(images.shape)}")
+        self.labels = labels
+        self.batch_size = batch_size
+        self.train = train
+        self.padding = padding if train else 0
+        self.channels_last = channels_last
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.max_batches = max_batches
+        self.epoch = 0
+        self.height, self.width = images.shape[-2:]
+        # Pad once for the whole dataset, so a crop is a plain gather per batch.
+        p = self.padding
+        self.images = torch.nn.functional.pad(images, (p, p, p, p)) if p else images
+        self.scale, self.shift = normalizer(mean, std, images.device)
+        if train and self.samples_per_rank < batch_size:
+            raise MixtrainError(
+                f"trainer.batch_size ({batch_size}) is larger than the training set per process "
+                f"({self.samples_per_rank} images): lower trainer.batch_size"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    @property
+    def samples_per_rank(self) -> int:
+        n, r, w = self.num_samples, self.rank, self.world_size
+        return n // w if self.train else len(range(r, n, w))
+
+    def __len__(self) -> int:
+        if self.train:
+            batches = self.samples_per_rank // self.batch_size
+        else:
+            batches = -(-self.samples_per_rank // self.batch_size)
+        return batches if self.max_batches is None else min(batches, self.max_batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _epoch_plan(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's sample order, crop offsets ``[n, 2]`` and flips ``[n]`` for the epoch."""
+        n = self.num_samples
+        if not self.train:
+            order = torch.arange(self.rank, n, self.world_size)
+            zeros = torch.zeros(len(order), dtype=torch.long)
+            return order, torch.zeros(len(order), 2, dtype=torch.long), zeros.bool()
+        g = epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(n, generator=g)
+        offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g)
+        flips = torch.randint(0, 2, (n,), generator=g).bool()
+        # Each rank takes an equal strided slice of one shared order (rank-major batches).
+        per_rank = n // self.world_size
+        take = slice(self.rank, per_rank * self.world_size, self.world_size)
+        return order[take], offsets[take], flips[take]
+
+    def iter_from(self, start_step: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of the current epoch from ``start_step`` on (0 = the whole epoch)."""
+        order, offsets, flips = (t.to(self.device, non_blocking=True) for t in self._epoch_plan())
+        rows = torch.arange(self.height, device=self.device)
+        cols = torch.arange(self.width, device=self.device)
+        channels = torch.arange(self.images.shape[1], device=self.device).view(1, -1, 1, 1)
+        bs = self.batch_size
+        for step in range(start_step, len(self)):
+            idx = order[step * bs:(step + 1) * bs]
+            if self.train:
+                dy, dx = offsets[step * bs:(step + 1) * bs].unbind(1)
+                flip = flips[step * bs:(step + 1) * bs]
+                r = (dy[:, None] + rows).view(-1, 1, self.height, 1)
+                c = torch.where(flip[:, None], self.width - 1 - cols, cols) + dx[:, None]
+                batch = self.images[idx.view(-1, 1, 1, 1), channels, r, c.view(-1, 1, 1, self.width)]
+            else:
+                batch = self.images[idx]
+            yield normalize(batch, self.scale, self.shift, self.channels_last), self.labels[idx]
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+

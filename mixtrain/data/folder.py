@@ -1,0 +1,135 @@
+"""ImageNet-style folders: ``<root>/<split>/<class>/<image>``.
+
+Two paths. The streaming path is torchvision's ``ImageFolder`` with the usual
+transforms in DataLoader workers (RandomResizedCrop + flip for training, resize +
+center crop for evaluation); workers return uint8 and the batch is normalized on the
+device. The cached path (``dataset.cache=true``, for small images) decodes every
+image once into a uint8 tensor for :class:`~mixtrain.data.device_loader.DeviceLoader`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision import datasets
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.transforms import v2
+
+from mixtrain.data.device_loader import epoch_generator, normalize, normalizer
+from mixtrain.errors import MixtrainError
+
+
+def open_split(root: str, split: str, key: str, transform=None) -> datasets.ImageFolder:
+    """The ImageFolder of one split; ``key`` names the config key that chose the split."""
+    path = os.path.join(os.path.expanduser(root), split)
+    if not os.path.isdir(path):
+        raise MixtrainError(f"dataset folder {path} does not exist: check dataset.root and {key}")
+    try:
+        return datasets.ImageFolder(path, transform=transform)
+    except (FileNotFoundError, RuntimeError) as ex:
+        raise MixtrainError(f"no images in {path} ({str(ex).splitlines()[0]}): expected {path}/<class>/<image>") from None
+
+
+def check_same_classes(train: datasets.ImageFolder, val: datasets.ImageFolder) -> None:
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        raise MixtrainError(
+            f"train and val class folders differ (only in train: {only_train[:5] or 'none'}; only in val: "
+            f"{only_val[:5] or 'none'}): give both splits the same class folders"
+        )
+
+
+def train_transform(image_size: int, scale: Sequence[float]) -> v2.Compose:
+    return v2.Compose([
+        v2.RandomResizedCrop(image_size, scale=tuple(scale), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.PILToTensor(),
+    ])
+
+
+def eval_transform(image_size: int, crop_pct: float) -> v2.Compose:
+    return v2.Compose([
+        v2.Resize(int(round(image_size / crop_pct)), antialias=True),
+        v2.CenterCrop(image_size),
+        v2.PILToTensor(),
+    ])
+
+
+class FolderLoader:
+    """A DataLoader over an ImageFolder whose uint8 batches are normalized on the device."""
+
+    def __init__(self, dataset: datasets.ImageFolder, batch_size: int, train: bool, device: torch.device,
+                 mean: Sequence[float], std: Sequence[float], num_workers: int, channels_last: bool,
+                 seed: int, rank: int = 0, world_size: int = 1, max_batches: Optional[int] = None) -> None:
+        self.dataset = dataset
+        self.device = device
+        self.channels_last = channels_last
+        self.seed, self.rank = seed, rank
+        self.max_batches = max_batches
+        self.generator = torch.Generator()
+        # Training: a fresh shuffle per epoch, sharded across ranks. Evaluation: a strided
+        # shard with no padding, so that no sample is counted twice across ranks.
+        self.sampler = (DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                           seed=seed, drop_last=True)
+                        if train else range(rank, len(dataset), world_size))
+        if train and len(self.sampler) < batch_size:
+            raise MixtrainError(
+                f"trainer.batch_size ({batch_size}) is larger than the training set per process "
+                f"({len(self.sampler)} images): lower trainer.batch_size"
+            )
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
+            pin_memory=device.type == "cuda", drop_last=train, generator=self.generator,
+            persistent_workers=num_workers > 0,
+        )
+        self.scale, self.shift = normalizer(mean, std, device)
+        self.set_epoch(0)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def __len__(self) -> int:
+        return len(self.loader) if self.max_batches is None else min(len(self.loader), self.max_batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+        # Seeds the workers' augmentation streams (when workers start, i.e. every
+        # epoch unless they are persistent).
+        self.generator.manual_seed(epoch_generator(self.seed + self.rank, epoch).initial_seed())
+
+    def iter_from(self, start_step: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for step, (images, labels) in enumerate(self.loader):
+            if step >= len(self):
+                break
+            if step < start_step:
+                continue
+            images = images.to(self.device, non_blocking=True)
+            yield normalize(images, self.scale, self.shift, self.channels_last), labels.to(self.device, non_blocking=True)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+
+def decode_folder(dataset: datasets.ImageFolder, image_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every image of an ImageFolder as uint8 ``[N, 3, S, S]`` (resized if not S x S)."""
+    paths = [path for path, _ in dataset.samples]
+    labels = torch.tensor([label for _, label in dataset.samples], dtype=torch.long)
+    out = torch.empty(len(paths), 3, image_size, image_size, dtype=torch.uint8)
+    resize = v2.Resize((image_size, image_size), antialias=True)
+    chunk = 4096
+    for start in range(0, len(paths), chunk):
+        part = paths[start:start + chunk]
+        blobs = [torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8) for p in part]
+        is_jpeg = all(p.lower().endswith((".jpg", ".jpeg")) for p in part)
+        decoded = (decode_jpeg(blobs, mode=ImageReadMode.RGB) if is_jpeg
+                   else [decode_image(b, mode=ImageReadMode.RGB) for b in blobs])
+        for i, img in enumerate(decoded):
+            out[start + i] = img if tuple(img.shape[-2:]) == (image_size, image_size) else resize(img)
+    return out, labels
+

@@ -1,0 +1,28 @@
+"""The real CIFAR-10 subset shipped inside the package (built by scripts/build_mini.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+
+MINI_PATH = Path(__file__).resolve().parent / "cifar10_mini.npz"
+
+
+def decode_jpeg_blobs(data: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
+    """Concatenated JPEG bytes + offsets -> uint8 ``[N, 3, H, W]`` (one batched decode call)."""
+    buf = torch.from_numpy(data)
+    blobs = [buf[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    return torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB))
+
+
+def load_mini() -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, List[str]]:
+    """``(train_images, train_labels, val_images, val_labels, classes)`` on the CPU."""
+    with np.load(MINI_PATH) as z:
+        train = decode_jpeg_blobs(z["train_jpeg"], z["train_offsets"])
+        val = decode_jpeg_blobs(z["val_jpeg"], z["val_offsets"])
+        return (train, torch.from_numpy(z["train_labels"]), val, torch.from_numpy(z["val_labels"]),
+                [str(c) for c in z["classes"]])

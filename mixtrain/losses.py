@@ -1,0 +1,35 @@
+"""Losses on soft targets (probability vectors), so mixing needs no change to the loop."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from mixtrain.config import AugmentConfig
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``-sum_c targets_c * log softmax(logits)_c``, in float32."""
+    return F.cross_entropy(logits.float(), targets.float())
+
+
+def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, threshold: Optional[float] = None) -> torch.Tensor:
+    """Per-class sigmoid BCE on soft targets (timm's ResNet Strikes Back loss).
+
+    With ``threshold``, targets above it become 1 and the rest 0, as in timm's
+    ``BinaryCrossEntropy(target_threshold=...)``.
+    """
+    targets = targets.float()
+    if threshold is not None:
+        targets = (targets > threshold).float()
+    return F.binary_cross_entropy_with_logits(logits.float(), targets)
+
+
+def create_loss(cfg: AugmentConfig) -> Loss:
+    if cfg.loss == "bce":
+        return lambda logits, targets: binary_cross_entropy(logits, targets, cfg.bce_target_threshold)
+    return soft_target_cross_entropy

@@ -1,0 +1,123 @@
+"""What a run reports: a rich progress bar and epoch table, TensorBoard, metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+# (key in the epoch record, header, format, width): 76 columns in all.
+COLUMNS = [
+    ("epoch", "epoch", "{:d}", 6),
+    ("train_loss", "train loss", "{:.4f}", 11),
+    ("train_acc", "train acc*", "{:.2f}", 11),
+    ("val_nll", "val loss", "{:.4f}", 9),
+    ("val_acc1", "val acc", "{:.2f}", 8),
+    ("val_ece", "val ECE", "{:.4f}", 8),
+    ("lr", "lr", "{:.2e}", 9),
+    ("img_per_s", "img/s", "{:.0f}", 7),
+    ("epoch_time", "time", "{:.1f}s", 7),
+]
+TRAIN_ACC_NOTE = "* train acc: top-1 against the dominant label of each (mixed, smoothed) training target"
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one line and fsync it: a crash can lose the line being written, never earlier ones."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fmt(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+class RunMonitor:
+    """Prints to the terminal and writes TensorBoard scalars and ``metrics.jsonl``."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, console: Optional[Console] = None) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled  # False on non-zero ranks: they stay silent
+        # Off a terminal (logs, CI) rich assumes 80 columns, too narrow for the epoch table.
+        self.console = console or Console(width=None if Console().is_terminal else 120)
+        self.writer = None
+        self._header_printed = False
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            self.console.print(message, highlight=False)
+
+    def progress(self, epoch: int, total_steps: int) -> Progress:
+        return Progress(
+            TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+            console=self.console, transient=True, disable=not (self.enabled and self.console.is_terminal),
+        )
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def epoch_end(self, record: Dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        append_jsonl(self.run_dir / "metrics.jsonl", record)
+        step = record["epoch"]
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and value is not None:
+                self.scalar(key.replace("_", "/", 1), value, step)
+        self.writer.flush()
+        # Fixed widths, one space apart: rows printed one by one line up, within 80 columns.
+        table = Table(show_header=not self._header_printed, box=None, show_edge=False, padding=(0, 0, 0, 1))
+        for _, header, _, width in COLUMNS:
+            table.add_column(header, justify="right", width=width, no_wrap=True)
+        table.add_row(*(_fmt(record.get(key), fmt) for key, _, fmt, _ in COLUMNS))
+        if not self._header_printed:
+            self.console.print(TRAIN_ACC_NOTE, style="dim", highlight=False)
+        self._header_printed = True
+        self.console.print(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Throughput:
+    """Images per second over a span of steps."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, n: int) -> None:
+        self.images += n
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def rate(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
