@@ -254,7 +254,8 @@ class CosineConfig(SchedConfig):
 @dataclass
 class MultiStepConfig(SchedConfig):
     name: str = "multistep"
-    milestones: List[int] = field(default_factory=lambda: [100, 150])  # epochs
+    # Epochs at which lr *= gamma; empty: at 1/2 and 3/4 of trainer.epochs (100 and 150 of 200).
+    milestones: List[int] = field(default_factory=list)
     gamma: float = 0.1
 
     def __post_init__(self) -> None:

@@ -63,7 +63,7 @@ class ClassificationMeter:
         confidences, predictions = probs.max(dim=1)
         k = min(5, logits.shape[1])
         top5 = logits.topk(k, dim=1).indices.eq(labels[:, None]).any(dim=1)
-        nll = F.cross_entropy(logits, labels, reduction="sum")
+        nll = F.cross_entropy(logits.double(), labels, reduction="sum")  # float64: sums merge exactly
         head = torch.stack([torch.tensor(float(len(labels)), device=logits.device),
                             predictions.eq(labels).sum().double(), top5.sum().double(), nll.double()])
         self.sums[0, :4] += head.to(self.sums.device)

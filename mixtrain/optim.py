@@ -35,6 +35,8 @@ def lr_factor(cfg: SchedConfig, base_lr: float, steps_per_epoch: int, epochs: in
     """``step -> lr / base_lr``: linear warmup, then cosine decay to ``min_lr`` or steps at milestones."""
     total = steps_per_epoch * epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if isinstance(cfg, MultiStepConfig):
+        milestones = cfg.milestones or [epochs // 2, epochs * 3 // 4]
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -44,7 +46,7 @@ def lr_factor(cfg: SchedConfig, base_lr: float, steps_per_epoch: int, epochs: in
             floor = cfg.min_lr / base_lr
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         if isinstance(cfg, MultiStepConfig):
-            return cfg.gamma ** sum(step >= m * steps_per_epoch for m in cfg.milestones)
+            return cfg.gamma ** sum(step >= m * steps_per_epoch for m in milestones)
         raise TypeError(f"no schedule for {type(cfg).__name__}")
 
     return factor

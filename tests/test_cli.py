@@ -1,0 +1,113 @@
+"""The command line: help, config printing, errors (one line, exit 2), runs and sweeps."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import TINY, compose_config, make_image_folder, run_cli
+from mixtrain.cli import main
+from mixtrain.config import config_dir
+
+GROUP_OPTIONS = sorted(
+    (group.name, option.stem)
+    for group in config_dir().iterdir() if group.is_dir()
+    for option in group.glob("*.yaml")
+)
+REQUIRED = {("dataset", "imagefolder"): ["dataset.root=/tmp/x"], ("model", "timm"): ["model.name=resnet18"]}
+
+
+@pytest.mark.parametrize("group,option", GROUP_OPTIONS)
+def test_every_config_group_option_composes_and_validates(group, option):
+    from mixtrain.config import to_object
+
+    cfg = to_object(compose_config(f"{group}={option}", *REQUIRED.get((group, option), [])))
+    assert getattr(cfg, group) is not None
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.epochs=abc", "trainer.epochs: Value 'abc'"),
+    ("trainer.batch_size=0", "trainer.batch_size must be >= 1"),
+    ("optim.momentum=1.5", "optim.momentum must be in [0, 1)"),
+    ("trainer.foo=1", "unknown config key 'trainer.foo'"),
+    ("trainer.epoch=3", "did you mean trainer.epochs?"),
+    ("lr=0.1", "did you mean optim.lr?"),
+    ("+foo=1", "unknown config key 'foo'"),
+    ("model=resnet21", "unknown model 'resnet21': choose one of preact_resnet18, resnet20"),
+    ("dataset=imagenet", "unknown dataset 'imagenet'"),
+    ("optim=lion", "unknown optim 'lion'"),
+    ("dataset=imagefolder", "dataset.root is required"),
+    ("trainer.device=tpu", "trainer.device must be auto, cpu, cuda"),
+    ("trainer.amp_dtype=fp8", "trainer.amp_dtype must be one of fp16, bf16"),
+    ("sched=multistep sched.milestones=[100]", "sched.milestones must be < trainer.epochs"),
+    ("augment.label_smoothing=1.5", "augment.label_smoothing must be in [0, 1)"),
+    ("augment.disable_epochs=99", "augment.disable_epochs must be <= trainer.epochs"),
+    ("seed=-3", "seed must be >= 0"),
+])
+def test_config_errors_are_one_line_and_exit_2(override, message, capsys, tmp_path):
+    code = main(["train", *override.split(), f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("mixtrain: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "run").exists()  # stopped before any work
+
+
+def test_bad_sweep_value_stops_the_whole_sweep_before_it_starts(capsys, tmp_path):
+    code = main(["train", "-m", "optim.lr=0.1,-1", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert code == 2 and "optim.lr must be > 0 (got -1.0)" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_unknown_command_and_usage(capsys):
+    assert main(["fly"]) == 2
+    assert "unknown command 'fly'" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    assert "mixtrain train" in capsys.readouterr().out
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+    result = run_cli("train", "trainer.batch_size=0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "mixtrain: error: trainer.batch_size must be >= 1 (got 0)"
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_runtime_input_error_exits_2_without_traceback(tmp_path):
+    result = run_cli("train", "dataset=imagefolder", f"dataset.root={tmp_path / 'nothing'}", *TINY,
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_and_cfg_job(tmp_path):
+    helped = run_cli("train", "--help", cwd=tmp_path)
+    assert helped.returncode == 0
+    for group in ("dataset", "model", "augment", "optim", "sched", "trainer"):
+        assert f"{group}:" in helped.stdout
+    printed = run_cli("train", "--cfg", "job", "model=resnet56", "optim.lr=0.05", cwd=tmp_path)
+    assert printed.returncode == 0
+    assert "name: resnet56" in printed.stdout and "lr: 0.05" in printed.stdout
+
+
+def test_default_dataset_runs_from_any_directory(tmp_path):
+    # The bundled mini set: the offline default. Limited to a few steps here.
+    result = run_cli("train", "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                     "trainer.device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = list((tmp_path / "outputs").glob("*/*/summary.json"))
+    assert len(runs) == 1
+    summary = json.loads(runs[0].read_text())
+    assert summary["config"]["dataset"]["name"] == "cifar10_mini" and summary["num_classes"] == 10
+    assert "val acc" in result.stdout and "val ECE" in result.stdout
+
+
+def test_multirun_writes_one_run_dir_per_job(tmp_path):
+    make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
+    result = run_cli("train", "-m", "optim.lr=0.05,0.1", "dataset=imagefolder", f"dataset.root={tmp_path / 'data'}",
+                     "dataset.cache=true", "dataset.image_size=16", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lrs = sorted(json.loads(p.read_text())["config"]["optim"]["lr"] for p in (tmp_path / "sweep").glob("*/summary.json"))
+    assert lrs == [0.05, 0.1]

@@ -1,0 +1,116 @@
+"""End-to-end runs of ``fit`` on tiny data made in the test."""
+
+import json
+
+import pytest
+import torch
+
+from helpers import TINY, make_cifar10_folder, make_config, make_image_folder
+from mixtrain import checkpoint
+from mixtrain.engine import fit, resolve_precision
+from mixtrain.errors import MixtrainError
+from mixtrain.models import create_model
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_run_outputs(run_dir, epochs):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = read_metrics(run_dir)
+    assert [r["epoch"] for r in records] == list(range(epochs))
+    for key in ("train_loss", "train_acc", "val_acc1", "val_acc5", "val_nll", "val_ece", "lr", "img_per_s"):
+        assert key in records[-1]
+    assert summary["status"] == "completed" and summary["epochs"] == epochs
+    assert summary["final_val_acc1"] == records[-1]["val_acc1"]
+    assert summary["best_val_acc1"] == max(r["val_acc1"] for r in records)
+    assert 0 <= summary["final_val_ece"] <= 1 and summary["final_val_nll"] > 0
+    assert (run_dir / "last.pt").is_file() and (run_dir / "best.pt").is_file()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    return summary, records
+
+
+def test_one_epoch_on_a_cifar_format_folder(tmp_path, monkeypatch):
+    make_cifar10_folder(tmp_path / "data", monkeypatch, n_train=40, n_test=21)
+    cfg = make_config("dataset=cifar10", f"dataset.root={tmp_path / 'data'}", "dataset.download=false", *TINY)
+    fit(cfg, tmp_path / "run")
+    check_run_outputs(tmp_path / "run", epochs=1)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_image_folder_run_learns_an_easy_task(tmp_path, cache):
+    # Colour says the class: a working loop must get well above chance (33%) in a few epochs.
+    make_image_folder(tmp_path / "data", per_class=24, val_per_class=8, size=16)
+    cfg = make_config("dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", f"dataset.cache={str(cache).lower()}",
+                      "dataset.image_size=16", "dataset.scale=[0.5,1.0]", *TINY, "trainer.epochs=4",
+                      "optim.lr=0.05", "sched.warmup_epochs=0")
+    summary = fit(cfg, tmp_path / "run")
+    check_run_outputs(tmp_path / "run", epochs=4)
+    assert summary["best_val_acc1"] >= 75.0
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
+    cfg = make_config("dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true",
+                      "dataset.image_size=16", *TINY, "trainer.amp=true", "trainer.amp_dtype=bf16")
+    precision = resolve_precision(cfg.trainer, torch.device("cpu"))
+    assert precision.dtype == torch.bfloat16 and not precision.scaler.is_enabled()
+    model = create_model(cfg.model, num_classes=3)
+    with precision.autocast():
+        assert model(torch.randn(2, 3, 16, 16)).dtype == torch.bfloat16
+    summary = fit(cfg, tmp_path / "run")
+    assert summary["final_train_loss"] == summary["final_train_loss"]  # finite, not NaN
+
+
+def test_precision_defaults_and_fp16_on_cpu():
+    cfg = make_config(*TINY)
+    assert resolve_precision(cfg.trainer, torch.device("cpu")).dtype is None  # amp=auto: off on the CPU
+    cfg = make_config(*TINY, "trainer.amp=true", "trainer.amp_dtype=fp16")
+    with pytest.raises(MixtrainError, match="amp_dtype=bf16"):
+        resolve_precision(cfg.trainer, torch.device("cpu"))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
+    base = ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true", "dataset.image_size=16",
+            *TINY, "trainer.epochs=3"]
+    fit(make_config(*base), tmp_path / "straight")
+
+    import mixtrain.engine as engine
+    real = engine.train_one_epoch
+
+    def crash_in_epoch_2(*args, **kwargs):
+        if args[7] == 2:  # the epoch argument
+            raise Crash()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", crash_in_epoch_2)
+    with pytest.raises(Crash):
+        fit(make_config(*base), tmp_path / "crashed")
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    assert len(read_metrics(tmp_path / "crashed")) == 2
+    fit(make_config(*base, f"resume={tmp_path / 'crashed'}"), tmp_path / "crashed")
+
+    straight, resumed = (checkpoint.load(tmp_path / d / "last.pt") for d in ("straight", "crashed"))
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "crashed")
+    assert [r["epoch"] for r in b] == [0, 1, 2]
+    assert [r["val_acc1"] for r in a] == [r["val_acc1"] for r in b]
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+
+
+def test_run_dir_with_a_run_is_never_overwritten(tmp_path):
+    make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
+    cfg = make_config("dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true",
+                      "dataset.image_size=16", *TINY)
+    fit(cfg, tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(MixtrainError, match="already holds a run"):
+        fit(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
