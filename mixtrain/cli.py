@@ -61,15 +61,17 @@ def check_overrides(config_name: str, overrides: List[str], multirun: bool) -> N
             try:
                 cfg = compose(config_name, overrides=job)
             except Exception as ex:  # Hydra and OmegaConf raise many types; all are config errors here
-                raise MixtrainError(describe_config_error(ex, _base_config(config_name))) from None
+                raise MixtrainError(describe_config_error(ex, _base_config(config_name, job))) from None
             to_object(cfg)
 
 
-def _base_config(config_name: str):
+def _base_config(config_name: str, overrides: List[str]):
+    """The config with only the group choices of ``overrides`` (to suggest keys that exist)."""
     from hydra import compose
 
+    groups = [o for o in overrides if "." not in o.split("=", 1)[0].lstrip("+~")]
     try:
-        return compose(config_name)
+        return compose(config_name, overrides=groups)
     except Exception:
         return None
 

@@ -131,7 +131,9 @@ class FolderConfig(DatasetConfig):
 
 # --------------------------------------------------------------------------- model
 
-CIFAR_MODELS = ("resnet20", "resnet56", "preact_resnet18", "wrn28_10")
+# Bundled models and their number of stages (for Manifold Mixup's layer choice).
+CIFAR_MODEL_STAGES = {"resnet20": 3, "resnet56": 3, "preact_resnet18": 4, "wrn28_10": 3}
+CIFAR_MODELS = tuple(CIFAR_MODEL_STAGES)
 
 
 @dataclass
@@ -181,6 +183,90 @@ class AugmentConfig:
         if self.bce_target_threshold is not None:
             _require(self.loss == "bce", "augment.bce_target_threshold", "needs augment.loss=bce", self.bce_target_threshold)
             _probability(self.bce_target_threshold, "augment.bce_target_threshold")
+
+
+MIX_MODES = ("batch", "pair", "elem")
+
+
+@dataclass
+class MixConfig(AugmentConfig):
+    """Keys shared by every mixing augment."""
+
+    mode: str = "batch"  # batch: one lambda per batch | pair: per pair of samples | elem: per sample
+    prob: float = 1.0  # probability that a batch (batch mode) or a pair/sample is mixed at all
+    symmetric_lam: bool = False  # lam = max(lam, 1 - lam): each sample dominates its own mix (fastai)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(self.mode, MIX_MODES, "augment.mode")
+        _probability(self.prob, "augment.prob")
+
+
+def _check_minmax(minmax: Optional[List[float]]) -> None:
+    if minmax is not None:
+        _require(len(minmax) == 2 and 0.0 < minmax[0] < minmax[1] <= 1.0, "augment.minmax",
+                 "must be [min, max] with 0 < min < max <= 1", minmax)
+
+
+@dataclass
+class MixupConfig(MixConfig):
+    """Mixup (Zhang et al. 2018): blend two images and their labels with lam ~ Beta(alpha, alpha)."""
+
+    name: str = "mixup"
+    alpha: float = 1.0  # 0 disables mixing
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self.alpha, 0.0, "augment.alpha")
+
+
+@dataclass
+class CutmixConfig(MixConfig):
+    """CutMix (Yun et al. 2019): paste a box of the partner image; labels weighted by area."""
+
+    name: str = "cutmix"
+    alpha: float = 1.0  # 0 disables mixing
+    minmax: Optional[List[float]] = None  # box side range as fractions of the image (timm's cutmix_minmax)
+    correct_lam: bool = True  # lam = exact kept area after the box is clipped at the border
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self.alpha, 0.0, "augment.alpha")
+        _check_minmax(self.minmax)
+
+
+@dataclass
+class SwitchConfig(MixConfig):
+    """Mixup or CutMix, chosen per batch (or per pair / sample) with probability switch_prob for CutMix."""
+
+    name: str = "switch"
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    switch_prob: float = 0.5  # probability of CutMix instead of Mixup
+    minmax: Optional[List[float]] = None
+    correct_lam: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self.mixup_alpha, 0.0, "augment.mixup_alpha")
+        _at_least(self.cutmix_alpha, 0.0, "augment.cutmix_alpha")
+        _probability(self.switch_prob, "augment.switch_prob")
+        _check_minmax(self.minmax)
+
+
+@dataclass
+class ManifoldConfig(MixConfig):
+    """Manifold Mixup (Verma et al. 2019): Mixup of hidden states after a random stage."""
+
+    name: str = "manifold"
+    alpha: float = 2.0  # the paper's value for CIFAR
+    layers: List[int] = field(default_factory=lambda: [0, 1, 2])  # 0 = input, k = after stage k
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self.alpha, 0.0, "augment.alpha")
+        _require(len(self.layers) > 0 and all(k >= 0 for k in self.layers), "augment.layers",
+                 "must list layers >= 0 (0 = input, k = after stage k)", self.layers)
 
 
 # --------------------------------------------------------------------------- optim
@@ -320,6 +406,8 @@ class TrainConfig:
         if isinstance(self.augment, AugmentConfig):
             _require(self.augment.disable_epochs <= self.trainer.epochs, "augment.disable_epochs",
                      f"must be <= trainer.epochs ({self.trainer.epochs})", self.augment.disable_epochs)
+        if isinstance(self.augment, ManifoldConfig):
+            self._check_manifold()
         if isinstance(self.sched, MultiStepConfig):
             _require(all(m < self.trainer.epochs for m in self.sched.milestones), "sched.milestones",
                      f"must be < trainer.epochs ({self.trainer.epochs})", self.sched.milestones)
@@ -327,10 +415,24 @@ class TrainConfig:
                  "sched.warmup_epochs", f"must be < trainer.epochs ({self.trainer.epochs})", self.sched.warmup_epochs)
 
 
+    def _check_manifold(self) -> None:
+        if not isinstance(self.model, CifarModelConfig):
+            raise MixtrainError(
+                f"augment=manifold mixes hidden states between stages, and model=timm ({self.model.name}) does not "
+                f"expose stages: use one of {', '.join(CIFAR_MODELS)}"
+            )
+        stages = CIFAR_MODEL_STAGES[self.model.name]
+        _require(max(self.augment.layers) <= stages, "augment.layers",
+                 f"must be in 0..{stages} for {self.model.name} ({stages} stages)", self.augment.layers)
+        _require(not self.trainer.compile, "trainer.compile",
+                 "must be false with augment=manifold (its per-step hook would recompile the model)", True)
+
+
 SCHEMAS = {
     "dataset": {"cifar": CifarConfig, "mini": MiniConfig, "folder": FolderConfig},
     "model": {"cifar": CifarModelConfig, "timm": TimmModelConfig},
-    "augment": {"none": AugmentConfig},
+    "augment": {"none": AugmentConfig, "mixup": MixupConfig, "cutmix": CutmixConfig, "switch": SwitchConfig,
+                "manifold": ManifoldConfig},
     "optim": {"sgd": SGDConfig, "adamw": AdamWConfig},
     "sched": {"cosine": CosineConfig, "multistep": MultiStepConfig},
 }
@@ -386,6 +488,10 @@ def _unknown_key(key: str, cfg: Optional[DictConfig]) -> str:
     elsewhere = [k for k in keys if k.rpartition(".")[2] == leaf]
     if elsewhere:
         return f"{message}; did you mean {elsewhere[0]}?"
+    owners = [f"{parent}={schema.name}" for schema in SCHEMAS.get(parent, {}).values()
+              if leaf in {f.name for f in dataclasses.fields(schema)} and schema.name != MISSING]
+    if owners:
+        return f"{message}: it belongs to {' / '.join(owners)}"
     if siblings:
         return f"{message} ({parent or 'the top level'} has: {', '.join(siblings)})"
     return message

@@ -18,7 +18,7 @@ from mixtrain.data import Data, Loader, build_data
 from mixtrain.errors import MixtrainError
 from mixtrain.losses import Loss, create_loss
 from mixtrain.metrics import ClassificationMeter
-from mixtrain.mixing import Mixer
+from mixtrain.mixing import Mixer, create_mixer
 from mixtrain.models import create_model
 from mixtrain.monitor import RunMonitor, Throughput, write_json_atomic
 from mixtrain.optim import create_optimizer, create_scheduler
@@ -92,9 +92,8 @@ def train_one_epoch(
     with progress or nullcontext():
         task = progress.add_task("train", total=steps, completed=start_step, status="") if progress else None
         for step, (images, labels) in enumerate(loader.iter_from(start_step), start=start_step):
-            images, targets = mixer(images, labels, epoch)
             with precision.autocast():
-                logits = model(images)
+                logits, targets = mixer.forward(model, images, labels, epoch)
                 loss = loss_fn(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             precision.scaler.scale(loss).backward()
@@ -177,7 +176,7 @@ def fit(cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None) -
         model = model.to(memory_format=torch.channels_last)
     optimizer = create_optimizer(cfg.optim, model)
     scheduler = create_scheduler(cfg.sched, optimizer, len(data.train), cfg.trainer.epochs)
-    mixer = Mixer(cfg.augment, data.num_classes, cfg.trainer.epochs, seed=cfg.seed)
+    mixer = create_mixer(cfg.augment, data.num_classes, cfg.trainer.epochs, seed=cfg.seed)
     loss_fn = create_loss(cfg.augment)
     state = TrainState()
     history: list = []
