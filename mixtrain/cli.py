@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from mixtrain.config import config_dir, debug_enabled, describe_config_error, register_configs, to_object
+from mixtrain.config import SCHEMAS, config_dir, debug_enabled, describe_config_error, register_configs, to_object
 from mixtrain.errors import EXIT_USAGE, MixtrainError
 
 USAGE = """usage: mixtrain <command> [overrides]
@@ -69,7 +69,7 @@ def _base_config(config_name: str, overrides: List[str]):
     """The config with only the group choices of ``overrides`` (to suggest keys that exist)."""
     from hydra import compose
 
-    groups = [o for o in overrides if "." not in o.split("=", 1)[0].lstrip("+~")]
+    groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in (*SCHEMAS, "trainer", "recipe")]
     try:
         return compose(config_name, overrides=groups)
     except Exception:
