@@ -23,6 +23,7 @@ commands:
   train     train a classifier          mixtrain train [dataset=... model=... augment=... key=value ...]
             multirun sweeps             mixtrain train -m optim.lr=0.05,0.1
             continue a run              mixtrain train resume=outputs/<date>/<time>
+  preview   a PNG of one mixed batch    mixtrain preview augment=cutmix augment.mode=elem
 
 `mixtrain <command> --help` shows the config groups and the composed config;
 `mixtrain train --cfg job` prints the config a run would use.
@@ -119,6 +120,25 @@ def _train_task(cfg) -> float:
     return summary["best_val_acc1"]
 
 
+def _preview_task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from mixtrain.data import build_data
+    from mixtrain.engine import resolve_device
+    from mixtrain.preview import mixed_batch_grid, write_png
+
+    try:
+        run = to_object(cfg)
+        data = build_data(run.dataset, run.trainer, resolve_device(run.trainer.device), run.seed)
+        grid = mixed_batch_grid(data, run.augment, run.dataset, run.trainer.epochs, run.seed)
+    except MixtrainError as ex:
+        if debug_enabled():
+            raise
+        raise SystemExit(fail(str(ex))) from None
+    path = write_png(grid, Path(HydraConfig.get().runtime.output_dir) / "preview.png")
+    print(path)
+
+
 def run_hydra_command(command: str, task: Callable, config_name: str, args: List[str]) -> int:
     import hydra
 
@@ -130,6 +150,8 @@ def run_hydra_command(command: str, task: Callable, config_name: str, args: List
         if rewritten is not overrides:
             args = [a for a in args if a not in overrides] + rewritten
             overrides = rewritten
+    if command == "preview" and not any(o.startswith("hydra.run.dir=") for o in overrides):
+        args = [*args, "hydra.run.dir=outputs/preview/${now:%Y-%m-%d}/${now:%H-%M-%S}"]
     if not informational:
         check_overrides(config_name, overrides, parsed.multirun)
     main = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
@@ -144,6 +166,7 @@ def run_hydra_command(command: str, task: Callable, config_name: str, args: List
 
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": lambda args: run_hydra_command("train", _train_task, "train", args),
+    "preview": lambda args: run_hydra_command("preview", _preview_task, "train", args),
 }
 
 

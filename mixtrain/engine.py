@@ -22,6 +22,7 @@ from mixtrain.mixing import Mixer, create_mixer
 from mixtrain.models import create_model
 from mixtrain.monitor import RunMonitor, Throughput, write_json_atomic
 from mixtrain.optim import create_optimizer, create_scheduler
+from mixtrain.preview import mixed_batch_grid
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,6 +193,9 @@ def fit(cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None) -
     )
     if resume_state is not None:
         monitor.info(f"resumed from {cfg.resume} at epoch {state.epoch}")
+    elif monitor.enabled and mixer.active(0):
+        grid = mixed_batch_grid(data, cfg.augment, cfg.dataset, cfg.trainer.epochs, cfg.seed)
+        monitor.image("mixing/batch", grid)
 
     def save(name: str) -> None:
         if cfg.trainer.checkpoint:

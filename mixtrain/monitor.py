@@ -80,6 +80,11 @@ class RunMonitor:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step)
 
+    def image(self, tag: str, image, step: int = 0) -> None:
+        """An ``[H, W, 3]`` uint8 image into TensorBoard."""
+        if self.writer is not None:
+            self.writer.add_image(tag, image, step, dataformats="HWC")
+
     def epoch_end(self, record: Dict[str, float]) -> None:
         if not self.enabled:
             return

@@ -346,3 +346,43 @@ def test_evaluation_never_mixes(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "evaluate", flagged_evaluate)
     fit(cfg, tmp_path / "run")
     assert calls["train"] > 0 and calls["eval"] == 0
+
+
+# --------------------------------------------------------------------------- seeing what is mixed
+
+
+def test_preview_writes_a_captioned_grid(tmp_path):
+    from PIL import Image
+
+    from helpers import run_cli
+
+    make_image_folder(tmp_path / "data", per_class=8, val_per_class=2, size=16)
+    result = run_cli("preview", "dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true",
+                     "dataset.image_size=16", *TINY, "trainer.batch_size=12", "augment=cutmix", "augment.mode=elem",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / result.stdout.strip().splitlines()[-1]
+    assert path.name == "preview.png" and path.parent.parent.parent.name == "preview"
+    with Image.open(path) as img:
+        # 12 tiles of 16 px enlarged 6x (96 px), 8 per row, each with a 26 px caption strip.
+        assert img.size == (8 * 96, 2 * (96 + 26))
+
+
+def test_caption_names_both_sources_and_their_weights():
+    from mixtrain.preview import caption
+
+    target = torch.tensor([0.05, 0.65, 0.05, 0.25])
+    assert caption(target, ["ant", "bee", "cat", "dog"]) == ["bee 0.65", "dog 0.25"]
+    assert caption(torch.tensor([0.1, 0.7, 0.1, 0.1]), ["ant", "bee", "cat", "dog"]) == ["bee 0.70"]
+
+
+def test_run_logs_the_mixed_batch_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
+    cfg = make_config("dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true",
+                      "dataset.image_size=16", *TINY, "augment=mixup")
+    fit(cfg, tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert "mixing/batch" in events.Tags()["images"]

@@ -1,0 +1,65 @@
+"""A picture of one mixed training batch: each tile captioned with its two labels and weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from mixtrain.config import AugmentConfig, DatasetConfig
+from mixtrain.data import Data
+from mixtrain.mixing import create_mixer
+
+MAX_TILES = 32
+COLUMNS = 8
+CAPTION_HEIGHT = 26
+
+
+def caption(target: torch.Tensor, classes: Sequence[str]) -> List[str]:
+    """The two heaviest labels of a soft target, as ``["cat 0.62", "dog 0.38"]`` (one if unmixed)."""
+    weights, labels = target.topk(min(2, target.numel()))
+    lines = [f"{classes[int(labels[0])]} {float(weights[0]):.2f}"]
+    # A second label only when it came from mixing, not from label smoothing's floor.
+    if len(weights) > 1 and float(weights[1]) > float(target.min()) + 1e-6:
+        lines.append(f"{classes[int(labels[1])]} {float(weights[1]):.2f}")
+    return lines
+
+
+def render_grid(images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], mean: Sequence[float],
+                std: Sequence[float]) -> np.ndarray:
+    """``[H, W, 3]`` uint8 grid of normalized ``images`` with captions from ``targets``."""
+    images, targets = images[:MAX_TILES].float().cpu(), targets[:MAX_TILES].float().cpu()
+    pixels = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    pixels = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    n, height, width = pixels.shape[:3]
+    scale = max(1, 96 // max(height, width))  # small images are enlarged so captions fit
+    tile_w, tile_h = width * scale, height * scale + CAPTION_HEIGHT
+    columns = min(COLUMNS, n)
+    rows = -(-n // columns)
+    canvas = Image.new("RGB", (columns * tile_w, rows * tile_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for i in range(n):
+        x, y = (i % columns) * tile_w, (i // columns) * tile_h
+        tile = Image.fromarray(pixels[i]).resize((width * scale, height * scale), Image.NEAREST)
+        canvas.paste(tile, (x, y))
+        for k, line in enumerate(caption(targets[i], classes)):
+            draw.text((x + 2, y + height * scale + 1 + 12 * k), line, fill="black", font=font)
+    return np.asarray(canvas)
+
+
+def mixed_batch_grid(data: Data, augment: AugmentConfig, dataset: DatasetConfig, epochs: int, seed: int) -> np.ndarray:
+    """Mix the first training batch of epoch 0 with a mixer of its own (the run's stream is untouched)."""
+    data.train.set_epoch(0)
+    images, labels = next(iter(data.train))
+    mixer = create_mixer(augment, data.num_classes, epochs, seed=seed + 1_000_000)
+    images, targets = mixer(images.clone(), labels, epoch=0)
+    return render_grid(images, targets, data.classes, dataset.mean, dataset.std)
+
+
+def write_png(grid: np.ndarray, path: Path) -> Path:
+    Image.fromarray(grid).save(path)
+    return path
