@@ -22,6 +22,7 @@ from mixtrain.mixing import Mixer, create_mixer
 from mixtrain.models import create_model
 from mixtrain.monitor import RunMonitor, Throughput, write_json_atomic
 from mixtrain.optim import create_optimizer, create_scheduler
+from mixtrain.plots import reliability_image, save_reliability_diagram
 from mixtrain.preview import mixed_batch_grid
 
 
@@ -131,15 +132,15 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Loader, precision: Precision) -> Dict[str, float]:
-    """Top-1, top-5, NLL and ECE on clean (never mixed) data."""
+def evaluate(model: nn.Module, loader: Loader, precision: Precision) -> ClassificationMeter:
+    """Top-1, top-5, NLL and ECE sums on clean (never mixed) data; ``.compute()`` for the values."""
     model.eval()
     meter = ClassificationMeter(device=next(model.parameters()).device)
     for images, labels in loader:
         with precision.autocast():
             logits = model(images)
         meter.update(logits, labels)
-    return meter.compute()
+    return meter
 
 
 # --------------------------------------------------------------------------- fit
@@ -202,16 +203,19 @@ def fit(cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None) -
             checkpoint.save_atomic(snapshot(model, optimizer, scheduler, precision, mixer, cfg, state, history),
                                    run_dir / name)
 
-    last_eval: Dict[str, float] = {}
     for epoch in range(state.epoch, cfg.trainer.epochs):
         data.train.set_epoch(epoch)
         t_epoch = time.perf_counter()
         train_stats = train_one_epoch(train_model, data.train, optimizer, scheduler, precision, mixer, loss_fn,
                                       epoch, monitor, start_step=state.step, log_every=cfg.trainer.log_every)
         record: Dict[str, Any] = {"epoch": epoch, **train_stats, "lr": optimizer.param_groups[0]["lr"]}
-        if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == cfg.trainer.epochs:
-            last_eval = evaluate(train_model, data.val, precision)
-            record.update({f"val_{k}": v for k, v in last_eval.items()})
+        final = epoch + 1 == cfg.trainer.epochs
+        if (epoch + 1) % cfg.trainer.eval_every == 0 or final:
+            meter = evaluate(train_model, data.val, precision)
+            record.update({f"val_{k}": v for k, v in meter.compute().items()})
+            if final and monitor.enabled:
+                save_reliability_diagram(meter.ece_bins, run_dir / "reliability.png", f"epoch {epoch}")
+                monitor.image("calibration/reliability", reliability_image(meter.ece_bins, f"epoch {epoch}"), epoch)
         record["epoch_time"] = time.perf_counter() - t_epoch
         history.append(record)
         state.epoch, state.step = epoch + 1, 0

@@ -69,6 +69,11 @@ class ClassificationMeter:
         self.sums[0, :4] += head.to(self.sums.device)
         self.sums[1:] += calibration_bins(confidences, predictions.eq(labels), self.n_bins).to(self.sums.device)
 
+    @property
+    def ece_bins(self) -> torch.Tensor:
+        """``[3, n_bins + 1]`` per-bin sums (count, confidence, correct) for reliability diagrams."""
+        return self.sums[1:]
+
     def compute(self) -> Dict[str, float]:
         n, correct1, correct5, nll = self.sums[0, :4].tolist()
         if n == 0:
