@@ -438,6 +438,31 @@ SCHEMAS = {
 }
 
 
+def schema_for(group: str, name: str) -> type:
+    """The schema class of a group option with this ``name`` (as saved in a run's config)."""
+    if group == "model":
+        return CifarModelConfig if name in CIFAR_MODELS else TimmModelConfig
+    if group == "dataset" and name in ("cifar10", "cifar100"):
+        return CifarConfig
+    for schema in SCHEMAS[group].values():
+        if schema.name == name:
+            return schema
+    raise MixtrainError(f"unknown {group} {name!r} in a saved config: choose one of "
+                        f"{', '.join(s.name for s in SCHEMAS[group].values() if s.name != MISSING)}")
+
+
+def config_from_dict(saved: Dict[str, Any]) -> "TrainConfig":
+    """Rebuild (and re-validate) a TrainConfig from its ``asdict`` form, e.g. a checkpoint's."""
+    nodes = {}
+    for group in SCHEMAS:
+        schema = schema_for(group, saved[group]["name"])
+        nodes[group] = OmegaConf.merge(OmegaConf.structured(schema), saved[group])
+    top = OmegaConf.merge(OmegaConf.structured(TrainConfig), {k: v for k, v in saved.items() if k not in SCHEMAS})
+    for group, node in nodes.items():
+        top[group] = node
+    return to_object(top)
+
+
 def register_configs() -> None:
     """Put the schemas and the recipes in Hydra's ConfigStore."""
     cs = ConfigStore.instance()

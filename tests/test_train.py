@@ -114,3 +114,15 @@ def test_run_dir_with_a_run_is_never_overwritten(tmp_path):
     with pytest.raises(MixtrainError, match="already holds a run"):
         fit(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("overrides", [
+    [], ["dataset=cifar100", "model=wrn28_10", "augment=switch", "optim=adamw", "sched=multistep"],
+    ["dataset=imagefolder", "dataset.root=/x", "model=timm", "model.name=resnet18", "augment=manifold",
+     "model=preact_resnet18"],
+])
+def test_saved_config_round_trips(overrides):
+    from mixtrain.config import asdict, config_from_dict
+
+    cfg = make_config(*overrides)
+    assert config_from_dict(asdict(cfg)) == cfg
