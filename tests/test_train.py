@@ -118,8 +118,8 @@ def test_run_dir_with_a_run_is_never_overwritten(tmp_path):
 
 @pytest.mark.parametrize("overrides", [
     [], ["dataset=cifar100", "model=wrn28_10", "augment=switch", "optim=adamw", "sched=multistep"],
-    ["dataset=imagefolder", "dataset.root=/x", "model=timm", "model.name=resnet18", "augment=manifold",
-     "model=preact_resnet18"],
+    ["dataset=imagefolder", "dataset.root=/x", "augment=manifold", "model=preact_resnet18"],
+    ["model=timm", "model.name=resnet18", "augment=cutmix", "augment.minmax=[0.2,0.8]"],
 ])
 def test_saved_config_round_trips(overrides):
     from mixtrain.config import asdict, config_from_dict
