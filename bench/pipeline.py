@@ -54,7 +54,8 @@ def bench_mixtrain(data, steps, batch):
     mixer = Mixer(AugmentConfig(), 10, epochs=1)
     times = []
     train_one_epoch(model, data.train, opt, sched, Precision("cpu", None, torch.amp.GradScaler("cpu", enabled=False)),
-                    mixer, create_loss(AugmentConfig()), epoch=0, after_step=lambda step: times.append(time.perf_counter()))
+                    mixer, create_loss(AugmentConfig()), epoch=0,
+                    after_step=lambda step, skipped: times.append(time.perf_counter()))
     return rate_from_step_times(times, batch)
 
 

@@ -1,18 +1,54 @@
-"""Checkpoints: atomic writes, safe loads (``weights_only=True``), and finding a run's last one."""
+"""Checkpoints: everything needed to continue a run exactly, written atomically, loaded safely.
+
+A checkpoint is a plain dict of tensors and Python values (so ``torch.load(...,
+weights_only=True)`` reads it and a file from someone else can never run code):
+model, optimizer, scheduler and AMP scaler states; where the run is (epoch, step and
+the running sums of the epoch in progress); every RNG state (torch CPU and CUDA, the
+mixer's generator; the data order needs none, it is a function of seed and epoch);
+the resolved config; and the metrics so far.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import zipfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import torch
+from torch import nn
 
 from mixtrain.errors import MixtrainError
 
 FORMAT = "mixtrain-checkpoint-v1"
+
+
+@dataclass
+class EpochProgress:
+    """Running sums of the epoch being trained (a mid-epoch checkpoint keeps them)."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: int = 0
+
+
+@dataclass
+class TrainState:
+    """Where a run is: the next batch to train is batch ``step`` of epoch ``epoch``."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    best_acc1: float = -math.inf
+    best_epoch: int = -1
+    nan_skips: int = 0
+    progress: EpochProgress = field(default_factory=EpochProgress)
+
+
+# --------------------------------------------------------------------------- files
 
 
 def save_atomic(state: Dict[str, Any], path: Path) -> None:
@@ -33,7 +69,7 @@ def save_atomic(state: Dict[str, Any], path: Path) -> None:
             tmp.unlink()
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
 
@@ -53,9 +89,72 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str
     path = checkpoint_path(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as ex:
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as ex:
         first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
         raise MixtrainError(f"{path} is not a readable mixtrain checkpoint ({first[:160]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise MixtrainError(f"{path} is not a mixtrain checkpoint (no '{FORMAT}' marker)")
     return state
+
+
+# --------------------------------------------------------------------------- run state
+
+
+def snapshot(model: nn.Module, optimizer, scheduler, scaler, mixer_generator: torch.Generator,
+             config: Dict[str, Any], num_classes: int, state: TrainState, history: List[dict]) -> Dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "state": asdict(state),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "mixer": mixer_generator.get_state(),
+        },
+        "config": config,
+        "num_classes": num_classes,
+        "history": history,
+    }
+
+
+def restore(saved: Dict[str, Any], model: nn.Module, optimizer, scheduler, scaler,
+            mixer_generator: torch.Generator) -> Tuple[TrainState, List[dict]]:
+    """Load every state from ``saved`` into the live objects; return the run state and history."""
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as ex:
+        lines = [line.strip() for line in str(ex).strip().splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise MixtrainError(f"the checkpoint's weights do not fit this model ({detail[:160]}): "
+                            "resume with the model it was trained with") from None
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if saved["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    mixer_generator.set_state(saved["rng"]["mixer"])
+    fields = dict(saved["state"])
+    state = TrainState(**{**fields, "progress": EpochProgress(**fields["progress"])})
+    return state, list(saved["history"])
+
+
+def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], num_classes: int, path: Path) -> None:
+    """Refuse to continue a checkpoint with another model, dataset or number of classes."""
+    old = saved["config"]
+    differences = [f"model.{k}" for k in sorted(set(old["model"]) | set(config["model"]))
+                   if old["model"].get(k) != config["model"].get(k)]
+    for key in ("name", "image_size"):
+        if old["dataset"].get(key) != config["dataset"].get(key):
+            differences.append(f"dataset.{key}")
+    for key in differences:
+        group, name = key.split(".")
+        raise MixtrainError(
+            f"cannot resume {path}: {key} is {config[group].get(name)!r} but the checkpoint has "
+            f"{old[group].get(name)!r}; drop that override, or start a new run"
+        )
+    if saved["num_classes"] != num_classes:
+        raise MixtrainError(f"cannot resume {path}: the data has {num_classes} classes but the checkpoint has "
+                            f"{saved['num_classes']}; resume on the same dataset, or start a new run")

@@ -8,6 +8,7 @@ sweep), so a bad value stops everything with one line and exit code 2.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import traceback
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from mixtrain.config import SCHEMAS, config_dir, debug_enabled, describe_config_error, register_configs, to_object
-from mixtrain.errors import EXIT_USAGE, MixtrainError
+from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped
 
 USAGE = """usage: mixtrain <command> [overrides]
 
@@ -108,6 +109,7 @@ def resume_overrides(overrides: List[str]) -> List[str]:
 
 def _train_task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from mixtrain.engine import fit
 
@@ -117,6 +119,15 @@ def _train_task(cfg) -> float:
         if debug_enabled():
             raise
         raise SystemExit(fail(str(ex))) from None
+    except RunStopped as ex:
+        if debug_enabled():
+            raise
+        sys.stderr.write(f"mixtrain: {ex}\n")
+        # A diverged job of a sweep is recorded (summary.json says failed) and the sweep goes
+        # on; a signal stops everything.
+        if ex.exit_code > 128 or HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise SystemExit(ex.exit_code) from None
+        return float("nan")
     return summary["best_val_acc1"]
 
 
@@ -185,6 +196,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if debug_enabled():
             traceback.print_exc()
         return fail(str(ex))
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, still without a traceback
+        if debug_enabled():
+            traceback.print_exc()
+        sys.stderr.write("mixtrain: interrupted\n")
+        return 128 + signal.SIGINT
 
 
 def entry_point() -> None:

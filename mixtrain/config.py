@@ -115,6 +115,8 @@ class FolderConfig(DatasetConfig):
     # Decode every image once into a uint8 tensor on the device and augment there
     # (crop with padding + flip, as for CIFAR). Meant for small images.
     cache: bool = False
+    # An unreadable image file: skip it (warn once) | error (stop before training, listing them).
+    on_bad_image: str = "skip"
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -127,6 +129,7 @@ class FolderConfig(DatasetConfig):
             "dataset.scale", "must be [min, max] with 0 < min <= max <= 1", self.scale,
         )
         _require(self.train_split != self.val_split, "dataset.val_split", "must differ from dataset.train_split", self.val_split)
+        _choice(self.on_bad_image, ("skip", "error"), "dataset.on_bad_image")
 
 
 # --------------------------------------------------------------------------- model
@@ -368,6 +371,9 @@ class TrainerConfig:
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     log_every: int = 50  # steps between TensorBoard step scalars
     checkpoint: bool = True  # write last.pt / best.pt
+    checkpoint_every_steps: Optional[int] = None  # also write last.pt every N steps (long epochs)
+    on_nan: str = "stop"  # a non-finite loss: stop (keep the last good checkpoint) | skip the step
+    nan_skip_limit: int = 10  # with on_nan=skip: stop after more skipped steps than this
     # Smoke runs: stop each epoch's training / evaluation after this many batches.
     limit_train_batches: Optional[int] = None
     limit_val_batches: Optional[int] = None
@@ -382,7 +388,9 @@ class TrainerConfig:
         _at_least(self.num_workers, 0, "trainer.num_workers")
         _at_least(self.eval_every, 1, "trainer.eval_every")
         _at_least(self.log_every, 1, "trainer.log_every")
-        for key in ("limit_train_batches", "limit_val_batches"):
+        _choice(self.on_nan, ("stop", "skip"), "trainer.on_nan")
+        _at_least(self.nan_skip_limit, 0, "trainer.nan_skip_limit")
+        for key in ("limit_train_batches", "limit_val_batches", "checkpoint_every_steps"):
             if getattr(self, key) is not None:
                 _at_least(getattr(self, key), 1, f"trainer.{key}")
 

@@ -1,7 +1,11 @@
-"""The one exception type that means "the user asked for something we cannot do".
+"""How a run ends when it does not complete: the exceptions the CLI turns into one line.
 
-The CLI turns it into a single line on stderr and exit code 2, with no traceback
-(unless ``MIXTRAIN_DEBUG=1``). Anything else that escapes is a bug in mixtrain.
+- :class:`MixtrainError`: bad input (a config value, a dataset, a checkpoint). Exit code 2.
+- :class:`RunStopped`: training stopped on purpose and can be continued or inspected
+  (Ctrl-C / SIGTERM: exit 130 / 143; a non-finite loss: exit 1).
+
+Neither prints a traceback unless ``MIXTRAIN_DEBUG=1``. Anything else that escapes is a
+bug in mixtrain.
 """
 
 EXIT_USAGE = 2
@@ -9,3 +13,11 @@ EXIT_USAGE = 2
 
 class MixtrainError(Exception):
     """Bad input: a config value, a dataset, a checkpoint. The message names the fix."""
+
+
+class RunStopped(Exception):
+    """Training stopped before the end; the message says where and how to go on."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

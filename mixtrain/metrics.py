@@ -58,6 +58,10 @@ class ClassificationMeter:
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch; rows labelled -1 (stand-ins for unreadable files) are left out."""
+        keep = labels >= 0
+        if not bool(keep.all()):
+            logits, labels = logits[keep], labels[keep]
         logits = logits.float()
         probs = logits.softmax(dim=1)
         confidences, predictions = probs.max(dim=1)

@@ -45,6 +45,24 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def reconcile_metrics(path: Path, history: list) -> None:
+    """Make ``metrics.jsonl`` hold exactly the epochs of a checkpoint being resumed.
+
+    Lines of epochs the checkpoint has not reached (a crashed attempt, or an older
+    checkpoint) are set aside in ``metrics.jsonl.replaced-<time>``, never deleted; lines
+    the checkpoint has but the file lacks (a crash between the two writes) are added.
+    """
+    lines = path.read_text().splitlines() if path.exists() else []
+    wanted = [json.dumps(record) for record in history]
+    if lines == wanted:
+        return
+    if len(lines) > len(history):
+        path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}").write_text("\n".join(lines) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in wanted))
+    os.replace(tmp, path)
+
+
 def _fmt(value, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -54,20 +72,27 @@ def _fmt(value, fmt: str) -> str:
 class RunMonitor:
     """Prints to the terminal and writes TensorBoard scalars and ``metrics.jsonl``."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, console: Optional[Console] = None) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, console: Optional[Console] = None,
+                 purge_step: Optional[int] = None) -> None:
         self.run_dir = run_dir
         self.enabled = enabled  # False on non-zero ranks: they stay silent
         # Off a terminal (logs, CI) rich assumes 80 columns, too narrow for the epoch table.
         self.console = console or Console(width=None if Console().is_terminal else 120)
         self.writer = None
         self._header_printed = False
+        self._warned: set = set()
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
 
     def info(self, message: str) -> None:
         if self.enabled:
             self.console.print(message, highlight=False)
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.info(f"[yellow]warning:[/] {message}")
 
     def progress(self, epoch: int, total_steps: int) -> Progress:
         return Progress(
@@ -85,14 +110,14 @@ class RunMonitor:
         if self.writer is not None:
             self.writer.add_image(tag, image, step, dataformats="HWC")
 
-    def epoch_end(self, record: Dict[str, float]) -> None:
+    def epoch_end(self, record: Dict[str, float], global_step: int) -> None:
+        """One epoch's record: a metrics.jsonl line, TensorBoard scalars (x = optimizer steps), a table row."""
         if not self.enabled:
             return
         append_jsonl(self.run_dir / "metrics.jsonl", record)
-        step = record["epoch"]
         for key, value in record.items():
-            if key != "epoch" and isinstance(value, (int, float)) and value is not None:
-                self.scalar(key.replace("_", "/", 1), value, step)
+            if isinstance(value, (int, float)) and value is not None:
+                self.scalar(key.replace("_", "/", 1), value, global_step)
         self.writer.flush()
         # Fixed widths, one space apart: rows printed one by one line up, within 80 columns.
         table = Table(show_header=not self._header_printed, box=None, show_edge=False, padding=(0, 0, 0, 1))

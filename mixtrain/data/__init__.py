@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Union
 
 import torch
 
 from mixtrain.config import CifarConfig, DatasetConfig, FolderConfig, MiniConfig, TrainerConfig
 from mixtrain.data.device_loader import DeviceLoader
-from mixtrain.data.folder import FolderLoader, check_same_classes, decode_folder, eval_transform, open_split, train_transform
+from mixtrain.data.folder import (FolderLoader, bad_image_error, check_same_classes, decode_folder, eval_transform,
+                                  open_split, train_transform, unreadable_files)
 
 Loader = Union[DeviceLoader, FolderLoader]
 
@@ -19,10 +20,18 @@ class Data:
     train: Loader
     val: Loader
     classes: List[str]
+    skipped: List[str] = field(default_factory=list)  # unreadable files left out when caching
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def unreadable(self) -> List[str]:
+        """Unreadable files skipped so far (when caching, or served around by the loaders)."""
+        seen = set(self.skipped)
+        for loader in (self.train, self.val):
+            seen |= getattr(loader, "unreadable", set())
+        return sorted(seen)
 
 
 def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device, seed: int,
@@ -41,8 +50,11 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
         train_ds = open_split(cfg.root, cfg.train_split, "dataset.train_split")
         val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split")
         check_same_classes(train_ds, val_ds)
-        train_x, train_y = decode_folder(train_ds, cfg.image_size)
-        val_x, val_y = decode_folder(val_ds, cfg.image_size)
+        train_x, train_y, bad_train = decode_folder(train_ds, cfg.image_size)
+        val_x, val_y, bad_val = decode_folder(val_ds, cfg.image_size)
+        skipped = bad_train + bad_val
+        if skipped and cfg.on_bad_image == "error":
+            raise bad_image_error(skipped)
         classes = list(train_ds.classes)
 
     common = dict(mean=cfg.mean, std=cfg.std, channels_last=trainer.channels_last, seed=seed,
@@ -51,14 +63,19 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
                          padding=cfg.crop_padding, max_batches=trainer.limit_train_batches, **common)
     val = DeviceLoader(val_x.to(device), val_y.to(device), trainer.eval_batch_size, train=False,
                        max_batches=trainer.limit_val_batches, **common)
-    return Data(train, val, classes)
+    return Data(train, val, classes, skipped if isinstance(cfg, FolderConfig) else [])
 
 
 def _streaming_folder(cfg: FolderConfig, trainer: TrainerConfig, device: torch.device, seed: int,
                       rank: int, world_size: int) -> Data:
     train_ds = open_split(cfg.root, cfg.train_split, "dataset.train_split", train_transform(cfg.image_size, cfg.scale))
-    val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split", eval_transform(cfg.image_size, cfg.crop_pct))
+    val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split", eval_transform(cfg.image_size, cfg.crop_pct),
+                        train=False)
     check_same_classes(train_ds, val_ds)
+    if cfg.on_bad_image == "error":  # a full decoding pass, so the run stops before training
+        bad = unreadable_files(train_ds) + unreadable_files(val_ds)
+        if bad:
+            raise bad_image_error(bad)
     common = dict(device=device, mean=cfg.mean, std=cfg.std, num_workers=trainer.num_workers,
                   channels_last=trainer.channels_last, seed=seed, rank=rank, world_size=world_size)
     train = FolderLoader(train_ds, trainer.batch_size, train=True, max_batches=trainer.limit_train_batches, **common)

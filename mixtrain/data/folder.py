@@ -5,32 +5,91 @@ transforms in DataLoader workers (RandomResizedCrop + flip for training, resize 
 center crop for evaluation); workers return uint8 and the batch is normalized on the
 device. The cached path (``dataset.cache=true``, for small images) decodes every
 image once into a uint8 tensor for :class:`~mixtrain.data.device_loader.DeviceLoader`.
+
+Every image becomes RGB (grayscale, CMYK, palette and RGBA files included). A file
+that cannot be read never stops a run mid-epoch: with ``dataset.on_bad_image=skip``
+(the default) the cached path leaves it out, and the streaming path serves another
+image in its place (for evaluation, one marked :data:`IGNORE_LABEL`, which the metrics
+leave out); with ``error`` the run stops before training, listing the files.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional, Sequence, Tuple
+import warnings
+from typing import Iterator, List, Optional, Sequence, Set, Tuple
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import datasets
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from mixtrain.data.device_loader import epoch_generator, normalize, normalizer
 from mixtrain.errors import MixtrainError
 
+IGNORE_LABEL = -1  # an evaluation sample that stands in for an unreadable file
 
-def open_split(root: str, split: str, key: str, transform=None) -> datasets.ImageFolder:
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode a file fully (a truncated file fails here, not later) and convert it to RGB."""
+    with warnings.catch_warnings():
+        # "Palette images with Transparency expressed in bytes should be converted to RGBA"
+        warnings.simplefilter("ignore", UserWarning)
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+            return image.convert("RGB")
+
+
+class CheckedImageFolder(datasets.ImageFolder):
+    """An ImageFolder whose items are ``(image, label, bad_index)``; ``bad_index`` is -1 or the
+    index of an unreadable file this item replaces (the main process collects them)."""
+
+    def __init__(self, root: str, transform=None, train: bool = True) -> None:
+        super().__init__(root, transform=transform, loader=load_rgb)
+        self.train = train
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self.samples)):
+            try:
+                image, label = super().__getitem__((index + offset) % len(self.samples))
+            except (OSError, ValueError, SyntaxError):  # what PIL raises for broken files
+                continue
+            if offset == 0:
+                return image, label, -1
+            return image, (label if self.train else IGNORE_LABEL), index
+        raise MixtrainError(f"no readable image in {self.root}")
+
+
+def open_split(root: str, split: str, key: str, transform=None, train: bool = True) -> CheckedImageFolder:
     """The ImageFolder of one split; ``key`` names the config key that chose the split."""
     path = os.path.join(os.path.expanduser(root), split)
     if not os.path.isdir(path):
         raise MixtrainError(f"dataset folder {path} does not exist: check dataset.root and {key}")
     try:
-        return datasets.ImageFolder(path, transform=transform)
+        return CheckedImageFolder(path, transform=transform, train=train)
     except (FileNotFoundError, RuntimeError) as ex:
         raise MixtrainError(f"no images in {path} ({str(ex).splitlines()[0]}): expected {path}/<class>/<image>") from None
+
+
+def unreadable_files(dataset: datasets.ImageFolder) -> List[str]:
+    """Every file of ``dataset`` that does not decode (a full pass: for on_bad_image=error)."""
+    bad = []
+    for path, _ in dataset.samples:
+        try:
+            load_rgb(path)
+        except (OSError, ValueError, SyntaxError):
+            bad.append(path)
+    return bad
+
+
+def bad_image_error(paths: Sequence[str]) -> MixtrainError:
+    shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+    return MixtrainError(f"{len(paths)} unreadable image(s) (dataset.on_bad_image=error): {shown}; "
+                         "repair or remove them, or set dataset.on_bad_image=skip")
 
 
 def check_same_classes(train: datasets.ImageFolder, val: datasets.ImageFolder) -> None:
@@ -87,6 +146,7 @@ class FolderLoader:
             persistent_workers=num_workers > 0,
         )
         self.scale, self.shift = normalizer(mean, std, device)
+        self.unreadable: Set[str] = set()  # files replaced so far (reported once by the run)
         self.set_epoch(0)
 
     @property
@@ -104,11 +164,13 @@ class FolderLoader:
         self.generator.manual_seed(epoch_generator(self.seed + self.rank, epoch).initial_seed())
 
     def iter_from(self, start_step: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        for step, (images, labels) in enumerate(self.loader):
+        for step, (images, labels, bad) in enumerate(self.loader):
             if step >= len(self):
                 break
             if step < start_step:
                 continue
+            if (bad >= 0).any():
+                self.unreadable.update(self.dataset.samples[int(i)][0] for i in bad[bad >= 0])
             images = images.to(self.device, non_blocking=True)
             yield normalize(images, self.scale, self.shift, self.channels_last), labels.to(self.device, non_blocking=True)
 
@@ -116,20 +178,30 @@ class FolderLoader:
         return self.iter_from(0)
 
 
-def decode_folder(dataset: datasets.ImageFolder, image_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Every image of an ImageFolder as uint8 ``[N, 3, S, S]`` (resized if not S x S)."""
-    paths = [path for path, _ in dataset.samples]
-    labels = torch.tensor([label for _, label in dataset.samples], dtype=torch.long)
-    out = torch.empty(len(paths), 3, image_size, image_size, dtype=torch.uint8)
+def decode_folder(dataset: datasets.ImageFolder, image_size: int) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """Every readable image of an ImageFolder as uint8 ``[N, 3, S, S]`` (resized if not S x S),
+    its labels, and the paths of the files that could not be read (left out)."""
     resize = v2.Resize((image_size, image_size), antialias=True)
+    images, labels, bad = [], [], []
     chunk = 4096
-    for start in range(0, len(paths), chunk):
-        part = paths[start:start + chunk]
-        blobs = [torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8) for p in part]
-        is_jpeg = all(p.lower().endswith((".jpg", ".jpeg")) for p in part)
-        decoded = (decode_jpeg(blobs, mode=ImageReadMode.RGB) if is_jpeg
-                   else [decode_image(b, mode=ImageReadMode.RGB) for b in blobs])
-        for i, img in enumerate(decoded):
-            out[start + i] = img if tuple(img.shape[-2:]) == (image_size, image_size) else resize(img)
-    return out, labels
-
+    for start in range(0, len(dataset.samples), chunk):
+        part = dataset.samples[start:start + chunk]
+        blobs = [torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8) for p, _ in part]
+        try:  # the fast path: one batched libjpeg call (most folders of small images)
+            decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB)
+        except RuntimeError:  # not all JPEG, or a broken one: file by file through PIL
+            decoded = []
+            for path, _ in part:
+                try:
+                    decoded.append(torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1))
+                except (OSError, ValueError, SyntaxError):
+                    decoded.append(None)
+        for (path, label), image in zip(part, decoded):
+            if image is None:
+                bad.append(path)
+                continue
+            images.append(image if tuple(image.shape[-2:]) == (image_size, image_size) else resize(image))
+            labels.append(label)
+    if not images:
+        raise MixtrainError(f"no readable images in {dataset.root}: expected <class>/<image> files")
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long), bad
