@@ -55,7 +55,7 @@ def bench_mixtrain(data, steps, batch):
     times = []
     train_one_epoch(model, data.train, opt, sched, Precision("cpu", None, torch.amp.GradScaler("cpu", enabled=False)),
                     mixer, create_loss(AugmentConfig()), epoch=0,
-                    after_step=lambda step, skipped: times.append(time.perf_counter()))
+                    after_step=lambda step, skipped, stop: times.append(time.perf_counter()))
     return rate_from_step_times(times, batch)
 
 

@@ -100,19 +100,26 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str
 # --------------------------------------------------------------------------- run state
 
 
-def snapshot(model: nn.Module, optimizer, scheduler, scaler, mixer_generator: torch.Generator,
-             config: Dict[str, Any], num_classes: int, state: TrainState, history: List[dict]) -> Dict[str, Any]:
+def rank_state(mixer_generator: torch.Generator, state: TrainState) -> Dict[str, Any]:
+    """What differs between ranks and must be restored per rank: RNG streams, the epoch's sums."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "mixer": mixer_generator.get_state(),
+        "progress": asdict(state.progress),
+    }
+
+
+def snapshot(model: nn.Module, optimizer, scheduler, scaler, config: Dict[str, Any], num_classes: int,
+             state: TrainState, history: List[dict], ranks: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The checkpoint dict; ``ranks`` holds :func:`rank_state` of every rank, in rank order."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "state": asdict(state),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "mixer": mixer_generator.get_state(),
-        },
+        "ranks": ranks,
         "config": config,
         "num_classes": num_classes,
         "history": history,
@@ -120,7 +127,7 @@ def snapshot(model: nn.Module, optimizer, scheduler, scaler, mixer_generator: to
 
 
 def restore(saved: Dict[str, Any], model: nn.Module, optimizer, scheduler, scaler,
-            mixer_generator: torch.Generator) -> Tuple[TrainState, List[dict]]:
+            mixer_generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Tuple[TrainState, List[dict]]:
     """Load every state from ``saved`` into the live objects; return the run state and history."""
     try:
         model.load_state_dict(saved["model"])
@@ -129,16 +136,19 @@ def restore(saved: Dict[str, Any], model: nn.Module, optimizer, scheduler, scale
         detail = lines[1] if len(lines) > 1 else lines[0]
         raise MixtrainError(f"the checkpoint's weights do not fit this model ({detail[:160]}): "
                             "resume with the model it was trained with") from None
+    if len(saved["ranks"]) != world_size:
+        raise MixtrainError(f"the checkpoint was written by {len(saved['ranks'])} process(es) and this run has "
+                            f"{world_size}: resume with the same number (torchrun --nproc_per_node) to continue exactly")
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     scaler.load_state_dict(saved["scaler"])
-    torch.set_rng_state(saved["rng"]["torch"])
-    if saved["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    mixer_generator.set_state(saved["rng"]["mixer"])
-    fields = dict(saved["state"])
-    state = TrainState(**{**fields, "progress": EpochProgress(**fields["progress"])})
-    return state, list(saved["history"])
+    mine = saved["ranks"][rank]
+    torch.set_rng_state(mine["torch"])
+    if mine["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(mine["cuda"])
+    mixer_generator.set_state(mine["mixer"])
+    fields = {**saved["state"], "progress": EpochProgress(**mine["progress"])}
+    return TrainState(**fields), list(saved["history"])
 
 
 def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], num_classes: int, path: Path) -> None:

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from mixtrain import distributed
 from mixtrain.config import SCHEMAS, config_dir, debug_enabled, describe_config_error, register_configs, to_object
 from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped
 
@@ -31,8 +32,14 @@ commands:
 """
 
 
+def say(message: str) -> None:
+    """One line on stderr (from rank 0 only, under torchrun)."""
+    if distributed.context().is_main:
+        sys.stderr.write(f"mixtrain: {message}\n")
+
+
 def fail(message: str) -> int:
-    sys.stderr.write(f"mixtrain: error: {message}\n")
+    say(f"error: {message}")
     return EXIT_USAGE
 
 
@@ -45,10 +52,14 @@ def _hydra_args(args: List[str]):
     return get_args_parser().parse_args(args)
 
 
-def check_overrides(config_name: str, overrides: List[str], multirun: bool) -> None:
-    """Compose and validate the config (each job of a sweep); raise MixtrainError if bad."""
+def check_overrides(config_name: str, overrides: List[str], multirun: bool) -> list:
+    """Compose and validate the config (each job of a sweep); raise MixtrainError if bad.
+
+    Returns the composed configs (with their ``hydra`` node), one per job.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import open_dict
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
     jobs = [overrides]
@@ -58,13 +69,19 @@ def check_overrides(config_name: str, overrides: List[str], multirun: bool) -> N
             jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
         else:  # a range/interval sweep for a sweeper plugin: check the fixed part only
             jobs = [[o.input_line for o in parsed if not o.is_sweep_override()]]
+    composed = []
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=f"check_{config_name}"):
         for job in jobs:
             try:
-                cfg = compose(config_name, overrides=job)
+                cfg = compose(config_name, overrides=job, return_hydra_config=True)
             except Exception as ex:  # Hydra and OmegaConf raise many types; all are config errors here
                 raise MixtrainError(describe_config_error(ex, _base_config(config_name, job))) from None
+            hydra_node = cfg.hydra
+            with open_dict(cfg):
+                del cfg["hydra"]
             to_object(cfg)
+            composed.append((cfg, hydra_node))
+    return composed
 
 
 def _base_config(config_name: str, overrides: List[str]):
@@ -122,7 +139,7 @@ def _train_task(cfg) -> float:
     except RunStopped as ex:
         if debug_enabled():
             raise
-        sys.stderr.write(f"mixtrain: {ex}\n")
+        say(str(ex))
         # A diverged job of a sweep is recorded (summary.json says failed) and the sweep goes
         # on; a signal stops everything.
         if ex.exit_code > 128 or HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -150,6 +167,27 @@ def _preview_task(cfg) -> None:
     print(path)
 
 
+def torchrun_overrides(composed: list, overrides: List[str], multirun: bool) -> List[str]:
+    """Join the torchrun process group and put every rank in rank 0's run dir.
+
+    Hydra resolves ``${now:...}`` in each process, so each rank would make its own run
+    dir; rank 0 resolves it once and sends it to the others. Ranks above 0 write no Hydra
+    files or logs there.
+    """
+    if multirun:
+        raise MixtrainError("torchrun runs one training job; run sweeps with a Hydra launcher "
+                            "(hydra/launcher=joblib or submitit_slurm), each job on its own GPUs")
+    cfg, hydra_node = composed[0]
+    ctx = distributed.init(cfg.trainer.device)
+    extra = []
+    if not any(o.startswith("hydra.run.dir=") for o in overrides):
+        run_dir = str(hydra_node.run.dir) if ctx.is_main else None
+        extra.append(f"hydra.run.dir={distributed.broadcast_object(run_dir)}")
+    if not ctx.is_main:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    return extra
+
+
 def run_hydra_command(command: str, task: Callable, config_name: str, args: List[str]) -> int:
     import hydra
 
@@ -164,7 +202,9 @@ def run_hydra_command(command: str, task: Callable, config_name: str, args: List
     if command == "preview" and not any(o.startswith("hydra.run.dir=") for o in overrides):
         args = [*args, "hydra.run.dir=outputs/preview/${now:%Y-%m-%d}/${now:%H-%M-%S}"]
     if not informational:
-        check_overrides(config_name, overrides, parsed.multirun)
+        composed = check_overrides(config_name, overrides, parsed.multirun)
+        if command == "train" and distributed.launched_by_torchrun():
+            args = [*args, *torchrun_overrides(composed, overrides, parsed.multirun)]
     main = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
     saved = sys.argv
     sys.argv = [f"mixtrain {command}", *args]
@@ -199,8 +239,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, still without a traceback
         if debug_enabled():
             traceback.print_exc()
-        sys.stderr.write("mixtrain: interrupted\n")
+        say("interrupted")
         return 128 + signal.SIGINT
+    finally:
+        distributed.shutdown()
 
 
 def entry_point() -> None:

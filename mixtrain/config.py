@@ -360,7 +360,7 @@ class MultiStepConfig(SchedConfig):
 @dataclass
 class TrainerConfig:
     epochs: int = 15
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch: under torchrun each process takes batch_size / world_size
     eval_batch_size: int = 512
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Optional[bool] = None  # None: on for CUDA, off for CPU
@@ -370,6 +370,7 @@ class TrainerConfig:
     num_workers: int = 4  # DataLoader workers (ImageFolder path only)
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     log_every: int = 50  # steps between TensorBoard step scalars
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     checkpoint: bool = True  # write last.pt / best.pt
     checkpoint_every_steps: Optional[int] = None  # also write last.pt every N steps (long epochs)
     on_nan: str = "stop"  # a non-finite loss: stop (keep the last good checkpoint) | skip the step

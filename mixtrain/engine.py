@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from mixtrain import checkpoint
+from mixtrain import checkpoint, distributed
 from mixtrain.checkpoint import EpochProgress, TrainState
 from mixtrain.config import TrainConfig, TrainerConfig, asdict
 from mixtrain.data import Data, Loader, build_data
@@ -93,7 +93,8 @@ def train_one_epoch(
     progress: Optional[EpochProgress] = None,
     log_every: int = 50,
     skip_non_finite: bool = False,
-    after_step: Optional[Callable[[int, bool], None]] = None,
+    after_step: Optional[Callable[[int, bool, bool], None]] = None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> Dict[str, float]:
     """One pass over ``loader`` from ``start_step``; returns mean loss, accuracy against the
     dominant (mixed) target, and img/s.
@@ -101,7 +102,9 @@ def train_one_epoch(
     ``progress`` holds the epoch's running sums (restored ones when resuming mid-epoch) and
     is kept up to date for checkpoints. A non-finite loss raises :class:`NonFiniteLoss`, or
     with ``skip_non_finite`` skips the update; with an fp16 GradScaler the scaler skips
-    such steps itself. ``after_step(step, skipped)`` runs after every batch.
+    such steps itself. ``after_step(step, skipped, stop)`` runs after every batch; ``stop``
+    is ``stop_requested()``. Under torchrun both flags are agreed on by all ranks before
+    the backward pass, so that every rank skips, or stops after, the same step.
     """
     model.train()
     progress = progress if progress is not None else EpochProgress()
@@ -122,6 +125,7 @@ def train_one_epoch(
                 loss = loss_fn(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             skipped = check_finite and not bool(torch.isfinite(loss))  # one sync; the step depends on it
+            skipped, stop = distributed.any_rank(skipped, stop_requested(), device=device)
             if skipped and not skip_non_finite:
                 raise NonFiniteLoss(epoch, step)
             if not skipped:
@@ -140,7 +144,7 @@ def train_one_epoch(
                 monitor.scalar("train/lr_step", optimizer.param_groups[0]["lr"], global_step)
             if after_step is not None:
                 progress.loss_sum, progress.correct = loss_sum.item(), correct.item()
-                after_step(step, skipped)
+                after_step(step, skipped, stop)
             if bar:
                 now = time.monotonic()
                 if now - last_refresh > 0.5 or step == steps - 1:
@@ -150,12 +154,16 @@ def train_one_epoch(
                 else:
                     bar.advance(task)
     progress.loss_sum, progress.correct = loss_sum.item(), correct.item()
-    if progress.seen == 0:
+    # The epoch's numbers over all ranks: sums, then ratios.
+    loss_total, correct_total, seen_total, images = distributed.all_reduce_sum(torch.tensor(
+        [progress.loss_sum, progress.correct, float(progress.seen), float(speed.images)], dtype=torch.float64,
+        device=device)).tolist()
+    if seen_total == 0:
         return {"train_loss": float("nan"), "train_acc": float("nan"), "img_per_s": float("nan")}
     return {
-        "train_loss": progress.loss_sum / progress.seen,
-        "train_acc": 100.0 * progress.correct / progress.seen,
-        "img_per_s": speed.rate,
+        "train_loss": loss_total / seen_total,
+        "train_acc": 100.0 * correct_total / seen_total,
+        "img_per_s": images / max(speed.seconds, 1e-9),
     }
 
 
@@ -168,6 +176,9 @@ def evaluate(model: nn.Module, loader: Loader, precision: Precision) -> Classifi
         with precision.autocast():
             logits = model(images)
         meter.update(logits, labels)
+    # Each rank saw its own shard: add the sums (never average per-rank metrics; ECE is
+    # not an average of per-rank ECEs).
+    distributed.all_reduce_sum(meter.sums)
     return meter
 
 
@@ -206,164 +217,206 @@ class StopRequest:
 # --------------------------------------------------------------------------- fit
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-
-
-def write_status(run_dir: Path, status: str, cfg: TrainConfig, **fields: Any) -> None:
-    """``summary.json``: ``running`` (with pid and host, so a dead run can be told apart),
-    then ``completed``, ``failed`` or ``interrupted``."""
-    write_json_atomic(run_dir / "summary.json", {"status": status, **fields, "pid": os.getpid(),
-                                                 "host": socket.gethostname(), "config": asdict(cfg)})
-
-
 def fit(cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None) -> Dict[str, Any]:
     """Train ``cfg`` in ``run_dir``; return the summary (also written to ``summary.json``).
 
     Raises :class:`RunStopped` after a clean stop (signal, non-finite loss) and
     :class:`MixtrainError` for bad input; ``summary.json`` says which, in any case.
+    Under torchrun every rank calls it; only rank 0 writes anything.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved = checkpoint.load(cfg.resume) if cfg.resume else None
-    if saved is None and (run_dir / "metrics.jsonl").exists():
-        raise MixtrainError(f"{run_dir} already holds a run: pick another hydra.run.dir, or continue it with resume={run_dir}")
+    return Run(cfg, Path(run_dir), monitor).train()
 
-    t_start = time.perf_counter()
-    device = resolve_device(cfg.trainer.device)
-    precision = resolve_precision(cfg.trainer, device)
-    seed_everything(cfg.seed)
-    data = build_data(cfg.dataset, cfg.trainer, device, cfg.seed)
-    model = create_model(cfg.model, data.num_classes).to(device)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer(cfg.optim, model)
-    scheduler = create_scheduler(cfg.sched, optimizer, len(data.train), cfg.trainer.epochs)
-    mixer = create_mixer(cfg.augment, data.num_classes, cfg.trainer.epochs, seed=cfg.seed)
-    loss_fn = create_loss(cfg.augment)
-    config = asdict(cfg)
-    state, history = TrainState(), []
-    if saved is not None:
-        checkpoint.check_resumable(saved, config, data.num_classes, Path(cfg.resume))
-        state, history = checkpoint.restore(saved, model, optimizer, scheduler, precision.scaler, mixer.generator)
-        reconcile_metrics(run_dir / "metrics.jsonl", history)
-    train_model = torch.compile(model) if cfg.trainer.compile else model
 
-    # On resume, TensorBoard hides what a crashed attempt logged after the checkpoint.
-    monitor = monitor or RunMonitor(run_dir, purge_step=state.global_step if saved is not None else None)
-    monitor.info(
-        f"[bold]mixtrain[/] {cfg.model.name} on {cfg.dataset.name} ({data.train.num_samples} train / "
-        f"{data.val.num_samples} val, {data.num_classes} classes) | {device} {precision.name} | "
-        f"augment={cfg.augment.name} | run dir {run_dir}"
-    )
-    warn_unreadable(data, monitor)
-    if saved is not None:
-        monitor.info(f"resumed from {cfg.resume} at epoch {state.epoch} step {state.step}")
-    elif monitor.enabled and mixer.active(0):
-        monitor.image("mixing/batch", mixed_batch_grid(data, cfg.augment, cfg.dataset, cfg.trainer.epochs, cfg.seed))
+class Run:
+    """One training run: its parts, where it is, and how it saves itself."""
 
-    def save(name: str) -> None:
-        if cfg.trainer.checkpoint and monitor.enabled:
-            checkpoint.save_atomic(checkpoint.snapshot(model, optimizer, scheduler, precision.scaler, mixer.generator,
-                                                       config, data.num_classes, state, history), run_dir / name)
+    def __init__(self, cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.t_start = time.perf_counter()
+        ctx = self.ctx = distributed.init(cfg.trainer.device)
+        if cfg.trainer.batch_size % ctx.world_size or cfg.trainer.eval_batch_size % ctx.world_size:
+            raise MixtrainError(f"trainer.batch_size ({cfg.trainer.batch_size}) and trainer.eval_batch_size "
+                                f"({cfg.trainer.eval_batch_size}) are global batches and must divide evenly over "
+                                f"{ctx.world_size} processes")
+        saved = checkpoint.load(cfg.resume) if cfg.resume else None
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if saved is None and (run_dir / "metrics.jsonl").exists():
+                raise MixtrainError(f"{run_dir} already holds a run: pick another hydra.run.dir, or continue it "
+                                    f"with resume={run_dir}")
 
-    def partial_summary() -> Dict[str, Any]:
-        return summarize(history, state, time.perf_counter() - t_start, data)
+        self.device = distributed.device_for(ctx, resolve_device(cfg.trainer.device))
+        self.precision = resolve_precision(cfg.trainer, self.device)
+        seed_everything(cfg.seed)
+        self.data = build_data(cfg.dataset, cfg.trainer, self.device, cfg.seed, ctx.rank, ctx.world_size)
+        self.model = create_model(cfg.model, self.data.num_classes).to(self.device)  # the unwrapped model
+        if cfg.trainer.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = create_optimizer(cfg.optim, self.model)
+        self.scheduler = create_scheduler(cfg.sched, self.optimizer, len(self.data.train), cfg.trainer.epochs)
+        self.mixer = create_mixer(cfg.augment, self.data.num_classes, cfg.trainer.epochs, cfg.seed, ctx.rank)
+        self.loss_fn = create_loss(cfg.augment)
+        self.config = asdict(cfg)
+        self.state, self.history = TrainState(), []
+        if saved is not None:
+            checkpoint.check_resumable(saved, self.config, self.data.num_classes, Path(cfg.resume))
+            self.state, self.history = checkpoint.restore(saved, self.model, self.optimizer, self.scheduler,
+                                                          self.precision.scaler, self.mixer.generator, ctx.rank,
+                                                          ctx.world_size)
+            if ctx.is_main:
+                reconcile_metrics(run_dir / "metrics.jsonl", self.history)
+        # DDP after restoring, so that every rank starts from the same weights.
+        self.train_model = distributed.wrap_model(self.model, self.device, cfg.trainer.sync_bn)
+        if cfg.trainer.compile:
+            self.train_model = torch.compile(self.train_model)
+        # On resume, TensorBoard hides what a crashed attempt logged after the checkpoint.
+        self.monitor = monitor or RunMonitor(run_dir, enabled=ctx.is_main,
+                                             purge_step=self.state.global_step if saved is not None else None)
+        self.resumed = saved is not None
 
-    write_status(run_dir, "running", cfg, **partial_summary())
-    try:
-        with StopRequest() as stop:
-            _train_epochs(cfg, run_dir, data, train_model, optimizer, scheduler, precision, mixer, loss_fn,
-                          state, history, monitor, save, stop, partial_summary)
-    except RunStopped as ex:
-        status = "interrupted" if ex.exit_code > 128 else "failed"
-        write_status(run_dir, status, cfg, error=str(ex), **partial_summary())
+    # ---- records
+
+    def summary(self) -> Dict[str, Any]:
+        return summarize(self.history, self.state, time.perf_counter() - self.t_start, self.data)
+
+    def write_status(self, status: str, **fields: Any) -> None:
+        """``summary.json``: ``running`` (with pid and host, so a dead run can be told apart),
+        then ``completed``, ``failed`` or ``interrupted``."""
+        if self.ctx.is_main:
+            write_json_atomic(self.run_dir / "summary.json", {
+                "status": status, **self.summary(), **fields, "pid": os.getpid(), "host": socket.gethostname(),
+                "world_size": self.ctx.world_size, "config": self.config})
+
+    def save(self, name: str) -> None:
+        """A checkpoint (every rank takes part: each one's RNG state goes in it; rank 0 writes)."""
+        if not self.cfg.trainer.checkpoint:
+            return
+        ranks = distributed.gather_objects(checkpoint.rank_state(self.mixer.generator, self.state))
+        if self.ctx.is_main:
+            checkpoint.save_atomic(checkpoint.snapshot(self.model, self.optimizer, self.scheduler,
+                                                       self.precision.scaler, self.config, self.data.num_classes,
+                                                       self.state, self.history, ranks), self.run_dir / name)
+
+    # ---- training
+
+    def train(self) -> Dict[str, Any]:
+        cfg, data, monitor = self.cfg, self.data, self.monitor
+        monitor.info(
+            f"[bold]mixtrain[/] {cfg.model.name} on {cfg.dataset.name} ({data.train.num_samples} train / "
+            f"{data.val.num_samples} val, {data.num_classes} classes) | {self.device} {self.precision.name}"
+            f"{f' x {self.ctx.world_size} processes' if self.ctx.enabled else ''} | augment={cfg.augment.name} | "
+            f"run dir {self.run_dir}"
+        )
+        self.warn_unreadable()
+        if self.resumed:
+            monitor.info(f"resumed from {cfg.resume} at epoch {self.state.epoch} step {self.state.step}")
+        elif monitor.enabled and self.mixer.active(0):
+            monitor.image("mixing/batch", mixed_batch_grid(data, cfg.augment, cfg.dataset, cfg.trainer.epochs, cfg.seed))
+        self.write_status("running")
+        try:
+            with StopRequest() as stop:
+                for epoch in range(self.state.epoch, cfg.trainer.epochs):
+                    self.train_epoch(epoch, stop)
+        except RunStopped as ex:
+            self.write_status("interrupted" if ex.exit_code > 128 else "failed", error=str(ex))
+            monitor.close()
+            raise
+        except BaseException as ex:
+            self.write_status("failed", error=f"{type(ex).__name__}: {ex}"[:500])
+            monitor.close()
+            raise
+        digests = distributed.gather_objects(distributed.weights_digest(self.model))
+        summary = {"status": "completed", **self.summary(), "world_size": self.ctx.world_size,
+                   "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "config": self.config}
+        if self.ctx.is_main:
+            write_json_atomic(self.run_dir / "summary.json", summary)
+        if not summary["ranks_in_sync"]:
+            monitor.warn_once("sync", f"the ranks' final weights differ: {digests}")
+        monitor.info(
+            f"done: best val acc {summary['best_val_acc1']:.2f} (epoch {self.state.best_epoch}), final val acc "
+            f"{summary['final_val_acc1']:.2f}, ECE {summary['final_val_ece']:.4f}, NLL {summary['final_val_nll']:.4f} "
+            f"in {summary['wall_time_s']:.0f}s | {self.run_dir / 'summary.json'}"
+        )
         monitor.close()
-        raise
-    except BaseException as ex:
-        write_status(run_dir, "failed", cfg, error=f"{type(ex).__name__}: {ex}"[:500], **partial_summary())
-        monitor.close()
-        raise
+        return summary
 
-    summary = {"status": "completed", **partial_summary(), "config": config}
-    write_json_atomic(run_dir / "summary.json", summary)
-    monitor.info(
-        f"done: best val acc {summary['best_val_acc1']:.2f} (epoch {state.best_epoch}), final val acc "
-        f"{summary['final_val_acc1']:.2f}, ECE {summary['final_val_ece']:.4f}, NLL {summary['final_val_nll']:.4f} "
-        f"in {summary['wall_time_s']:.0f}s | {run_dir / 'summary.json'}"
-    )
-    monitor.close()
-    return summary
-
-
-def _train_epochs(cfg: TrainConfig, run_dir: Path, data: Data, model: nn.Module, optimizer, scheduler,
-                  precision: Precision, mixer: Mixer, loss_fn: Loss, state: TrainState, history: List[dict],
-                  monitor: RunMonitor, save: Callable[[str], None], stop: StopRequest,
-                  partial_summary: Callable[[], Dict[str, Any]]) -> None:
-    trainer = cfg.trainer
-    resume_hint = f"continue with: mixtrain train resume={run_dir}"
-
-    def after_step(step: int, skipped: bool) -> None:
+    def after_step(self, step: int, skipped: bool, stop: bool) -> None:
+        state, trainer = self.state, self.cfg.trainer
         state.step, state.global_step = step + 1, state.global_step + 1
         if skipped:
             state.nan_skips += 1
-            monitor.info(f"[yellow]skipped a step with a non-finite loss[/] (epoch {state.epoch}, step {step}; "
-                         f"{state.nan_skips} of at most {trainer.nan_skip_limit})")
+            self.monitor.info(f"[yellow]skipped a step with a non-finite loss[/] (epoch {state.epoch}, step {step}; "
+                              f"{state.nan_skips} of at most {trainer.nan_skip_limit})")
             if state.nan_skips > trainer.nan_skip_limit:
                 raise RunStopped(f"more than trainer.nan_skip_limit={trainer.nan_skip_limit} non-finite losses "
                                  f"(last at epoch {state.epoch}, step {step}); lower optim.lr or check the data")
-        if stop.signum is not None:
-            save("last.pt")
-            name = signal.Signals(stop.signum).name
-            raise RunStopped(f"stopped by {name} at epoch {state.epoch}, step {state.step}; checkpoint "
-                             f"{run_dir / 'last.pt'}; {resume_hint}", exit_code=128 + stop.signum)
+        if stop:
+            self.save("last.pt")
+            signum = self.stop_signal or signal.SIGTERM  # another rank was signalled: torchrun sends SIGTERM
+            raise RunStopped(f"stopped by {signal.Signals(signum).name} at epoch {state.epoch}, step {state.step}; "
+                             f"checkpoint {self.run_dir / 'last.pt'}; continue with: mixtrain train "
+                             f"resume={self.run_dir}", exit_code=128 + signum)
         if trainer.checkpoint_every_steps and state.step % trainer.checkpoint_every_steps == 0:
-            save("last.pt")
+            self.save("last.pt")
 
-    for epoch in range(state.epoch, trainer.epochs):
+    def train_epoch(self, epoch: int, stop: StopRequest) -> None:
+        cfg, state, data, monitor, trainer = self.cfg, self.state, self.data, self.monitor, self.cfg.trainer
         state.epoch = epoch
         data.train.set_epoch(epoch)
         t_epoch = time.perf_counter()
+        self.stop_signal = None
+
+        def stop_requested() -> bool:
+            self.stop_signal = stop.signum
+            return stop.signum is not None
+
         try:
-            train_stats = train_one_epoch(model, data.train, optimizer, scheduler, precision, mixer, loss_fn, epoch,
-                                          monitor, start_step=state.step, progress=state.progress,
-                                          log_every=trainer.log_every, skip_non_finite=trainer.on_nan == "skip",
-                                          after_step=after_step)
+            train_stats = train_one_epoch(
+                self.train_model, data.train, self.optimizer, self.scheduler, self.precision, self.mixer,
+                self.loss_fn, epoch, monitor, start_step=state.step, progress=state.progress,
+                log_every=trainer.log_every, skip_non_finite=trainer.on_nan == "skip", after_step=self.after_step,
+                stop_requested=stop_requested)
         except NonFiniteLoss as ex:
-            kept = f"the last good checkpoint {run_dir / 'last.pt'} is kept" if (run_dir / "last.pt").exists() \
-                else "no checkpoint was written yet"
+            kept = (f"the last good checkpoint {self.run_dir / 'last.pt'} is kept"
+                    if (self.run_dir / "last.pt").exists() else "no checkpoint was written yet")
             raise RunStopped(f"{ex} (trainer.on_nan=stop); {kept}. Lower optim.lr, or set trainer.on_nan=skip") from None
-        record: Dict[str, Any] = {"epoch": epoch, **train_stats, "lr": optimizer.param_groups[0]["lr"]}
+        record: Dict[str, Any] = {"epoch": epoch, **train_stats, "lr": self.optimizer.param_groups[0]["lr"]}
         final = epoch + 1 == trainer.epochs
         if (epoch + 1) % trainer.eval_every == 0 or final:
-            meter = evaluate(model, data.val, precision)
+            # Every rank evaluates with rank 0's BatchNorm statistics: those the checkpoint holds.
+            distributed.broadcast_buffers(self.model)
+            meter = evaluate(self.model, data.val, self.precision)
             record.update({f"val_{k}": v for k, v in meter.compute().items()})
             if final and monitor.enabled:
-                save_reliability_diagram(meter.ece_bins, run_dir / "reliability.png", f"epoch {epoch}")
+                save_reliability_diagram(meter.ece_bins, self.run_dir / "reliability.png", f"epoch {epoch}")
                 monitor.image("calibration/reliability", reliability_image(meter.ece_bins, f"epoch {epoch}"),
                               state.global_step)
         record["epoch_time"] = time.perf_counter() - t_epoch
-        history.append(record)
+        self.history.append(record)
         state.epoch, state.step, state.progress = epoch + 1, 0, EpochProgress()
         is_best = "val_acc1" in record and record["val_acc1"] > state.best_acc1
         if is_best:
             state.best_acc1, state.best_epoch = record["val_acc1"], epoch
         # Checkpoint first, then the metrics line: a crash in between leaves a checkpoint whose
         # history has the line, and resuming writes it (reconcile_metrics).
-        save("last.pt")
+        self.save("last.pt")
         if is_best:
-            save("best.pt")
+            self.save("best.pt")
         monitor.epoch_end(record, state.global_step)
-        warn_unreadable(data, monitor)
-        write_status(run_dir, "running", cfg, **partial_summary())
+        self.warn_unreadable()
+        self.write_status("running")
+
+    def warn_unreadable(self) -> None:
+        """Say once per run that unreadable image files are being skipped, with the first few."""
+        paths = self.data.unreadable()
+        if paths:
+            shown = ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
+            self.monitor.warn_once("unreadable", f"skipping {len(paths)} unreadable image(s) "
+                                                 f"(dataset.on_bad_image=skip): {shown}")
 
 
-def warn_unreadable(data: Data, monitor: RunMonitor) -> None:
-    """Say once per run that unreadable image files are being skipped, with the first few."""
-    paths = data.unreadable()
-    if paths:
-        shown = ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
-        monitor.warn_once("unreadable", f"skipping {len(paths)} unreadable image(s) (dataset.on_bad_image=skip): {shown}")
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
 
 
 def summarize(history: List[dict], state: TrainState, wall_time: float, data: Data) -> Dict[str, Any]:

@@ -44,6 +44,17 @@ def test_every_config_group_option_composes_and_validates(group, option):
     ("augment.label_smoothing=1.5", "augment.label_smoothing must be in [0, 1)"),
     ("augment.disable_epochs=99", "augment.disable_epochs must be <= trainer.epochs"),
     ("seed=-3", "seed must be >= 0"),
+    ("augment=mixup augment.alpha=-0.2", "augment.alpha must be >= 0.0 (got -0.2)"),
+    ("augment=cutmix augment.prob=1.5", "augment.prob must be a probability in [0, 1] (got 1.5)"),
+    ("augment=switch augment.switch_prob=-0.1", "augment.switch_prob must be a probability in [0, 1]"),
+    ("augment=blend", "unknown augment 'blend': choose one of cutmix, manifold, mixup, none, switch"),
+    ("augment=mixup augment.mode=row", "augment.mode must be one of batch, pair, elem (got 'row')"),
+    ("augment=mixup augment.disable_epochs=16", "augment.disable_epochs must be <= trainer.epochs (15)"),
+    ("trainer.batch_size=-4", "trainer.batch_size must be >= 1"),
+    ("trainer.epochs=2.5", "trainer.epochs: Value '2.5' of type 'float' could not be converted to Integer"),
+    ("augment=manifold model=timm model.name=resnet18", "augment=manifold mixes hidden states between stages"),
+    ("trainer.on_nan=ignore", "trainer.on_nan must be one of stop, skip"),
+    ("dataset=imagefolder dataset.root=/x dataset.on_bad_image=warn", "dataset.on_bad_image must be one of skip, error"),
 ])
 def test_config_errors_are_one_line_and_exit_2(override, message, capsys, tmp_path):
     code = main(["train", *override.split(), f"hydra.run.dir={tmp_path / 'run'}"])

@@ -186,7 +186,7 @@ def test_skip_leaves_the_weights_of_a_non_finite_step_untouched():
     precision = Precision("cpu", None, torch.amp.GradScaler("cpu", enabled=False))
     snapshots, skipped_steps = [], []
 
-    def after(step, skipped):
+    def after(step, skipped, stop):
         snapshots.append([p.detach().clone() for p in model.parameters()])
         if skipped:
             skipped_steps.append(step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import List, Union
 
@@ -36,7 +37,13 @@ class Data:
 
 def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device, seed: int,
                rank: int = 0, world_size: int = 1) -> Data:
-    """Train and val loaders for ``cfg`` on ``device`` (this rank's share under DDP)."""
+    """Train and val loaders for ``cfg`` on ``device`` (this rank's share under DDP).
+
+    ``trainer.batch_size`` and ``trainer.eval_batch_size`` are global: each of
+    ``world_size`` processes takes an equal part.
+    """
+    trainer = dataclasses.replace(trainer, batch_size=trainer.batch_size // world_size,
+                                  eval_batch_size=trainer.eval_batch_size // world_size)
     if isinstance(cfg, FolderConfig) and not cfg.cache:
         return _streaming_folder(cfg, trainer, device, seed, rank, world_size)
 
