@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -89,7 +87,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str
     path = checkpoint_path(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as ex:
+    except Exception as ex:  # a file that is not a checkpoint can fail in many ways (pickle, zip, index ...)
         first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
         raise MixtrainError(f"{path} is not a readable mixtrain checkpoint ({first[:160]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
