@@ -72,6 +72,9 @@ class DatasetConfig:
     mean: List[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
     std: List[float] = field(default_factory=lambda: [0.2470, 0.2435, 0.2616])
     crop_padding: int = 4  # random-crop padding (px) on the device-resident path
+    # Fraction of training labels replaced by a uniformly random *other* class, drawn
+    # from the run seed (the mixup paper's Table 2); validation labels stay clean.
+    label_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_classes is not None:
@@ -79,6 +82,7 @@ class DatasetConfig:
         _require(len(self.mean) == 3 and len(self.std) == 3, "dataset.mean/std", "need 3 values each", (self.mean, self.std))
         _require(all(s > 0 for s in self.std), "dataset.std", "must be positive", self.std)
         _at_least(self.crop_padding, 0, "dataset.crop_padding")
+        _require(0.0 <= self.label_noise < 1.0, "dataset.label_noise", "must be in [0, 1)", self.label_noise)
 
 
 @dataclass

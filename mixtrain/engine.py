@@ -255,6 +255,8 @@ def summarize(cfg: TrainConfig, history: list, state: TrainState, wall_time: flo
         "wall_time_s": wall_time,
         "img_per_s": sum(rates) / len(rates) if rates else float("nan"),
         "num_classes": data.num_classes,
+        "label_noise": cfg.dataset.label_noise,
+        "labels_changed": data.labels_changed,
         "config": asdict(cfg),
     }
 

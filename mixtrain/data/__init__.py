@@ -10,6 +10,7 @@ import torch
 from mixtrain.config import CifarConfig, DatasetConfig, FolderConfig, MiniConfig, TrainerConfig
 from mixtrain.data.device_loader import DeviceLoader
 from mixtrain.data.folder import FolderLoader, check_same_classes, decode_folder, eval_transform, open_split, train_transform
+from mixtrain.data.label_noise import corrupt_folder_labels, corrupt_labels
 
 Loader = Union[DeviceLoader, FolderLoader]
 
@@ -19,6 +20,7 @@ class Data:
     train: Loader
     val: Loader
     classes: List[str]
+    labels_changed: int = 0  # training labels moved to another class by dataset.label_noise
 
     @property
     def num_classes(self) -> int:
@@ -44,6 +46,7 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
         train_x, train_y = decode_folder(train_ds, cfg.image_size)
         val_x, val_y = decode_folder(val_ds, cfg.image_size)
         classes = list(train_ds.classes)
+    train_y, changed = corrupt_labels(train_y, cfg.label_noise, len(classes), seed)
 
     common = dict(mean=cfg.mean, std=cfg.std, channels_last=trainer.channels_last, seed=seed,
                   rank=rank, world_size=world_size)
@@ -51,7 +54,7 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
                          padding=cfg.crop_padding, max_batches=trainer.limit_train_batches, **common)
     val = DeviceLoader(val_x.to(device), val_y.to(device), trainer.eval_batch_size, train=False,
                        max_batches=trainer.limit_val_batches, **common)
-    return Data(train, val, classes)
+    return Data(train, val, classes, labels_changed=changed)
 
 
 def _streaming_folder(cfg: FolderConfig, trainer: TrainerConfig, device: torch.device, seed: int,
@@ -59,8 +62,9 @@ def _streaming_folder(cfg: FolderConfig, trainer: TrainerConfig, device: torch.d
     train_ds = open_split(cfg.root, cfg.train_split, "dataset.train_split", train_transform(cfg.image_size, cfg.scale))
     val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split", eval_transform(cfg.image_size, cfg.crop_pct))
     check_same_classes(train_ds, val_ds)
+    changed = corrupt_folder_labels(train_ds, cfg.label_noise, seed)
     common = dict(device=device, mean=cfg.mean, std=cfg.std, num_workers=trainer.num_workers,
                   channels_last=trainer.channels_last, seed=seed, rank=rank, world_size=world_size)
     train = FolderLoader(train_ds, trainer.batch_size, train=True, max_batches=trainer.limit_train_batches, **common)
     val = FolderLoader(val_ds, trainer.eval_batch_size, train=False, max_batches=trainer.limit_val_batches, **common)
-    return Data(train, val, list(train_ds.classes))
+    return Data(train, val, list(train_ds.classes), labels_changed=changed)
