@@ -82,7 +82,8 @@ def heldout_indices(n: int, fraction: float, seed: int) -> Tuple[torch.Tensor, t
 def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
     """Top-1/top-5 (%), NLL, Brier, ECE and MCE (the training meter's numbers) and adaptive ECE."""
     meter = ClassificationMeter()
-    meter.update(logits, labels)
+    for part_logits, part_labels in zip(logits.split(8192), labels.split(8192)):  # bounded float64 copies
+        meter.update(part_logits, part_labels)
     metrics = meter.compute()
     confidences, predictions = logits.float().softmax(dim=1).max(dim=1)
     metrics["adaptive_ece"] = adaptive_calibration_error(confidences, predictions.eq(labels))

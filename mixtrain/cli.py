@@ -160,6 +160,12 @@ def _eval_task(cfg) -> None:
     print_report(report, out_dir, console)
 
 
+def _compare(args: List[str]) -> int:
+    from mixtrain.compare import main as compare_main  # not a Hydra app: it composes one eval config per run
+
+    return compare_main(args)
+
+
 def run_hydra_command(command: str, task: Callable, config_name: str, args: List[str]) -> int:
     import hydra
 
@@ -196,14 +202,8 @@ COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": lambda args: run_hydra_command("train", _train_task, "train", args),
     "preview": lambda args: run_hydra_command("preview", _preview_task, "train", args),
     "eval": lambda args: run_hydra_command("eval", _eval_task, "eval", args),
-    "compare": lambda args: _compare(args),
+    "compare": _compare,
 }
-
-
-def _compare(args: List[str]) -> int:
-    from mixtrain.compare import main as compare_main
-
-    return compare_main(args)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

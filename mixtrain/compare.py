@@ -76,8 +76,8 @@ def comparison_rows(reports: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, O
         add(label, fmt, better.get(key, LOWER), lambda r, k=key: _get(r, "clean", k))
     add("temperature T", "{:.3f}", None, lambda r: _get(r, "temperature", "value"))
     for key, label in (("nll", "NLL"), ("ece", "ECE")):
-        add(f"{label} before T (held-out rest)", "{:.4f}", LOWER, lambda r, k=key: _get(r, "temperature", "before", k))
-        add(f"{label} after T (held-out rest)", "{:.4f}", LOWER, lambda r, k=key: _get(r, "temperature", "after", k))
+        add(f"{label} before T", "{:.4f}", LOWER, lambda r, k=key: _get(r, "temperature", "before", k))
+        add(f"{label} after T", "{:.4f}", LOWER, lambda r, k=key: _get(r, "temperature", "after", k))
     levels = sorted({row["eps_255"] for r in reports for row in r.get("fgsm", [])})
     for level in levels:
         add(f"FGSM {eps_label(level)} top-1 (%)", "{:.2f}", HIGHER,
@@ -113,6 +113,13 @@ def column_labels(reports: Sequence[Dict[str, Any]]) -> List[str]:
     """Each run's recipe name (``ERM``, ``mixup a=0.2``), numbered where two are the same."""
     names = [_get(r, "run", "label") or "run" for r in reports]
     return [f"{name} #{names[:i].count(name) + 1}" if names.count(name) > 1 else name for i, name in enumerate(names)]
+
+
+def data_line(report: Dict[str, Any]) -> str:
+    """What a report was measured on, in words (identical for runs evaluated alike)."""
+    temp = report["temperature"]
+    return (f"{report['dataset']['name']} val, {report['dataset']['samples']} images; T fitted on {temp['fit_on']}, "
+            f"before/after T on {temp['report_on']}")
 
 
 def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str, Any]:
@@ -161,13 +168,12 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
 
     labels = column_labels(reports)
     console.print(comparison_table(reports, labels))
-    for label, run, report in zip(labels, runs, reports):
-        temp = report["temperature"]
-        console.print(f"{label}: {report['checkpoint']} (epoch {report['epoch']}, {report['dataset']['name']} "
-                      f"{report['dataset']['samples']} val images; T fitted on {temp['fit_on']})", highlight=False)
+    for label, report in zip(labels, reports):
+        console.print(f"{label}: {report['checkpoint']} (epoch {report['epoch']})", highlight=False)
+    for line in sorted({data_line(r) for r in reports}):
+        console.print(line, highlight=False)
     settings = {json.dumps(r.get("eval_config"), sort_keys=True) for r in reports}
-    datasets = {(r["dataset"]["name"], r["dataset"]["samples"]) for r in reports}
-    if len(settings) > 1 or len(datasets) > 1:
+    if len(settings) > 1 or len({data_line(r) for r in reports}) > 1:
         console.print("[yellow]note:[/] the runs were evaluated with different settings or data; "
                       "rows may not compare like for like", highlight=False)
     summary = {"runs": [{"label": label, "source": run, "report": report}

@@ -292,7 +292,7 @@ def report_tables(report: Dict[str, Any]) -> List[Table]:
                       _num(temp["after"][key], fmt))
     tables = [table]
     if report["fgsm"]:
-        fgsm = Table(title="FGSM (white-box, eps in [0, 1] pixels before normalization)", title_justify="left")
+        fgsm = Table(title="FGSM (white-box)", title_justify="left")
         fgsm.add_column("eps")
         for row in report["fgsm"]:
             fgsm.add_column(eps_label(row["eps_255"]), justify="right")
@@ -308,4 +308,6 @@ def print_report(report: Dict[str, Any], out_dir: Path, console: Console) -> Non
     bound = " (at the search bound: the held-out data does not pin T down)" if temp["at_bound"] else ""
     console.print(f"temperature T={temp['value']:.4f}{bound} fitted on {temp['fit_on']}; the T columns are "
                   f"{temp['report_on']}", highlight=False)
+    if report["fgsm"]:
+        console.print("FGSM eps: pixel levels of 1/255 on [0, 1] images, before normalization", highlight=False)
     console.print(f"{Path(out_dir) / EVAL_FILE}  {Path(out_dir) / RELIABILITY_FILE}", highlight=False)

@@ -16,6 +16,15 @@ from mixtrain.engine import fit
 from mixtrain.evaluation import eval_dataset_config, eval_overrides
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models and batches: one thread is faster, above all when other jobs share the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One epoch of ResNet-20 on 3 colour classes with 25% label noise: (run dir, data dir, summary)."""
@@ -23,13 +32,7 @@ def trained(tmp_path_factory):
     make_image_folder(root / "data", per_class=16, val_per_class=10, size=16)
     cfg = make_config("dataset=imagefolder", f"dataset.root={root / 'data'}", "dataset.cache=true",
                       "dataset.image_size=16", "dataset.label_noise=0.25", *TINY, "optim.lr=0.05")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: one thread is faster, above all on a shared machine
-    try:
-        summary = fit(cfg, root / "run")
-    finally:
-        torch.set_num_threads(threads)
-    return root / "run", root / "data", summary
+    return root / "run", root / "data", fit(cfg, root / "run")
 
 
 def read_eval(out_dir):
