@@ -26,6 +26,9 @@ commands:
             multirun sweeps             mixtrain train -m optim.lr=0.05,0.1
             continue a run              mixtrain train resume=outputs/<date>/<time>
   preview   a PNG of one mixed batch    mixtrain preview augment=cutmix augment.mode=elem
+  eval      calibration, temperature    mixtrain eval checkpoint=outputs/<date>/<time> [dataset.root=...]
+            scaling, FGSM robustness
+  compare   runs side by side           mixtrain compare RUN_A RUN_B ... [heldout=0.5 fgsm_eps=[2,8]]
 
 `mixtrain <command> --help` shows the config groups and the composed config;
 `mixtrain train --cfg job` prints the config a run would use.
@@ -188,6 +191,30 @@ def torchrun_overrides(composed: list, overrides: List[str], multirun: bool) -> 
     return extra
 
 
+def _eval_task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from rich.console import Console
+
+    from mixtrain.evaluation import dataset_override_keys, evaluate_checkpoint, print_report
+
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    console = Console(width=None if Console().is_terminal else 120)
+    try:
+        report = evaluate_checkpoint(to_object(cfg), out_dir, dataset_override_keys(hydra_cfg.overrides.task), console)
+    except MixtrainError as ex:
+        if debug_enabled():
+            raise
+        raise SystemExit(fail(str(ex))) from None
+    print_report(report, out_dir, console)
+
+
+def _compare(args: List[str]) -> int:
+    from mixtrain.compare import main as compare_main  # not a Hydra app: it composes one eval config per run
+
+    return compare_main(args)
+
+
 def run_hydra_command(command: str, task: Callable, config_name: str, args: List[str]) -> int:
     import hydra
 
@@ -196,6 +223,13 @@ def run_hydra_command(command: str, task: Callable, config_name: str, args: List
     overrides = list(parsed.overrides)
     if command == "train" and not informational:
         rewritten = resume_overrides(overrides)
+        if rewritten is not overrides:
+            args = [a for a in args if a not in overrides] + rewritten
+            overrides = rewritten
+    if command == "eval" and not informational:
+        from mixtrain.evaluation import eval_overrides
+
+        rewritten = eval_overrides(overrides)
         if rewritten is not overrides:
             args = [a for a in args if a not in overrides] + rewritten
             overrides = rewritten
@@ -218,6 +252,8 @@ def run_hydra_command(command: str, task: Callable, config_name: str, args: List
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": lambda args: run_hydra_command("train", _train_task, "train", args),
     "preview": lambda args: run_hydra_command("preview", _preview_task, "train", args),
+    "eval": lambda args: run_hydra_command("eval", _eval_task, "eval", args),
+    "compare": _compare,
 }
 
 

@@ -72,6 +72,9 @@ class DatasetConfig:
     mean: List[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
     std: List[float] = field(default_factory=lambda: [0.2470, 0.2435, 0.2616])
     crop_padding: int = 4  # random-crop padding (px) on the device-resident path
+    # Fraction of training labels replaced by a uniformly random *other* class, drawn
+    # from the run seed (the mixup paper's Table 2); validation labels stay clean.
+    label_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_classes is not None:
@@ -79,6 +82,7 @@ class DatasetConfig:
         _require(len(self.mean) == 3 and len(self.std) == 3, "dataset.mean/std", "need 3 values each", (self.mean, self.std))
         _require(all(s > 0 for s in self.std), "dataset.std", "must be positive", self.std)
         _at_least(self.crop_padding, 0, "dataset.crop_padding")
+        _require(0.0 <= self.label_noise < 1.0, "dataset.label_noise", "must be in [0, 1)", self.label_noise)
 
 
 @dataclass
@@ -437,6 +441,53 @@ class TrainConfig:
                  "must be false with augment=manifold (its per-step hook would recompile the model)", True)
 
 
+# --------------------------------------------------------------------------- eval
+
+
+@dataclass
+class EvalConfig:
+    """``mixtrain eval``: calibration, temperature scaling and FGSM robustness of a checkpoint."""
+
+    checkpoint: str = MISSING  # a .pt file, or a run dir (its best.pt, else last.pt)
+    # None: the checkpoint's own dataset; `dataset.key=value` changes keys of it, and
+    # `dataset=NAME` (another dataset) starts from that option's defaults.
+    dataset: Any = None
+    # Data for fitting the temperature: a fraction in (0, 1) of the validation set (a
+    # fixed split drawn from `seed`; the rest reports), or a split name: `train`, or a
+    # folder under dataset.root for dataset=imagefolder (the whole validation set reports).
+    heldout: str = "0.5"
+    # FGSM epsilons in pixel levels of 1/255, on [0, 1] images before normalization;
+    # [] skips the attack.
+    fgsm_eps: List[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    batch_size: int = 256
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0  # the held-out split
+
+    def __post_init__(self) -> None:
+        path = Path(os.path.expanduser(self.checkpoint))
+        _require(path.exists(), "checkpoint", "does not exist: pass a .pt file or a run dir", self.checkpoint)
+        fraction = heldout_fraction(self.heldout)
+        if fraction is not None:
+            _require(0.0 < fraction < 1.0, "heldout", "must be a fraction in (0, 1) or a split name", self.heldout)
+        else:
+            _require(self.heldout not in ("", "val"), "heldout",
+                     "must be a fraction of the validation set or another split (train, or a folder name)", self.heldout)
+        _require(all(0.0 <= e <= 255.0 for e in self.fgsm_eps), "fgsm_eps",
+                 "must be pixel levels in [0, 255] (8 means 8/255)", list(self.fgsm_eps))
+        _at_least(self.batch_size, 1, "batch_size")
+        _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                 "device", "must be auto, cpu, cuda or cuda:N", self.device)
+        _at_least(self.seed, 0, "seed")
+
+
+def heldout_fraction(heldout: str) -> Optional[float]:
+    """``EvalConfig.heldout`` as a fraction, or None when it names a split."""
+    try:
+        return float(heldout)
+    except ValueError:
+        return None
+
+
 SCHEMAS = {
     "dataset": {"cifar": CifarConfig, "mini": MiniConfig, "folder": FolderConfig},
     "model": {"cifar": CifarModelConfig, "timm": TimmModelConfig},
@@ -476,6 +527,7 @@ def register_configs() -> None:
     """Put the schemas and the recipes in Hydra's ConfigStore."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
     for group, kinds in SCHEMAS.items():
         for kind, schema in kinds.items():
             cs.store(group=f"schema/{group}", name=kind, node=schema)

@@ -277,7 +277,8 @@ class Run:
     # ---- records
 
     def summary(self) -> Dict[str, Any]:
-        return summarize(self.history, self.state, time.perf_counter() - self.t_start, self.data)
+        return summarize(self.history, self.state, time.perf_counter() - self.t_start, self.data,
+                         self.cfg.dataset.label_noise)
 
     def write_status(self, status: str, **fields: Any) -> None:
         """``summary.json``: ``running`` (with pid and host, so a dead run can be told apart),
@@ -419,7 +420,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def summarize(history: List[dict], state: TrainState, wall_time: float, data: Data) -> Dict[str, Any]:
+def summarize(history: List[dict], state: TrainState, wall_time: float, data: Data,
+              label_noise: float = 0.0) -> Dict[str, Any]:
     evaluated = [r for r in history if "val_acc1" in r]
     final = evaluated[-1] if evaluated else {}
     rates = [r["img_per_s"] for r in history if not math.isnan(r.get("img_per_s", float("nan")))]
@@ -437,4 +439,6 @@ def summarize(history: List[dict], state: TrainState, wall_time: float, data: Da
         "num_classes": data.num_classes,
         "nan_skips": state.nan_skips,
         "unreadable_images": len(data.unreadable()),
+        "label_noise": label_noise,
+        "labels_changed": data.labels_changed,
     }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence, Tuple
+
 import numpy as np
 import torch
 
@@ -60,6 +62,18 @@ def reliability_figure(sums: torch.Tensor, title: str = "", ax=None):
 def save_reliability_diagram(sums: torch.Tensor, path: Path, title: str = "") -> Path:
     plt = _pyplot()
     fig = reliability_figure(sums, title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_reliability_panels(panels: Sequence[Tuple[torch.Tensor, str]], path: Path) -> Path:
+    """Reliability diagrams side by side (e.g. before and after temperature scaling) in one PNG."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), dpi=110, squeeze=False)
+    for ax, (sums, title) in zip(axes[0], panels):
+        reliability_figure(sums, title, ax=ax)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

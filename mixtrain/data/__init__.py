@@ -12,6 +12,7 @@ from mixtrain.config import CifarConfig, DatasetConfig, FolderConfig, MiniConfig
 from mixtrain.data.device_loader import DeviceLoader
 from mixtrain.data.folder import (FolderLoader, bad_image_error, check_same_classes, decode_folder, eval_transform,
                                   open_split, train_transform, unreadable_files)
+from mixtrain.data.label_noise import corrupt_folder_labels, corrupt_labels
 
 Loader = Union[DeviceLoader, FolderLoader]
 
@@ -22,6 +23,7 @@ class Data:
     val: Loader
     classes: List[str]
     skipped: List[str] = field(default_factory=list)  # unreadable files left out when caching
+    labels_changed: int = 0  # training labels moved to another class by dataset.label_noise
 
     @property
     def num_classes(self) -> int:
@@ -63,6 +65,7 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
         if skipped and cfg.on_bad_image == "error":
             raise bad_image_error(skipped)
         classes = list(train_ds.classes)
+    train_y, changed = corrupt_labels(train_y, cfg.label_noise, len(classes), seed)
 
     common = dict(mean=cfg.mean, std=cfg.std, channels_last=trainer.channels_last, seed=seed,
                   rank=rank, world_size=world_size)
@@ -70,7 +73,7 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
                          padding=cfg.crop_padding, max_batches=trainer.limit_train_batches, **common)
     val = DeviceLoader(val_x.to(device), val_y.to(device), trainer.eval_batch_size, train=False,
                        max_batches=trainer.limit_val_batches, **common)
-    return Data(train, val, classes, skipped if isinstance(cfg, FolderConfig) else [])
+    return Data(train, val, classes, skipped if isinstance(cfg, FolderConfig) else [], labels_changed=changed)
 
 
 def _streaming_folder(cfg: FolderConfig, trainer: TrainerConfig, device: torch.device, seed: int,
@@ -83,8 +86,9 @@ def _streaming_folder(cfg: FolderConfig, trainer: TrainerConfig, device: torch.d
         bad = unreadable_files(train_ds) + unreadable_files(val_ds)
         if bad:
             raise bad_image_error(bad)
+    changed = corrupt_folder_labels(train_ds, cfg.label_noise, seed)
     common = dict(device=device, mean=cfg.mean, std=cfg.std, num_workers=trainer.num_workers,
                   channels_last=trainer.channels_last, seed=seed, rank=rank, world_size=world_size)
     train = FolderLoader(train_ds, trainer.batch_size, train=True, max_batches=trainer.limit_train_batches, **common)
     val = FolderLoader(val_ds, trainer.eval_batch_size, train=False, max_batches=trainer.limit_val_batches, **common)
-    return Data(train, val, list(train_ds.classes))
+    return Data(train, val, list(train_ds.classes), labels_changed=changed)

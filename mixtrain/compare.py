@@ -1,0 +1,194 @@
+"""``mixtrain compare RUN_A RUN_B ... [eval overrides]``: evaluation metrics side by side.
+
+Each argument is a run dir (its ``best.pt``, else ``last.pt``), a checkpoint file, or an
+``eval.json`` (or a dir holding one, as ``mixtrain eval`` writes) that is read instead
+of evaluating again. Checkpoints are evaluated with the same eval settings (the
+``key=value`` arguments, as for ``mixtrain eval``). One table: a row per metric, a
+column per run, the best value of each row marked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from rich.console import Console
+from rich.table import Table
+
+from mixtrain.errors import MixtrainError
+
+USAGE = """usage: mixtrain compare RUN_OR_CHECKPOINT_OR_EVAL_JSON ... [key=value ...]
+
+  Runs (best.pt, else last.pt), checkpoint files, or eval.json files of `mixtrain eval`.
+  key=value: eval settings for the checkpoints, e.g. heldout=0.5 fgsm_eps=[2,8] dataset.root=DIR;
+  hydra.run.dir=DIR: where compare.json and each run's eval.json go
+  (default outputs/compare/<date>/<time>).
+"""
+
+HIGHER, LOWER = "higher", "lower"
+
+
+def split_arguments(args: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """``(runs, overrides)``: an argument that exists as a path is a run, else ``key=value`` is an override."""
+    runs, overrides = [], []
+    for arg in args:
+        if Path(arg).expanduser().exists() or "=" not in arg:
+            runs.append(arg)
+        else:
+            overrides.append(arg)
+    return runs, overrides
+
+
+def existing_eval(arg: str) -> Optional[Path]:
+    """The ``eval.json`` an argument points at (the file, or a dir holding it and no checkpoint)."""
+    from mixtrain.evaluation import EVAL_FILE
+
+    path = Path(arg).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        return path
+    if path.is_dir() and (path / EVAL_FILE).is_file() and not any((path / n).is_file() for n in ("best.pt", "last.pt")):
+        return path / EVAL_FILE
+    return None
+
+
+def _get(report: Dict[str, Any], *keys) -> Optional[float]:
+    node: Any = report
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def comparison_rows(reports: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, Optional[str], List[Optional[float]]]]:
+    """``(label, format, better, values per report)`` for every metric any report has."""
+    from mixtrain.evaluation import METRIC_ROWS, eps_label
+
+    better = {"acc1": HIGHER, "acc5": HIGHER}
+    rows: List[Tuple[str, str, Optional[str], List[Optional[float]]]] = []
+
+    def add(label: str, fmt: str, direction: Optional[str], getter: Callable[[Dict[str, Any]], Optional[float]]):
+        rows.append((label, fmt, direction, [getter(r) for r in reports]))
+
+    for key, label, fmt in METRIC_ROWS:
+        add(label, fmt, better.get(key, LOWER), lambda r, k=key: _get(r, "clean", k))
+    add("temperature T", "{:.3f}", None, lambda r: _get(r, "temperature", "value"))
+    for key, label in (("nll", "NLL"), ("ece", "ECE")):
+        add(f"{label} before T", "{:.4f}", LOWER, lambda r, k=key: _get(r, "temperature", "before", k))
+        add(f"{label} after T", "{:.4f}", LOWER, lambda r, k=key: _get(r, "temperature", "after", k))
+    levels = sorted({row["eps_255"] for r in reports for row in r.get("fgsm", [])})
+    for level in levels:
+        add(f"FGSM {eps_label(level)} top-1 (%)", "{:.2f}", HIGHER,
+            lambda r, e=level: next((row["acc1"] for row in r.get("fgsm", []) if row["eps_255"] == e), None))
+    return rows
+
+
+def best_marks(values: Sequence[Optional[float]], direction: Optional[str]) -> List[bool]:
+    """Which values are the best of their row (all ties); none when fewer than two runs have one."""
+    present = [v for v in values if v is not None and v == v]
+    if direction is None or len(present) < 2:
+        return [False] * len(values)
+    best = max(present) if direction == HIGHER else min(present)
+    return [v is not None and v == best for v in values]
+
+
+def comparison_table(reports: Sequence[Dict[str, Any]], labels: Sequence[str]) -> Table:
+    table = Table(title="* best in its row (higher top-1, lower NLL / Brier / ECE / MCE)", title_justify="left")
+    table.add_column("metric")
+    for label in labels:
+        table.add_column(label, justify="right")
+    for label, fmt, direction, values in comparison_rows(reports):
+        marks = best_marks(values, direction)
+        cells = []
+        for value, best in zip(values, marks):
+            text = "-" if value is None else fmt.format(value)
+            cells.append(f"[bold green]{text}*[/]" if best else f"{text} ")
+        table.add_row(label, *cells)
+    return table
+
+
+def column_labels(reports: Sequence[Dict[str, Any]]) -> List[str]:
+    """Each run's recipe name (``ERM``, ``mixup a=0.2``), numbered where two are the same."""
+    names = [_get(r, "run", "label") or "run" for r in reports]
+    return [f"{name} #{names[:i].count(name) + 1}" if names.count(name) > 1 else name for i, name in enumerate(names)]
+
+
+def data_line(report: Dict[str, Any]) -> str:
+    """What a report was measured on, in words (identical for runs evaluated alike)."""
+    temp = report["temperature"]
+    return (f"{report['dataset']['name']} val, {report['dataset']['samples']} images; T fitted on {temp['fit_on']}, "
+            f"before/after T on {temp['report_on']}")
+
+
+def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str, Any]:
+    """Evaluate (or read) every run and print the comparison; return what ``compare.json`` holds."""
+    from hydra import compose, initialize_config_dir
+
+    from mixtrain.config import config_dir, describe_config_error, to_object
+    from mixtrain.evaluation import dataset_override_keys, eval_overrides, evaluate_checkpoint, quote_override
+
+    console = console or Console(width=None if Console().is_terminal else 120)
+    runs, overrides = split_arguments(args)
+    out = [o for o in overrides if o.startswith("hydra.run.dir=")]
+    overrides = [o for o in overrides if not o.startswith("hydra.run.dir=")]
+    if not runs:
+        raise MixtrainError("name at least one run dir, checkpoint or eval.json to compare (see `mixtrain compare --help`)")
+    out_dir = Path(out[-1].split("=", 1)[1] if out else time.strftime("outputs/compare/%Y-%m-%d/%H-%M-%S"))
+    if (out_dir / "compare.json").exists():
+        raise MixtrainError(f"{out_dir} already holds a compare.json: pick another hydra.run.dir")
+
+    # Compose and check every run's eval config before evaluating any of them.
+    jobs: List[Tuple[str, Any, Any]] = []
+    with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="compare"):
+        for run in runs:
+            done = existing_eval(run)
+            if done is not None:
+                jobs.append((run, done, None))
+                continue
+            job = eval_overrides([*overrides, f"checkpoint={quote_override(run)}"])
+            try:
+                cfg = compose("eval", overrides=job)
+            except Exception as ex:  # Hydra and OmegaConf raise many types; all are config errors here
+                raise MixtrainError(describe_config_error(ex)) from None
+            jobs.append((run, None, to_object(cfg)))
+
+    reports = []
+    for i, (run, done, cfg) in enumerate(jobs):
+        if done is not None:
+            try:
+                reports.append(json.loads(done.read_text()))
+            except (OSError, json.JSONDecodeError) as ex:
+                raise MixtrainError(f"{done} is not a readable eval.json ({ex}): run `mixtrain eval` again") from None
+            console.print(f"[{i + 1}/{len(jobs)}] {run}: read {done}", highlight=False)
+            continue
+        console.print(f"[{i + 1}/{len(jobs)}] evaluating {run}", highlight=False)
+        reports.append(evaluate_checkpoint(cfg, out_dir / f"run{i + 1}", dataset_override_keys(overrides)))
+
+    labels = column_labels(reports)
+    console.print(comparison_table(reports, labels))
+    for label, report in zip(labels, reports):
+        console.print(f"{label}: {report['checkpoint']} (epoch {report['epoch']})", highlight=False)
+    for line in sorted({data_line(r) for r in reports}):
+        console.print(line, highlight=False)
+    settings = {json.dumps(r.get("eval_config"), sort_keys=True) for r in reports}
+    if len(settings) > 1 or len({data_line(r) for r in reports}) > 1:
+        console.print("[yellow]note:[/] the runs were evaluated with different settings or data; "
+                      "rows may not compare like for like", highlight=False)
+    summary = {"runs": [{"label": label, "source": run, "report": report}
+                        for label, run, report in zip(labels, runs, reports)],
+               "rows": [{"metric": label, "better": direction, "values": values}
+                        for label, _, direction, values in comparison_rows(reports)]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.json").write_text(json.dumps(summary, indent=2))
+    console.print(str(out_dir / "compare.json"), highlight=False)
+    return summary
+
+
+def main(args: Sequence[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    compare(args)
+    return 0

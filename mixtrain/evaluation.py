@@ -1,0 +1,313 @@
+"""``mixtrain eval``: the claims of the mixup papers, measured on one checkpoint.
+
+Clean top-1/top-5, NLL and Brier; calibration as ECE (the training meter's function),
+MCE and adaptive ECE; temperature scaling fitted on held-out data, with NLL and ECE
+before and after; top-1 under FGSM. Everything lands in ``eval.json`` (read by
+``mixtrain compare``), a two-panel ``reliability.png`` and a table on the terminal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from omegaconf import MISSING
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from mixtrain import checkpoint
+from mixtrain.calibration import (TEMPERATURE_BOUNDS, calibration_metrics, fit_temperature, heldout_indices,
+                                  reliability_sums)
+from mixtrain.config import (DatasetConfig, EvalConfig, TimmModelConfig, TrainConfig, config_from_dict,
+                             describe_config_error, heldout_fraction, schema_for)
+from mixtrain.data.splits import eval_loader, split_folder
+from mixtrain.errors import MixtrainError
+from mixtrain.robustness import fgsm_accuracy
+
+EVAL_FILE = "eval.json"
+RELIABILITY_FILE = "reliability.png"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run dir's ``best.pt`` (else its ``last.pt``)."""
+    path = Path(os.path.expanduser(str(path)))
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise MixtrainError(f"{path} holds neither best.pt nor last.pt: pass a checkpoint file or a run dir")
+    if not path.is_file():
+        raise MixtrainError(f"no checkpoint at {path}: pass a .pt file or a run dir that holds best.pt or last.pt")
+    return path
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def dataset_override_keys(overrides: Sequence[str]) -> List[str]:
+    """The dataset keys an override list sets (``dataset.root=X`` -> ``root``)."""
+    keys = [_override_key(o)[len("dataset."):] for o in overrides if _override_key(o).startswith("dataset.")]
+    return [k.split(".", 1)[0] for k in keys]
+
+
+def eval_overrides(overrides: List[str]) -> List[str]:
+    """With ``dataset.key=value`` but no ``dataset=NAME``: select the checkpoint's dataset first.
+
+    The eval config has no dataset by default (the checkpoint's own is used), so Hydra
+    would refuse ``dataset.root=...`` on its own; naming the checkpoint's dataset makes
+    the keys valid, and :func:`eval_dataset_config` then lays them over the saved values.
+    """
+    if not dataset_override_keys(overrides) or any(_override_key(o) == "dataset" for o in overrides):
+        return overrides
+    given = [o for o in overrides if _override_key(o) == "checkpoint"]
+    if not given:
+        raise MixtrainError("checkpoint is required: pass checkpoint=PATH (a .pt file or a run dir)")
+    saved = checkpoint.load(resolve_checkpoint(override_value(given[-1])))["config"]["dataset"]
+    # Keys the option cannot default (dataset.root of imagefolder) come from the checkpoint too.
+    changed = set(dataset_override_keys(overrides))
+    required = [f.name for f in dataclasses.fields(schema_for("dataset", saved["name"]))
+                if f.default == MISSING and f.name != "name" and f.name not in changed and f.name in saved]
+    return [f"dataset={saved['name']}", *(f"dataset.{key}={quote_override(saved[key])}" for key in required), *overrides]
+
+
+def quote_override(value: Any) -> str:
+    """A string as a quoted Hydra override value (paths may hold spaces, '=' or ',')."""
+    # Inside quotes Hydra treats a backslash as special only before a quote.
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def override_value(override: str) -> Any:
+    """The value of one ``key=value`` override as Hydra parses it (quotes removed)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides([override])[0].value()
+    except Exception as ex:  # Hydra's parse errors
+        raise MixtrainError(describe_config_error(ex)) from None
+
+
+def eval_dataset_config(saved: DatasetConfig, chosen: Optional[DatasetConfig], changed: Sequence[str]) -> DatasetConfig:
+    """The dataset to evaluate on: the checkpoint's, with the keys the user changed.
+
+    Naming another dataset (``dataset=cifar100`` for a CIFAR-10 model, say) starts from
+    that option's defaults instead. ``replace`` re-runs the schema's checks.
+    """
+    if chosen is None:
+        return saved
+    if chosen.name != saved.name or type(chosen) is not type(saved):
+        return chosen
+    return dataclasses.replace(saved, **{key: getattr(chosen, key) for key in changed if hasattr(chosen, key)})
+
+
+def build_model(train_cfg: TrainConfig, state: Dict[str, Any], num_classes: int, path: Path,
+                device: torch.device) -> nn.Module:
+    from mixtrain.models import create_model
+
+    model_cfg = train_cfg.model
+    if isinstance(model_cfg, TimmModelConfig) and model_cfg.pretrained:
+        model_cfg = dataclasses.replace(model_cfg, pretrained=False)  # the checkpoint holds the weights
+    model = create_model(model_cfg, num_classes)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as ex:
+        first = str(ex).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise MixtrainError(f"{path} does not fit a {model_cfg.name} with {num_classes} classes ({detail[:160]}): "
+                            "evaluate on a dataset with the classes it was trained on") from None
+    model = model.to(device).eval()
+    if train_cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)`` of every batch, float32 on the CPU, in loader order (full precision)."""
+    model.eval()
+    logits, labels = [], []
+    for images, targets in loader:
+        logits.append(model(images).float().cpu())
+        labels.append(targets.cpu())
+    if not logits:
+        raise MixtrainError("the evaluation split is empty: check dataset.root and dataset.val_split")
+    return torch.cat(logits), torch.cat(labels)
+
+
+def describe_run(train_cfg: TrainConfig) -> str:
+    """A short name for a run's training recipe: ``ERM``, ``mixup a=0.2``, ``cutmix a=1 noise 20%``."""
+    aug = train_cfg.augment
+    if aug.name == "none":
+        name = "ERM"
+    elif aug.name == "switch":
+        name = f"switch mixup a={aug.mixup_alpha:g}/cutmix a={aug.cutmix_alpha:g}"
+    else:
+        name = f"{aug.name} a={aug.alpha:g}"
+    if aug.name != "none" and getattr(aug, "mode", "batch") != "batch":
+        name += f" {aug.mode}"
+    if aug.label_smoothing:
+        name += f" ls={aug.label_smoothing:g}"
+    if train_cfg.dataset.label_noise:
+        name += f" noise {100 * train_cfg.dataset.label_noise:g}%"
+    return name
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def temperature_scaling(cfg: EvalConfig, val_logits: torch.Tensor, val_labels: torch.Tensor,
+                        dataset: DatasetConfig, model: nn.Module, device: torch.device,
+                        channels_last: bool, num_workers: int) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """Fit T on the held-out data; NLL/ECE before and after on the data that reports.
+
+    Returns the JSON section and the reliability bin sums before and after scaling.
+    """
+    fraction = heldout_fraction(cfg.heldout)
+    n = len(val_labels)
+    if fraction is not None:
+        fit_idx, report_idx = heldout_indices(n, fraction, cfg.seed)
+        fit_logits, fit_labels = val_logits[fit_idx], val_labels[fit_idx]
+        report_logits, report_labels = val_logits[report_idx], val_labels[report_idx]
+        fit_on = f"{len(fit_idx)} of the {n} val images (heldout={cfg.heldout}, seed {cfg.seed})"
+        report_on = f"the other {len(report_idx)} val images"
+    else:
+        loader, _ = eval_loader(dataset, cfg.heldout, cfg.batch_size, device, channels_last, num_workers)
+        fit_logits, fit_labels = predict(model, loader)
+        report_logits, report_labels = val_logits, val_labels
+        fit_on = f"the {cfg.heldout} split ({len(fit_labels)} images, unaugmented)"
+        report_on = f"all {n} val images"
+    temperature = fit_temperature(fit_logits, fit_labels)
+    scaled = report_logits.double() / temperature
+    section = {
+        "value": temperature,
+        "at_bound": temperature in TEMPERATURE_BOUNDS,
+        "fit_on": fit_on,
+        "fit_samples": len(fit_labels),
+        "report_on": report_on,
+        "report_samples": len(report_labels),
+        "before": calibration_metrics(report_logits, report_labels),
+        "after": calibration_metrics(scaled, report_labels),
+    }
+    sums = {"before": reliability_sums(report_logits, report_labels), "after": reliability_sums(scaled, report_labels)}
+    return section, sums
+
+
+def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[str] = (),
+                        console: Optional[Console] = None) -> Dict[str, Any]:
+    """Evaluate ``cfg.checkpoint``; write ``eval.json`` and ``reliability.png`` to ``out_dir``; return the report."""
+    from mixtrain.engine import resolve_device
+    from mixtrain.plots import save_reliability_panels
+
+    out_dir = Path(out_dir)
+    if (out_dir / EVAL_FILE).exists():
+        raise MixtrainError(f"{out_dir} already holds an {EVAL_FILE}: pick another hydra.run.dir")
+    path = resolve_checkpoint(cfg.checkpoint).resolve()
+    state = checkpoint.load(path)
+    train_cfg = config_from_dict(state["config"])
+    dataset = eval_dataset_config(train_cfg.dataset, cfg.dataset, dataset_keys)
+    if heldout_fraction(cfg.heldout) is None:
+        split_folder(dataset, cfg.heldout)  # a split this dataset has, before any data is read
+    device = resolve_device(cfg.device)
+    channels_last, workers = train_cfg.trainer.channels_last, train_cfg.trainer.num_workers
+    val, classes = eval_loader(dataset, "val", cfg.batch_size, device, channels_last, workers)
+    if train_cfg.dataset.num_classes is not None and train_cfg.dataset.num_classes != len(classes):
+        raise MixtrainError(f"{path} was trained on {train_cfg.dataset.num_classes} classes but {dataset.name} has "
+                            f"{len(classes)}: evaluate on a dataset with the classes it was trained on")
+    model = build_model(train_cfg, state, len(classes), path, device)
+    if console is not None:
+        console.print(f"[bold]mixtrain eval[/] {path} ({train_cfg.model.name}, {describe_run(train_cfg)}, "
+                      f"epoch {state['state']['epoch']}) on {dataset.name} val ({val.num_samples} images) | {device}",
+                      highlight=False)
+
+    logits, labels = predict(model, val)
+    temperature, sums = temperature_scaling(cfg, logits, labels, dataset, model, device, channels_last, workers)
+    eps_levels = [float(e) for e in cfg.fgsm_eps]
+    fgsm = fgsm_accuracy(model, val, [e / 255.0 for e in eps_levels], dataset.mean, dataset.std)
+    for row, level in zip(fgsm, eps_levels):
+        row["eps_255"] = level
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t = temperature["value"]
+    save_reliability_panels([(sums["before"], f"before scaling (T=1), {temperature['report_samples']} images"),
+                             (sums["after"], f"after scaling (T={t:.3f})")], out_dir / RELIABILITY_FILE)
+    report = {
+        "checkpoint": str(path),
+        "epoch": state["state"]["epoch"],
+        "run": {"label": describe_run(train_cfg), "model": train_cfg.model.name, "augment": train_cfg.augment.name,
+                "label_noise": train_cfg.dataset.label_noise, "seed": train_cfg.seed},
+        "dataset": {"name": dataset.name, "split": "val", "samples": len(labels), "num_classes": len(classes)},
+        "clean": calibration_metrics(logits, labels),
+        "temperature": temperature,
+        "fgsm": fgsm,
+        "eval_config": {"heldout": cfg.heldout, "fgsm_eps": eps_levels, "seed": cfg.seed},
+        "files": {"reliability": RELIABILITY_FILE},
+    }
+    tmp = out_dir / f".{EVAL_FILE}.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out_dir / EVAL_FILE)
+    return report
+
+
+# --------------------------------------------------------------------------- terminal
+
+
+def _num(value: Optional[float], fmt: str) -> str:
+    return "-" if value is None or value != value else fmt.format(value)
+
+
+# (key, label, format): the calibration rows of the eval table and of `mixtrain compare`.
+METRIC_ROWS = [
+    ("acc1", "top-1 (%)", "{:.2f}"),
+    ("acc5", "top-5 (%)", "{:.2f}"),
+    ("nll", "NLL", "{:.4f}"),
+    ("brier", "Brier", "{:.4f}"),
+    ("ece", "ECE (15 bins)", "{:.4f}"),
+    ("mce", "MCE", "{:.4f}"),
+    ("adaptive_ece", "adaptive ECE", "{:.4f}"),
+]
+
+
+def eps_label(level: float) -> str:
+    return f"{level:g}/255"
+
+
+def report_tables(report: Dict[str, Any]) -> List[Table]:
+    """The eval report as rich tables: calibration before/after T, then FGSM."""
+    temp = report["temperature"]
+    table = Table(title=f"{report['dataset']['name']} val, {report['dataset']['samples']} images", title_justify="left")
+    table.add_column("metric")
+    table.add_column(f"all ({report['dataset']['samples']})", justify="right")
+    table.add_column(f"T=1 ({temp['report_samples']})", justify="right")
+    table.add_column(f"T={temp['value']:.3f} ({temp['report_samples']})", justify="right")
+    for key, label, fmt in METRIC_ROWS:
+        table.add_row(label, _num(report["clean"][key], fmt), _num(temp["before"][key], fmt),
+                      _num(temp["after"][key], fmt))
+    tables = [table]
+    if report["fgsm"]:
+        fgsm = Table(title="FGSM (white-box)", title_justify="left")
+        fgsm.add_column("eps")
+        for row in report["fgsm"]:
+            fgsm.add_column(eps_label(row["eps_255"]), justify="right")
+        fgsm.add_row("top-1 (%)", *(_num(row["acc1"], "{:.2f}") for row in report["fgsm"]))
+        tables.append(fgsm)
+    return tables
+
+
+def print_report(report: Dict[str, Any], out_dir: Path, console: Console) -> None:
+    for table in report_tables(report):
+        console.print(table)
+    temp = report["temperature"]
+    bound = " (at the search bound: the held-out data does not pin T down)" if temp["at_bound"] else ""
+    console.print(f"temperature T={temp['value']:.4f}{bound} fitted on {temp['fit_on']}; the T columns are "
+                  f"{temp['report_on']}", highlight=False)
+    if report["fgsm"]:
+        console.print("FGSM eps: pixel levels of 1/255 on [0, 1] images, before normalization", highlight=False)
+    console.print(f"{Path(out_dir) / EVAL_FILE}  {Path(out_dir) / RELIABILITY_FILE}", highlight=False)
