@@ -103,7 +103,6 @@ def main() -> None:
     batch = 128
     root = cifar10_jpeg_root()
 
-    from omegaconf import OmegaConf
     from mixtrain.config import FolderConfig, TrainerConfig
     t0 = time.perf_counter()
     dataset = FolderConfig(root=str(root), val_split="test", image_size=32, cache=True, mean=list(MEAN), std=list(STD))

@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from mixtrain import checkpoint, distributed
 from mixtrain.checkpoint import EpochProgress, TrainState
-from mixtrain.config import TrainConfig, TrainerConfig, asdict
+from mixtrain.config import TrainConfig, asdict
 from mixtrain.data import Data, Loader, build_data
 from mixtrain.errors import MixtrainError, RunStopped
 from mixtrain.losses import Loss, create_loss
@@ -28,44 +27,8 @@ from mixtrain.models import create_model
 from mixtrain.monitor import RunMonitor, Throughput, reconcile_metrics, write_json_atomic
 from mixtrain.optim import create_optimizer, create_scheduler
 from mixtrain.plots import reliability_image, save_reliability_diagram
+from mixtrain.precision import Precision, resolve_device, resolve_precision
 from mixtrain.preview import mixed_batch_grid
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MixtrainError(f"trainer.device={name} but CUDA is not available: use trainer.device=cpu or auto")
-    return device
-
-
-@dataclass
-class Precision:
-    """Autocast settings; a GradScaler only for fp16 on CUDA (bf16 needs none)."""
-
-    device_type: str
-    dtype: Optional[torch.dtype]  # None: full precision
-    scaler: torch.amp.GradScaler
-
-    def autocast(self):
-        if self.dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.float16: "fp16 autocast", torch.bfloat16: "bf16 autocast"}[self.dtype]
-
-
-def resolve_precision(cfg: TrainerConfig, device: torch.device) -> Precision:
-    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[cfg.amp_dtype] if amp else None
-    if dtype == torch.float16 and device.type != "cuda":
-        raise MixtrainError("trainer.amp_dtype=fp16 needs CUDA (it relies on a GradScaler): "
-                            "use trainer.amp_dtype=bf16 on the CPU, or trainer.amp=false")
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return Precision(device.type, dtype, scaler)
 
 
 # --------------------------------------------------------------------------- one epoch
@@ -273,6 +236,7 @@ class Run:
         self.monitor = monitor or RunMonitor(run_dir, enabled=ctx.is_main,
                                              purge_step=self.state.global_step if saved is not None else None)
         self.resumed = saved is not None
+        self.stop = StopRequest()
 
     # ---- records
 
@@ -315,9 +279,9 @@ class Run:
             monitor.image("mixing/batch", mixed_batch_grid(data, cfg.augment, cfg.dataset, cfg.trainer.epochs, cfg.seed))
         self.write_status("running")
         try:
-            with StopRequest() as stop:
+            with StopRequest() as self.stop:
                 for epoch in range(self.state.epoch, cfg.trainer.epochs):
-                    self.train_epoch(epoch, stop)
+                    self.train_epoch(epoch)
         except RunStopped as ex:
             self.write_status("interrupted" if ex.exit_code > 128 else "failed", error=str(ex))
             monitor.close()
@@ -353,30 +317,24 @@ class Run:
                                  f"(last at epoch {state.epoch}, step {step}); lower optim.lr or check the data")
         if stop:
             self.save("last.pt")
-            signum = self.stop_signal or signal.SIGTERM  # another rank was signalled: torchrun sends SIGTERM
+            signum = self.stop.signum or signal.SIGTERM  # only another rank was signalled: torchrun sends SIGTERM
             raise RunStopped(f"stopped by {signal.Signals(signum).name} at epoch {state.epoch}, step {state.step}; "
                              f"checkpoint {self.run_dir / 'last.pt'}; continue with: mixtrain train "
                              f"resume={self.run_dir}", exit_code=128 + signum)
         if trainer.checkpoint_every_steps and state.step % trainer.checkpoint_every_steps == 0:
             self.save("last.pt")
 
-    def train_epoch(self, epoch: int, stop: StopRequest) -> None:
-        cfg, state, data, monitor, trainer = self.cfg, self.state, self.data, self.monitor, self.cfg.trainer
+    def train_epoch(self, epoch: int) -> None:
+        state, data, monitor, trainer = self.state, self.data, self.monitor, self.cfg.trainer
         state.epoch = epoch
         data.train.set_epoch(epoch)
         t_epoch = time.perf_counter()
-        self.stop_signal = None
-
-        def stop_requested() -> bool:
-            self.stop_signal = stop.signum
-            return stop.signum is not None
-
         try:
             train_stats = train_one_epoch(
                 self.train_model, data.train, self.optimizer, self.scheduler, self.precision, self.mixer,
                 self.loss_fn, epoch, monitor, start_step=state.step, progress=state.progress,
                 log_every=trainer.log_every, skip_non_finite=trainer.on_nan == "skip", after_step=self.after_step,
-                stop_requested=stop_requested)
+                stop_requested=lambda: self.stop.signum is not None)
         except NonFiniteLoss as ex:
             kept = (f"the last good checkpoint {self.run_dir / 'last.pt'} is kept"
                     if (self.run_dir / "last.pt").exists() else "no checkpoint was written yet")

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 

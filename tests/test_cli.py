@@ -1,8 +1,6 @@
 """The command line: help, config printing, errors (one line, exit 2), runs and sweeps."""
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 

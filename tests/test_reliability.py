@@ -20,7 +20,6 @@ from mixtrain.config import MixupConfig
 from mixtrain.data import build_data
 from mixtrain.engine import Precision, fit, train_one_epoch
 from mixtrain.errors import MixtrainError, RunStopped
-from mixtrain.losses import create_loss
 from mixtrain.mixing import Mixer
 from mixtrain.monitor import reconcile_metrics
 
