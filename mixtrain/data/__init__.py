@@ -42,7 +42,7 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
         val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split")
         check_same_classes(train_ds, val_ds)
         train_x, train_y = decode_folder(train_ds, cfg.image_size)
-        val_x, val_y = decode_folder(val_ds, cfg.image_size)
+        val_x, val_y = decode_folder(val_ds, cfg.eval_image_size or cfg.image_size)
         classes = list(train_ds.classes)
 
     common = dict(mean=cfg.mean, std=cfg.std, channels_last=trainer.channels_last, seed=seed,
@@ -56,8 +56,10 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
 
 def _streaming_folder(cfg: FolderConfig, trainer: TrainerConfig, device: torch.device, seed: int,
                       rank: int, world_size: int) -> Data:
-    train_ds = open_split(cfg.root, cfg.train_split, "dataset.train_split", train_transform(cfg.image_size, cfg.scale))
-    val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split", eval_transform(cfg.image_size, cfg.crop_pct))
+    train_ds = open_split(cfg.root, cfg.train_split, "dataset.train_split",
+                          train_transform(cfg.image_size, cfg.scale, cfg.auto_augment, cfg.mean))
+    val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split",
+                        eval_transform(cfg.eval_image_size or cfg.image_size, cfg.crop_pct))
     check_same_classes(train_ds, val_ds)
     common = dict(device=device, mean=cfg.mean, std=cfg.std, num_workers=trainer.num_workers,
                   channels_last=trainer.channels_last, seed=seed, rank=rank, world_size=world_size)
