@@ -8,6 +8,7 @@ sweep), so a bad value stops everything with one line and exit code 2.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import traceback
@@ -24,6 +25,8 @@ commands:
             multirun sweeps             mixtrain train -m optim.lr=0.05,0.1
             continue a run              mixtrain train resume=outputs/<date>/<time>
   preview   a PNG of one mixed batch    mixtrain preview augment=cutmix augment.mode=elem
+  recipes   the named experiments       mixtrain recipes; then mixtrain train recipe=NAME
+  report    summarize runs and sweeps   mixtrain report outputs/multirun/<date>/<time> [--out DIR]
 
 `mixtrain <command> --help` shows the config groups and the composed config;
 `mixtrain train --cfg job` prints the config a run would use.
@@ -117,7 +120,19 @@ def _train_task(cfg) -> float:
         if debug_enabled():
             raise
         raise SystemExit(fail(str(ex))) from None
-    return summary["best_val_acc1"]
+    return objective_value(summary, cfg.objective)
+
+
+def objective_value(summary: dict, key: str) -> float:
+    """What a job returns to Hydra's sweeper: ``summary[key]`` of a completed run, else NaN.
+
+    A run that did not complete, or whose value is not finite, must never look like a
+    good result to a sweeper: Optuna records a NaN as a failed trial.
+    """
+    value = summary.get(key)
+    if summary.get("status") != "completed" or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return float("nan")
+    return float(value)
 
 
 def _preview_task(cfg) -> None:
@@ -167,7 +182,21 @@ def run_hydra_command(command: str, task: Callable, config_name: str, args: List
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": lambda args: run_hydra_command("train", _train_task, "train", args),
     "preview": lambda args: run_hydra_command("preview", _preview_task, "train", args),
+    "recipes": lambda args: _recipes_main(args),
+    "report": lambda args: _report_main(args),
 }
+
+
+def _recipes_main(args: List[str]) -> int:
+    from mixtrain.recipes import main as recipes_main
+
+    return recipes_main(args)
+
+
+def _report_main(args: List[str]) -> int:
+    from mixtrain.report import main as report_main
+
+    return report_main(args)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
