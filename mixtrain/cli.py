@@ -50,17 +50,26 @@ def _hydra_args(args: List[str]):
 def check_overrides(config_name: str, overrides: List[str], multirun: bool) -> None:
     """Compose and validate the config (each job of a sweep); raise MixtrainError if bad."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    jobs = [overrides]
-    if multirun:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        if all(not o.is_sweep_override() or o.is_discrete_sweep() for o in parsed):
-            jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
-        else:  # a range/interval sweep for a sweeper plugin: check the fixed part only
-            jobs = [[o.input_line for o in parsed if not o.is_sweep_override()]]
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=f"check_{config_name}"):
+        jobs = [overrides]
+        if multirun:
+            # With the config loader, a glob sweep (recipe='glob(*)') expands to the group's options.
+            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+            try:
+                parsed = parser.parse_overrides(overrides)
+            except Exception as ex:  # a malformed override
+                raise MixtrainError(describe_config_error(ex)) from None
+            if all(not o.is_sweep_override() or o.is_discrete_sweep() for o in parsed):
+                jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+            else:  # a range/interval sweep for a sweeper plugin: check the fixed part only
+                jobs = [[o.input_line for o in parsed if not o.is_sweep_override()]]
+            if not jobs:
+                raise MixtrainError("the sweep has no jobs (a glob(...) that matches no option?): "
+                                    "check the group's options with `mixtrain train --help`")
         for job in jobs:
             try:
                 cfg = compose(config_name, overrides=job)

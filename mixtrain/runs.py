@@ -50,7 +50,10 @@ class Run:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "summary.json").is_file() or (path / "metrics.jsonl").is_file() or (path / ".hydra").is_dir()
+    if (path / "summary.json").is_file() or (path / "metrics.jsonl").is_file():
+        return True
+    # `mixtrain preview` writes .hydra/ too; its dir holds preview.png and is not a run.
+    return (path / ".hydra").is_dir() and not (path / "preview.png").is_file()
 
 
 def natural_key(path: Path) -> Tuple:
@@ -64,7 +67,7 @@ def find_run_dirs(root: Path) -> List[Path]:
     found = set()
     for name in ("summary.json", "metrics.jsonl"):
         found.update(p.parent for p in root.rglob(name))
-    found.update(p.parent for p in root.rglob(".hydra") if p.is_dir())
+    found.update(p.parent for p in root.rglob(".hydra") if p.is_dir() and is_run_dir(p.parent))
     return sorted(found, key=natural_key)
 
 

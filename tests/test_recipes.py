@@ -11,9 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from helpers import TINY, class_image, make_cifar10_folder, make_config, make_image_folder
 from mixtrain.cli import main
-from mixtrain.config import SCHEMAS, recipes_dir
+from mixtrain.config import SCHEMAS, recipes_dir, register_configs
 from mixtrain.data import build_data
 from mixtrain.engine import fit
+from mixtrain.errors import MixtrainError
 from mixtrain.recipes import list_recipes, read_header
 
 RECIPES = sorted(path.stem for path in recipes_dir().glob("*.yaml"))
@@ -211,3 +212,18 @@ def test_recipe_config_errors_are_one_line(capsys, tmp_path):
     assert main(["train", "dataset=imagefolder", "dataset.root=/x", "dataset.cache=true",
                  "dataset.auto_augment=rand-m9-mstd0.5"]) == 2
     assert "dataset.auto_augment needs dataset.cache=false" in capsys.readouterr().err
+
+
+def test_a_glob_sweep_over_every_recipe_is_validated_job_by_job(monkeypatch):
+    # `mixtrain train -m 'recipe=glob(*)' ...`: each recipe is composed and checked before any job runs.
+    import mixtrain.cli as cli
+
+    register_configs()
+    checked = []
+    real = cli.to_object
+    monkeypatch.setattr(cli, "to_object", lambda cfg: checked.append(cfg.model.name) or real(cfg))
+    cli.check_overrides("train", ["recipe=glob(*)", "dataset.root=/data"], multirun=True)
+    assert len(checked) == len(RECIPES)
+    assert {"preact_resnet18", "resnet20", "resnet56", "resnet50"} == set(checked)
+    with pytest.raises(MixtrainError, match="the sweep has no jobs"):
+        cli.check_overrides("train", ["recipe=glob(nothing*)"], multirun=True)

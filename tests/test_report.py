@@ -178,7 +178,10 @@ def test_keys_implied_by_a_group_choice_are_not_columns(tmp_path):
     write_run(tmp_path / "a", ["augment=none"], metrics=metrics(70, 70, 0.1, 1.0))
     write_run(tmp_path / "b", ["augment=mixup", "augment.alpha=0.2"], metrics=metrics(71, 71, 0.1, 1.0))
     write_run(tmp_path / "c", ["augment=mixup", "augment.alpha=1.0"], metrics=metrics(72, 72, 0.1, 1.0))
+    (tmp_path / "preview" / ".hydra").mkdir(parents=True)  # what `mixtrain preview` leaves: not a run
+    (tmp_path / "preview" / "preview.png").write_bytes(b"")
     runs = collect([tmp_path])
+    assert [r.path.name for r in runs] == ["a", "b", "c"]
     keys = differing_keys(runs)
     assert keys == ["augment.alpha", "augment.name"]
     groups = group_runs(runs, keys)
