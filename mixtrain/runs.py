@@ -193,7 +193,11 @@ def load_run(run_dir: Path) -> Run:
     else:
         status, detail = "not started", "no summary.json or metrics.jsonl"
 
-    config = summary.get("config") if summary and isinstance(summary.get("config"), dict) else _hydra_config(run_dir)
+    # Hydra's copy first: every job of a sweep has one, resolved here the same way for all of
+    # them (summary.json's copy was resolved in the job's environment, e.g. its MIXTRAIN_DATA).
+    config = _hydra_config(run_dir)
+    if not config and summary and isinstance(summary.get("config"), dict):
+        config = summary["config"]
     run = Run(run_dir, status, detail, flatten(config), epochs_done=len(records))
     evaluated = [r for r in records if isinstance(r.get("val_acc1"), (int, float))]
     if evaluated:

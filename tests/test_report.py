@@ -243,3 +243,20 @@ def test_reliability_figure_draws_the_bins_and_titles_the_ece():
     gap_bars = ax.containers[1]  # drawn only for bins with samples, from accuracy to confidence
     assert sorted((round(b.get_y(), 4), round(b.get_height(), 4)) for b in gap_bars) == [(0.5, 0.45), (0.55, 0.45)]
     _pyplot().close(fig)
+
+
+def test_runs_of_one_sweep_are_compared_on_hydra_configs_resolved_alike(tmp_path, monkeypatch):
+    # summary.json holds the config resolved in the job's environment; a job that crashed
+    # before writing one only has .hydra/config.yaml. Comparing one with the other would
+    # make dataset.root look swept.
+    root = "dataset.root=${oc.env:MIXTRAIN_TEST_DATA,/default}/cifar10-jpeg"
+    monkeypatch.setenv("MIXTRAIN_TEST_DATA", "/job/env")
+    write_run(tmp_path / "0", ["dataset=imagefolder", root], metrics=metrics(70, 70, 0.1, 1.0))
+    write_run(tmp_path / "1", ["dataset=imagefolder", root], seed=1)
+    (tmp_path / "1" / "summary.json").unlink()
+    assert json.loads((tmp_path / "0" / "summary.json").read_text())["config"]["dataset"]["root"] == "/job/env/cifar10-jpeg"
+    monkeypatch.delenv("MIXTRAIN_TEST_DATA")
+    runs = collect([tmp_path])
+    assert [r.status for r in runs] == ["completed", "crashed"]
+    assert {r.params["dataset.root"] for r in runs} == {"/default/cifar10-jpeg"}
+    assert differing_keys(runs) == []
