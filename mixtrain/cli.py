@@ -9,6 +9,7 @@ sweep), so a bad value stops everything with one line and exit code 2.
 from __future__ import annotations
 
 import signal
+import math
 import sys
 import time
 import traceback
@@ -29,6 +30,8 @@ commands:
   eval      calibration, temperature    mixtrain eval checkpoint=outputs/<date>/<time> [dataset.root=...]
             scaling, FGSM robustness
   compare   runs side by side           mixtrain compare RUN_A RUN_B ... [heldout=0.5 fgsm_eps=[2,8]]
+  recipes   the named experiments       mixtrain recipes; then mixtrain train recipe=NAME
+  report    summarize runs and sweeps   mixtrain report outputs/multirun/<date>/<time> [--out DIR]
 
 `mixtrain <command> --help` shows the config groups and the composed config;
 `mixtrain train --cfg job` prints the config a run would use.
@@ -61,19 +64,28 @@ def check_overrides(config_name: str, overrides: List[str], multirun: bool) -> l
     Returns the composed configs (with their ``hydra`` node), one per job.
     """
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import open_dict
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    jobs = [overrides]
-    if multirun:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        if all(not o.is_sweep_override() or o.is_discrete_sweep() for o in parsed):
-            jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
-        else:  # a range/interval sweep for a sweeper plugin: check the fixed part only
-            jobs = [[o.input_line for o in parsed if not o.is_sweep_override()]]
-    composed = []
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=f"check_{config_name}"):
+        jobs = [overrides]
+        if multirun:
+            # With the config loader, a glob sweep (recipe='glob(*)') expands to the group's options.
+            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+            try:
+                parsed = parser.parse_overrides(overrides)
+            except Exception as ex:  # a malformed override
+                raise MixtrainError(describe_config_error(ex)) from None
+            if all(not o.is_sweep_override() or o.is_discrete_sweep() for o in parsed):
+                jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+            else:  # a range/interval sweep for a sweeper plugin: check the fixed part only
+                jobs = [[o.input_line for o in parsed if not o.is_sweep_override()]]
+            if not jobs:
+                raise MixtrainError("the sweep has no jobs (a glob(...) that matches no option?): "
+                                    "check the group's options with `mixtrain train --help`")
+        composed = []
         for job in jobs:
             try:
                 cfg = compose(config_name, overrides=job, return_hydra_config=True)
@@ -148,7 +160,19 @@ def _train_task(cfg) -> float:
         if ex.exit_code > 128 or HydraConfig.get().mode != RunMode.MULTIRUN:
             raise SystemExit(ex.exit_code) from None
         return float("nan")
-    return summary["best_val_acc1"]
+    return objective_value(summary, cfg.objective)
+
+
+def objective_value(summary: dict, key: str) -> float:
+    """What a job returns to Hydra's sweeper: ``summary[key]`` of a completed run, else NaN.
+
+    A run that did not complete, or whose value is not finite, must never look like a
+    good result to a sweeper: Optuna records a NaN as a failed trial.
+    """
+    value = summary.get(key)
+    if summary.get("status") != "completed" or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return float("nan")
+    return float(value)
 
 
 def _preview_task(cfg) -> None:
@@ -254,7 +278,21 @@ COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "preview": lambda args: run_hydra_command("preview", _preview_task, "train", args),
     "eval": lambda args: run_hydra_command("eval", _eval_task, "eval", args),
     "compare": _compare,
+    "recipes": lambda args: _recipes_main(args),
+    "report": lambda args: _report_main(args),
 }
+
+
+def _recipes_main(args: List[str]) -> int:
+    from mixtrain.recipes import main as recipes_main
+
+    return recipes_main(args)
+
+
+def _report_main(args: List[str]) -> int:
+    from mixtrain.report import main as report_main
+
+    return report_main(args)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -105,6 +105,10 @@ class MiniConfig(DatasetConfig):
     num_classes: Optional[int] = 10
 
 
+# First field of timm's auto-augment policy strings (timm.data.auto_augment).
+AUTO_AUGMENT_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")
+
+
 @dataclass
 class FolderConfig(DatasetConfig):
     """An ImageNet-style folder: ``<root>/<train_split>/<class>/*.jpg`` and the same for val."""
@@ -113,9 +117,17 @@ class FolderConfig(DatasetConfig):
     root: str = MISSING
     train_split: str = "train"
     val_split: str = "val"
-    image_size: int = 224  # train crop and eval size
-    crop_pct: float = 0.875  # eval: resize to image_size / crop_pct, then center crop
+    image_size: int = 224  # train crop, and eval size unless eval_image_size is set
+    # Eval size when it differs from training, e.g. ResNet Strikes Back A3 trains at 160
+    # and tests at 224 (Touvron et al. 2019: a larger test size offsets the train/test
+    # apparent-object-size gap of RandomResizedCrop).
+    eval_image_size: Optional[int] = None
+    crop_pct: float = 0.875  # eval: resize to eval size / crop_pct, then center crop
     scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
+    # timm's policy string for training images on the streaming path, applied after the
+    # crop and flip as in timm's create_transform: rand-m6-mstd0.5-inc1 (RandAugment),
+    # augmix-m5-w4-d2, original / v0 (AutoAugment). None: crop and flip only.
+    auto_augment: Optional[str] = None
     # Decode every image once into a uint8 tensor on the device and augment there
     # (crop with padding + flip, as for CIFAR). Meant for small images.
     cache: bool = False
@@ -127,6 +139,15 @@ class FolderConfig(DatasetConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least(self.image_size, 8, "dataset.image_size")
+        if self.eval_image_size is not None:
+            _at_least(self.eval_image_size, 8, "dataset.eval_image_size")
+        if self.auto_augment is not None:
+            _require(self.auto_augment.split("-")[0] in AUTO_AUGMENT_POLICIES, "dataset.auto_augment",
+                     f"must start with one of {', '.join(AUTO_AUGMENT_POLICIES)} (timm's policy strings)",
+                     self.auto_augment)
+            _require(not self.cache, "dataset.auto_augment",
+                     "needs dataset.cache=false (the cached path augments on the device: crop and flip only)",
+                     self.auto_augment)
         _require(0.0 < self.crop_pct <= 1.0, "dataset.crop_pct", "must be in (0, 1]", self.crop_pct)
         _require(
             len(self.scale) == 2 and 0.0 < self.scale[0] <= self.scale[1] <= 1.0,
@@ -318,6 +339,32 @@ class AdamWConfig(OptimConfig):
         _require(self.eps > 0, "optim.eps", "must be > 0", self.eps)
 
 
+@dataclass
+class LambConfig(OptimConfig):
+    """LAMB (You et al. 2020) as ``timm.optim.Lamb``: Adam steps scaled per tensor by a trust ratio.
+
+    The defaults are timm's, and ResNet Strikes Back's (Wightman et al. 2021), which
+    exempts norm weights and biases from weight decay (timm's ``filter_bias_and_bn``).
+    """
+
+    name: str = "lamb"
+    lr: float = 5e-3
+    weight_decay: float = 0.02
+    filter_bias_and_bn: bool = True
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-6
+    max_grad_norm: Optional[float] = 1.0  # clip the global gradient norm inside the optimizer; None: off
+    trust_clip: bool = False  # clip the trust ratio at 1 (LAMBC)
+    always_adapt: bool = False  # apply the trust ratio to tensors without weight decay too
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "optim.betas", "must be two values in [0, 1)", self.betas)
+        _require(self.eps > 0, "optim.eps", "must be > 0", self.eps)
+        if self.max_grad_norm is not None:
+            _require(self.max_grad_norm > 0, "optim.max_grad_norm", "must be > 0 (or null to turn clipping off)", self.max_grad_norm)
+
+
 # --------------------------------------------------------------------------- sched
 
 
@@ -403,6 +450,11 @@ class TrainerConfig:
 # --------------------------------------------------------------------------- top level
 
 
+# Numeric keys of summary.json (engine.summarize) that a sweep can optimise.
+OBJECTIVES = ("best_val_acc1", "final_val_acc1", "final_val_acc5", "final_val_ece", "final_val_nll",
+              "final_train_loss", "img_per_s", "wall_time_s")
+
+
 @dataclass
 class TrainConfig:
     dataset: Any = MISSING
@@ -413,9 +465,13 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
     resume: Optional[str] = None  # a checkpoint file or a run dir to continue
+    # The summary value `mixtrain train` returns to Hydra, so a sweeper (e.g. Optuna)
+    # optimises it; pick the sweeper's direction to match (accuracies up, ECE/NLL down).
+    objective: str = "best_val_acc1"
 
     def __post_init__(self) -> None:
         _at_least(self.seed, 0, "seed")
+        _choice(self.objective, OBJECTIVES, "objective")
         if isinstance(self.augment, AugmentConfig):
             _require(self.augment.disable_epochs <= self.trainer.epochs, "augment.disable_epochs",
                      f"must be <= trainer.epochs ({self.trainer.epochs})", self.augment.disable_epochs)
@@ -493,7 +549,7 @@ SCHEMAS = {
     "model": {"cifar": CifarModelConfig, "timm": TimmModelConfig},
     "augment": {"none": AugmentConfig, "mixup": MixupConfig, "cutmix": CutmixConfig, "switch": SwitchConfig,
                 "manifold": ManifoldConfig},
-    "optim": {"sgd": SGDConfig, "adamw": AdamWConfig},
+    "optim": {"sgd": SGDConfig, "adamw": AdamWConfig, "lamb": LambConfig},
     "sched": {"cosine": CosineConfig, "multistep": MultiStepConfig},
 }
 
@@ -602,7 +658,8 @@ def describe_config_error(ex: BaseException, cfg: Optional[DictConfig] = None) -
 
     if isinstance(ex, MissingConfigException) and ex.options is not None and ex.missing_cfg_file:
         group, _, name = str(ex.missing_cfg_file).rpartition("/")
-        return f"unknown {group} '{name}': choose one of {', '.join(sorted(ex.options))}"
+        plugins = " (Hydra's launcher and sweeper plugins: pip install \"mixtrain[launchers]\")" if group.startswith("hydra/") else ""
+        return f"unknown {group} '{name}': choose one of {', '.join(sorted(ex.options))}{plugins}"
     if isinstance(ex, OverrideParseException):
         return f"cannot parse override '{ex.override}': {ex.message.splitlines()[0]}"
     cause = ex

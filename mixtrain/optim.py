@@ -8,7 +8,7 @@ from typing import Callable, List
 import torch
 from torch import nn
 
-from mixtrain.config import AdamWConfig, CosineConfig, MultiStepConfig, OptimConfig, SchedConfig, SGDConfig
+from mixtrain.config import AdamWConfig, CosineConfig, LambConfig, MultiStepConfig, OptimConfig, SchedConfig, SGDConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, filter_bias_and_bn: bool) -> List[dict]:
@@ -28,6 +28,11 @@ def create_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimize
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if isinstance(cfg, AdamWConfig):
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if isinstance(cfg, LambConfig):
+        from timm.optim import Lamb
+
+        return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                    max_grad_norm=cfg.max_grad_norm, trust_clip=cfg.trust_clip, always_adapt=cfg.always_adapt)
     raise TypeError(f"no optimizer for {type(cfg).__name__}")
 
 

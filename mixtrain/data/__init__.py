@@ -60,7 +60,7 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
         val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split")
         check_same_classes(train_ds, val_ds)
         train_x, train_y, bad_train = decode_folder(train_ds, cfg.image_size)
-        val_x, val_y, bad_val = decode_folder(val_ds, cfg.image_size)
+        val_x, val_y, bad_val = decode_folder(val_ds, cfg.eval_image_size or cfg.image_size)
         skipped = bad_train + bad_val
         if skipped and cfg.on_bad_image == "error":
             raise bad_image_error(skipped)
@@ -78,9 +78,10 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
 
 def _streaming_folder(cfg: FolderConfig, trainer: TrainerConfig, device: torch.device, seed: int,
                       rank: int, world_size: int) -> Data:
-    train_ds = open_split(cfg.root, cfg.train_split, "dataset.train_split", train_transform(cfg.image_size, cfg.scale))
-    val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split", eval_transform(cfg.image_size, cfg.crop_pct),
-                        train=False)
+    train_ds = open_split(cfg.root, cfg.train_split, "dataset.train_split",
+                          train_transform(cfg.image_size, cfg.scale, cfg.auto_augment, cfg.mean))
+    val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split",
+                        eval_transform(cfg.eval_image_size or cfg.image_size, cfg.crop_pct), train=False)
     check_same_classes(train_ds, val_ds)
     if cfg.on_bad_image == "error":  # a full decoding pass, so the run stops before training
         bad = unreadable_files(train_ds) + unreadable_files(val_ds)

@@ -102,12 +102,29 @@ def check_same_classes(train: datasets.ImageFolder, val: datasets.ImageFolder) -
         )
 
 
-def train_transform(image_size: int, scale: Sequence[float]) -> v2.Compose:
-    return v2.Compose([
-        v2.RandomResizedCrop(image_size, scale=tuple(scale), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.PILToTensor(),
-    ])
+def train_transform(image_size: int, scale: Sequence[float], auto_augment: Optional[str] = None,
+                    mean: Sequence[float] = (0.485, 0.456, 0.406)) -> v2.Compose:
+    steps = [v2.RandomResizedCrop(image_size, scale=tuple(scale), antialias=True), v2.RandomHorizontalFlip()]
+    if auto_augment:
+        steps.append(auto_augment_transform(auto_augment, image_size, mean))
+    return v2.Compose([*steps, v2.PILToTensor()])
+
+
+def auto_augment_transform(policy: str, image_size: int, mean: Sequence[float]):
+    """timm's RandAugment / AugMix / AutoAugment on PIL images, with the hparams of timm's create_transform."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform as timm_auto_augment
+    from timm.data.auto_augment import rand_augment_transform
+
+    hparams = dict(translate_const=int(image_size * 0.45), img_mean=tuple(min(255, round(255 * m)) for m in mean))
+    if policy.startswith("augmix"):
+        hparams["translate_pct"] = 0.3
+    make = (rand_augment_transform if policy.startswith("rand")
+            else augment_and_mix_transform if policy.startswith("augmix") else timm_auto_augment)
+    try:
+        return make(policy, hparams)
+    except (AssertionError, KeyError, ValueError, IndexError) as ex:
+        raise MixtrainError(f"dataset.auto_augment={policy!r} is not a timm policy string ({ex or type(ex).__name__}): "
+                            f"use e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2 or original") from None
 
 
 def eval_transform(image_size: int, crop_pct: float) -> v2.Compose:

@@ -1,0 +1,328 @@
+"""``mixtrain report PATH...``: runs and sweeps as one table, two CSV files and a plot.
+
+Runs (see :mod:`mixtrain.runs`) are grouped by the config values that differ between
+them, the seed aside, and each group gets the mean and sample std over its completed
+runs of best and final top-1, final ECE and NLL. A run that did not complete is
+counted in its group and listed with its status, never dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from mixtrain.errors import MixtrainError
+from mixtrain.runs import COMPLETED, METRICS, STATUSES, Run, collect
+
+METRIC_HEADERS = {"best_val_acc1": "best top-1", "final_val_acc1": "final top-1", "final_val_ece": "final ECE",
+                  "final_val_nll": "final NLL"}
+METRIC_FORMATS = {"best_val_acc1": "{:.2f}", "final_val_acc1": "{:.2f}", "final_val_ece": "{:.4f}",
+                  "final_val_nll": "{:.4f}"}
+# Keys that do not define an experiment: seeds are its replicates; resume and the sweep
+# objective do not change what is trained.
+NOT_GROUPED = ("seed", "resume", "objective")
+GROUPS = ("dataset", "model", "augment", "optim", "sched")
+MISSING_VALUE = "-"
+
+
+@dataclass
+class Group:
+    values: Tuple[Any, ...]  # one per differing key
+    runs: List[Run]
+
+    @property
+    def completed(self) -> List[Run]:
+        return [r for r in self.runs if r.status == COMPLETED]
+
+    def stats(self, metric: str) -> Tuple[float, float]:
+        """Mean and sample std (n - 1) over completed runs with a finite value; std is NaN for one run."""
+        values = [r.metrics.get(metric, math.nan) for r in self.completed]
+        values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        if not values:
+            return math.nan, math.nan
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+    def status_counts(self) -> Dict[str, int]:
+        return {s: sum(r.status == s for r in self.runs) for s in STATUSES if any(r.status == s for r in self.runs)}
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def _comparable(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def differing_keys(runs: Sequence[Run]) -> List[str]:
+    """Config keys whose values differ between runs (seed, resume and objective aside).
+
+    A key that only some runs have because their group option differs (``augment.alpha``
+    exists for mixup, not for none) is implied by ``<group>.name`` and left out, unless
+    its value differs among the runs that have it.
+    """
+    known = [r for r in runs if r.params]
+    keys = sorted({k for r in known for k in r.params})
+    out = []
+    for key in keys:
+        if key in NOT_GROUPED:
+            continue
+        present = [_comparable(r.params[key]) for r in known if key in r.params]
+        if len(set(present)) > 1:
+            out.append(key)
+        elif len(present) < len(known):
+            group = key.split(".", 1)[0]
+            if group not in GROUPS or len({_comparable(r.params.get(f"{group}.name")) for r in known}) == 1:
+                out.append(key)
+    return out
+
+
+def _sort_value(value: Any) -> Tuple:
+    if isinstance(value, bool) or value is None:
+        return (2, str(value))
+    if isinstance(value, (int, float)):
+        return (0, float(value))
+    return (1, str(value))
+
+
+def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> List[Group]:
+    groups: Dict[str, Group] = {}
+    for run in runs:
+        values = tuple(run.params.get(k, MISSING_VALUE) for k in keys)
+        groups.setdefault(_comparable(values), Group(values, [])).runs.append(run)
+    return sorted(groups.values(), key=lambda g: tuple(_sort_value(v) for v in g.values))
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_stat(mean: float, std: float, fmt: str) -> str:
+    if math.isnan(mean):
+        return MISSING_VALUE
+    return fmt.format(mean) + ("" if math.isnan(std) else " ± " + fmt.format(std))
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def status_text(counts: Dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def _display_path(path: Path, roots: Sequence[Path]) -> str:
+    for root in roots:
+        try:
+            return str(path.relative_to(root)) or "."
+        except ValueError:
+            continue
+    return str(path)
+
+
+def summary_table(groups: Sequence[Group], keys: Sequence[str]):
+    from rich.table import Table
+
+    table = Table(title="runs grouped by the config values that differ (mean ± std over seeds)", title_justify="left")
+    for key in keys or ["runs"]:
+        table.add_column(key, no_wrap=True)
+    table.add_column("seeds", justify="right")
+    for metric in METRICS:
+        table.add_column(METRIC_HEADERS[metric], justify="right", no_wrap=True)
+    if any(len(g.completed) < len(g.runs) for g in groups):
+        table.add_column("not completed", overflow="fold")
+    for group in groups:
+        cells = [format_value(v) for v in group.values] if keys else ["all"]
+        cells.append(str(len({_comparable(r.seed) for r in group.completed})))
+        cells += [format_stat(*group.stats(m), METRIC_FORMATS[m]) for m in METRICS]
+        if len(table.columns) > len(cells):
+            counts = {s: n for s, n in group.status_counts().items() if s != COMPLETED}
+            cells.append(status_text(counts))
+        table.add_row(*cells)
+    return table
+
+
+def incomplete_table(runs: Sequence[Run], keys: Sequence[str], roots: Sequence[Path]):
+    from rich.table import Table
+
+    table = Table(title="runs that did not complete", title_justify="left")
+    for header in ("run", *keys, "seed", "status", "epochs", "last top-1", "detail"):
+        table.add_column(header, overflow="fold")
+    for run in runs:
+        epochs = f"{run.epochs_done}/{run.epochs_total if run.epochs_total is not None else '?'}"
+        last = MISSING_VALUE if math.isnan(run.last_val_acc1) else f"{run.last_val_acc1:.2f}"
+        table.add_row(_display_path(run.path, roots), *(format_value(run.params.get(k, MISSING_VALUE)) for k in keys),
+                      format_value(run.seed) if run.seed is not None else MISSING_VALUE, run.status, epochs, last,
+                      run.detail)
+    return table
+
+
+def write_group_csv(path: Path, groups: Sequence[Group], keys: Sequence[str]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*keys, "seeds", *[f"{s.replace(' ', '_')}_runs" for s in STATUSES],
+                         *[f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")]])
+        for group in groups:
+            counts = group.status_counts()
+            stats = [v for m in METRICS for v in group.stats(m)]
+            writer.writerow([*(format_value(v) for v in group.values),
+                             len({_comparable(r.seed) for r in group.completed}),
+                             *[counts.get(s, 0) for s in STATUSES],
+                             *["" if math.isnan(v) else repr(v) for v in stats]])
+    return path
+
+
+def write_runs_csv(path: Path, runs: Sequence[Run], keys: Sequence[str], roots: Sequence[Path]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", *keys, "seed", "status", "epochs_done", "epochs", *METRICS, "last_val_acc1", "detail"])
+        for run in runs:
+            writer.writerow([_display_path(run.path, roots), *(format_value(run.params.get(k, MISSING_VALUE)) for k in keys),
+                             run.seed, run.status, run.epochs_done, run.epochs_total,
+                             *[repr(run.metrics[m]) if m in run.metrics else "" for m in METRICS],
+                             "" if math.isnan(run.last_val_acc1) else repr(run.last_val_acc1), run.detail])
+    return path
+
+
+def plot_axis(groups: Sequence[Group], keys: Sequence[str]) -> Optional[str]:
+    """The key on the x axis: a mixing alpha if one differs, else the first numeric key."""
+    def numeric(key: str) -> bool:
+        values = [g.values[keys.index(key)] for g in groups if g.values[keys.index(key)] != MISSING_VALUE]
+        return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    candidates = [k for k in keys if numeric(k)]
+    alphas = [k for k in candidates if k.rsplit(".", 1)[-1].endswith("alpha")]
+    return (alphas or candidates or [None])[0]
+
+
+def write_plot(path: Path, groups: Sequence[Group], keys: Sequence[str]) -> Optional[Path]:
+    """Top-1 and ECE against the swept value (a mixing alpha if one was swept), one line per
+    value of the other differing keys, error bars = std across seeds."""
+    from mixtrain.plots import _pyplot
+
+    groups = [g for g in groups if g.completed]
+    if not groups:
+        return None
+    plt = _pyplot()
+    x_key = plot_axis(groups, keys)
+    other = [k for k in keys if k != x_key]
+    lines: Dict[str, List[Group]] = {}
+    for group in groups:
+        label = ", ".join(f"{k}={format_value(group.values[keys.index(k)])}" for k in other) or "all runs"
+        lines.setdefault(label, []).append(group)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    panels = [(axes[0], ("final_val_acc1", "best_val_acc1"), "top-1 accuracy (%)"),
+              (axes[1], ("final_val_ece",), "ECE (15 bins)")]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    categories = [", ".join(format_value(v) for v in g.values) or "all" for g in groups]
+    for i, (label, members) in enumerate(lines.items()):
+        color = colors[i % len(colors)]
+        for ax, metrics, _ in panels:
+            for metric in metrics:
+                best = metric == "best_val_acc1"
+                name = f"{label} ({'best' if best else 'final'})" if len(metrics) > 1 else label
+                style = dict(color=color, linestyle="--" if best else "-", marker="s" if best else "o",
+                             alpha=0.6 if best else 1.0, capsize=3, label=name)
+                if x_key is None:
+                    xs = [categories.index(", ".join(format_value(v) for v in g.values) or "all") for g in members]
+                    points = [(x, *g.stats(metric)) for x, g in zip(xs, members)]
+                else:
+                    at = keys.index(x_key)
+                    # A group without the x key (augment=none beside a mixup alpha sweep) is a baseline band.
+                    for g in members:
+                        if g.values[at] == MISSING_VALUE:
+                            mean, std = g.stats(metric)
+                            ax.axhline(mean, color=color, linestyle=style["linestyle"], alpha=style["alpha"], label=name)
+                            if not math.isnan(std):
+                                ax.axhspan(mean - std, mean + std, color=color, alpha=0.12)
+                    points = sorted((g.values[at], *g.stats(metric)) for g in members if g.values[at] != MISSING_VALUE)
+                if points:
+                    xs, means, stds = zip(*points)
+                    ax.errorbar(xs, means, yerr=[0.0 if math.isnan(s) else s for s in stds], **style)
+    for ax, _, ylabel in panels:
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if x_key is None:
+            ax.set_xticks(range(len(categories)), categories, rotation=20, ha="right")
+            ax.set_xlabel(", ".join(keys) or "runs")
+        else:
+            ax.set_xlabel(x_key)
+            ticks = sorted({g.values[keys.index(x_key)] for g in groups} - {MISSING_VALUE})
+            if len(ticks) <= 12:
+                ax.set_xticks(ticks, [format_value(t) for t in ticks])
+    axes[0].legend(fontsize=8)
+    seeds = sorted({len({_comparable(r.seed) for r in g.completed}) for g in groups})
+    fig.suptitle(f"mean over {'/'.join(map(str, seeds))} seed(s) per point; error bars: ±1 std across seeds",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def report(paths: Sequence[Path], out_dir: Path, console=None) -> Dict[str, Any]:
+    """Print the tables; write ``report.csv``, ``runs.csv`` and ``report.png`` into ``out_dir``."""
+    from rich.console import Console
+
+    console = console or Console(width=None if Console().is_terminal else 160)
+    paths = [Path(p).expanduser() for p in paths]
+    runs = collect(paths)
+    if not runs:
+        raise MixtrainError(f"no runs under {', '.join(map(str, paths))}: expected run directories with "
+                            "summary.json, metrics.jsonl or .hydra/ (e.g. outputs/multirun/<date>/<time>)")
+    keys = differing_keys(runs)
+    groups = group_runs(runs, keys)
+    roots = [p.resolve() for p in paths] + [Path.cwd()]
+    console.print(summary_table(groups, keys))
+    incomplete = [r for r in runs if r.status != COMPLETED]
+    if incomplete:
+        console.print(incomplete_table(incomplete, keys, roots))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {
+        "report.csv": write_group_csv(out_dir / "report.csv", groups, keys),
+        "runs.csv": write_runs_csv(out_dir / "runs.csv", runs, keys, roots),
+        "report.png": write_plot(out_dir / "report.png", groups, keys),
+    }
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES if any(r.status == s for r in runs)}
+    console.print(f"{len(runs)} runs ({status_text(counts)}) in {len(groups)} group(s); wrote "
+                  + ", ".join(str(p) for p in written.values() if p is not None), highlight=False)
+    return {"runs": runs, "keys": keys, "groups": groups, **written}
+
+
+USAGE = """usage: mixtrain report PATH... [--out DIR]
+
+Summarize run directories and sweep directories (outputs/multirun/<date>/<time>):
+a table grouped by the config values that differ (mean ± std over seeds of best and
+final top-1, final ECE and NLL), report.csv (one row per group), runs.csv (one row per
+run, with its status) and report.png (top-1 and ECE against the swept alpha).
+--out DIR  where to write the files (default: PATH when there is one, else .)
+"""
+
+
+def main(args: Sequence[str]) -> int:
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # one line and exit 2, as every mixtrain error
+            raise MixtrainError(f"{message} (usage: mixtrain report PATH... [--out DIR])")
+
+    parser = Parser(prog="mixtrain report", usage=USAGE, add_help=False)
+    parser.add_argument("paths", nargs="*", type=Path)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("-h", "--help", action="store_true")
+    parsed = parser.parse_args(list(args))
+    if parsed.help:
+        print(USAGE, end="")
+        return 0
+    if not parsed.paths:
+        raise MixtrainError("give at least one run or sweep directory: mixtrain report outputs/multirun/<date>/<time>")
+    out = parsed.out or (parsed.paths[0] if len(parsed.paths) == 1 else Path("."))
+    report(parsed.paths, out.expanduser())
+    return 0

@@ -1,0 +1,298 @@
+"""Run directories: what each holds, and what state its run was left in.
+
+A run is a directory with ``summary.json``, ``metrics.jsonl`` or Hydra's ``.hydra/``
+(every job of a multirun gets its ``.hydra/`` before it starts). ``summary.json``
+says ``running`` (rewritten every epoch, with the pid and host), ``completed``,
+``failed`` or ``interrupted``; a run killed hard keeps saying ``running``, so a run
+whose process is gone is reported ``crashed``. A directory with no results, and a
+job of a sweep that never got a directory, are ``not started``. No run is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from mixtrain.errors import MixtrainError
+
+COMPLETED = "completed"
+# The order of the status counts in tables.
+STATUSES = (COMPLETED, "running", "interrupted", "failed", "crashed", "not started")
+METRICS = ("best_val_acc1", "final_val_acc1", "final_val_ece", "final_val_nll")
+
+
+@dataclass
+class Run:
+    path: Path
+    status: str
+    detail: str = ""  # why a run is not completed: its error, its pid, what is missing
+    params: Dict[str, Any] = field(default_factory=dict)  # flattened config, dotted keys
+    metrics: Dict[str, float] = field(default_factory=dict)
+    epochs_done: int = 0
+    last_val_acc1: float = math.nan
+
+    @property
+    def seed(self) -> Any:
+        return self.params.get("seed")
+
+    @property
+    def epochs_total(self) -> Any:
+        return self.params.get("trainer.epochs")
+
+
+# --------------------------------------------------------------------------- finding runs
+
+
+def is_run_dir(path: Path) -> bool:
+    if (path / "summary.json").is_file() or (path / "metrics.jsonl").is_file():
+        return True
+    # `mixtrain preview` writes .hydra/ too; its dir holds preview.png and is not a run.
+    return (path / ".hydra").is_dir() and not (path / "preview.png").is_file()
+
+
+def natural_key(path: Path) -> Tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
+
+
+def find_run_dirs(root: Path) -> List[Path]:
+    """``root`` itself if it is a run, else every run below it (a sweep dir, a tree of sweeps)."""
+    if is_run_dir(root):
+        return [root]
+    found = set()
+    for name in ("summary.json", "metrics.jsonl"):
+        found.update(p.parent for p in root.rglob(name))
+    found.update(p.parent for p in root.rglob(".hydra") if p.is_dir() and is_run_dir(p.parent))
+    return sorted(found, key=natural_key)
+
+
+def read_json(path: Path) -> Optional[dict]:
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def read_metrics(path: Path) -> List[dict]:
+    """The epoch records of ``metrics.jsonl``; a line cut short by a crash is skipped."""
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree} if prefix else {}
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _hydra_config(run_dir: Path) -> Dict[str, Any]:
+    """The job's composed config from ``.hydra/config.yaml`` (resolved when it can be), or {}."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception:  # an unreadable file: the run is reported, its config unknown
+        return {}
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # e.g. an environment variable missing here
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+# --------------------------------------------------------------------------- run status
+
+
+def process_start_time(pid: int) -> Optional[float]:
+    """When process ``pid`` started (Unix time), from /proc on Linux; None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    # Field 22 (starttime, clock ticks after boot) counts from after the ")" of the command name.
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_alive(pid: int, last_written: float) -> bool:
+    """Whether the process that last wrote a file at ``last_written`` is still running.
+
+    A pid can be reused after a crash: a live process that started after the file was
+    last written cannot be its writer.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        pass
+    except (OverflowError, ValueError):
+        return False
+    started = process_start_time(pid)
+    return started is None or started <= last_written + 1.0
+
+
+def _status_from_summary(summary: dict, summary_path: Path, records: List[dict]) -> Tuple[str, str]:
+    status = summary.get("status")
+    if status == "running":
+        pid, host = summary.get("pid"), summary.get("host")
+        if host and host != socket.gethostname():
+            return "running", f"on {host}, pid {pid} (not checked from {socket.gethostname()})"
+        if isinstance(pid, int) and process_alive(pid, summary_path.stat().st_mtime):
+            return "running", f"pid {pid}"
+        written = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary_path.stat().st_mtime))
+        return "crashed", f"pid {pid} is gone; last update {written}, after {len(records)} epoch(s)"
+    if status == "failed":
+        return "failed", str(summary.get("error") or "no error recorded")
+    if status == "interrupted":
+        return "interrupted", f"stopped after {len(records)} epoch(s)"
+    if status == COMPLETED or (status is None and "best_val_acc1" in summary):
+        return COMPLETED, ""
+    return "crashed", f"summary.json has an unknown status {status!r}"
+
+
+def load_run(run_dir: Path) -> Run:
+    """One run dir: its status, config and metrics, whatever state it was left in."""
+    summary_path = run_dir / "summary.json"
+    records = read_metrics(run_dir / "metrics.jsonl")
+    summary: Optional[dict] = None
+    if summary_path.is_file():
+        try:
+            summary = read_json(summary_path)
+        except (OSError, ValueError) as ex:
+            status, detail = "crashed", f"summary.json is unreadable ({ex})"
+        else:
+            status, detail = _status_from_summary(summary, summary_path, records)
+    elif records:
+        status, detail = "crashed", f"no summary.json; stopped after {len(records)} epoch(s)"
+    else:
+        status, detail = "not started", "no summary.json or metrics.jsonl"
+
+    # Hydra's copy first: every job of a sweep has one, resolved here the same way for all of
+    # them (summary.json's copy was resolved in the job's environment, e.g. its MIXTRAIN_DATA).
+    config = _hydra_config(run_dir)
+    if not config and summary and isinstance(summary.get("config"), dict):
+        config = summary["config"]
+    run = Run(run_dir, status, detail, flatten(config), epochs_done=len(records))
+    evaluated = [r for r in records if isinstance(r.get("val_acc1"), (int, float))]
+    if evaluated:
+        run.last_val_acc1 = float(evaluated[-1]["val_acc1"])
+    if summary:
+        run.epochs_done = max(run.epochs_done, int(summary.get("epochs") or 0))
+        run.metrics = {m: float(summary[m]) for m in METRICS if isinstance(summary.get(m), (int, float))}
+    return run
+
+
+# --------------------------------------------------------------------------- jobs of a sweep that never started
+
+
+def unstarted_jobs(sweep_dir: Path, started: Sequence[Path]) -> List[Run]:
+    """Jobs of a basic-sweeper multirun (``multirun.yaml``) that have no directory.
+
+    A sweep stopped half-way (Ctrl-C, a killed job, a lost node) leaves later jobs with
+    no directory at all; this expands the sweep's overrides again to list them.
+    """
+    from omegaconf import OmegaConf
+
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return []
+    try:
+        hydra = OmegaConf.load(path).hydra
+        target = str(OmegaConf.select(hydra, "sweeper._target_", default=""))
+        subdir = str(hydra.sweep._get_node("subdir")._value())
+        task_overrides = [str(o) for o in hydra.overrides.task]
+    except Exception:  # not a multirun.yaml we can read: report the runs that exist
+        return []
+    # Only the basic sweeper's jobs can be listed in advance (from the command line alone),
+    # and only under its default subdir.
+    if (not target.endswith("BasicSweeper") or subdir != "${hydra.job.num}"
+            or OmegaConf.select(hydra, "sweeper.params", default=None)):
+        return []
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(task_overrides)
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None) for job in batch]
+    except Exception:
+        return []
+    started_names = {p.name for p in started if p.parent == sweep_dir}
+    runs = []
+    for num, overrides in enumerate(jobs):
+        if str(num) not in started_names:
+            runs.append(Run(sweep_dir / str(num), "not started", "no job directory: " + " ".join(overrides),
+                            params=job_params(overrides)))
+    return runs
+
+
+def job_params(overrides: Sequence[str]) -> Dict[str, Any]:
+    """The flattened config a job with these overrides would have run with ({} if it does not compose)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from mixtrain.config import config_dir, register_configs
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="report"):
+            cfg = compose("train", overrides=[o for o in overrides if not o.startswith("hydra")])
+            return flatten(OmegaConf.to_container(cfg, resolve=True))
+    except Exception:  # the config changed since the sweep ran: keep what the overrides say
+        return {o.split("=", 1)[0].lstrip("+~"): _parse_scalar(o.split("=", 1)[1]) for o in overrides if "=" in o}
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def collect(paths: Iterable[Path]) -> List[Run]:
+    """Every run under ``paths`` (and every job of a sweep that never started), in a stable order."""
+    runs: List[Run] = []
+    seen = set()
+    for path in paths:
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise MixtrainError(f"{path} does not exist: give run directories or sweep directories (outputs/...)")
+        if not path.is_dir():
+            raise MixtrainError(f"{path} is not a directory: give run directories or sweep directories")
+        path = path.resolve()
+        dirs = [d for d in find_run_dirs(path) if d not in seen]
+        seen.update(dirs)
+        found = [load_run(d) for d in dirs]
+        # Sweep dirs at or below PATH (not the sweep around a single run dir that was asked for).
+        for sweep_dir in sorted({path, *(d.parent for d in dirs if d != path)}, key=natural_key):
+            found += [r for r in unstarted_jobs(sweep_dir, dirs) if r.path not in seen]
+        runs += sorted(found, key=lambda r: natural_key(r.path))
+    return runs
