@@ -9,6 +9,7 @@ on flags, broadcasting the run dir, gathering RNG states for checkpoints.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from dataclasses import dataclass
@@ -75,8 +76,17 @@ def device_for(ctx: DistContext, device: torch.device) -> torch.device:
 def shutdown() -> None:
     global _context
     if dist.is_available() and dist.is_initialized():
+        # DDP's reducer keeps the gloo backend alive; if reference cycles held it until
+        # interpreter teardown, gloo's threads would meet a half-dead interpreter (SIGABRT).
+        gc.collect()
         dist.destroy_process_group()
     _context = DistContext()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op for one process)."""
+    if _context.enabled:
+        dist.barrier()
 
 
 # --------------------------------------------------------------------------- collectives

@@ -303,6 +303,7 @@ class Run:
             f"in {summary['wall_time_s']:.0f}s | {self.run_dir / 'summary.json'}"
         )
         monitor.close()
+        distributed.barrier()  # no rank leaves before rank 0 has written the run's files
         return summary
 
     def after_step(self, step: int, skipped: bool, stop: bool) -> None:
