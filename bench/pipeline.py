@@ -48,8 +48,14 @@ def rate_from_step_times(times, batch):
     return batch * (len(times) - 1 - WARMUP) / (times[-1] - times[WARMUP])
 
 
-def autocast(dtype):
-    return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
+def plain_step(model, opt, x, y, dtype) -> float:
+    """One step of the loop a user writes by hand; returns the time at its end."""
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.perf_counter()
 
 
 def bench_mixtrain(data, steps, batch, dtype):
@@ -71,14 +77,7 @@ def create_scheduler_for(opt, steps):
 
 def bench_compute_limit(images, labels, steps, batch, dtype):
     model, opt = new_model_and_optimizer()
-    times = []
-    for _ in range(WARMUP + 1 + steps):
-        with autocast(dtype):
-            loss = F.cross_entropy(model(images), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter())
+    times = [plain_step(model, opt, images, labels, dtype) for _ in range(WARMUP + 1 + steps)]
     return rate_from_step_times(times, batch)
 
 
@@ -90,13 +89,7 @@ def bench_hand_written(root, steps, batch, dtype):
     model, opt = new_model_and_optimizer()
     times = []
     for i, (x, y) in enumerate(loader):
-        x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(dtype):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter())
+        times.append(plain_step(model, opt, x.contiguous(memory_format=torch.channels_last), y, dtype))
         if i == WARMUP + steps:
             break
     return rate_from_step_times(times, batch)
