@@ -7,8 +7,9 @@ ResNet-20, channels_last, batch 128, CPU, on the real CIFAR-10 JPEG folder:
   (b) compute limit: the same model and optimizer stepping on one batch already in memory;
   (c) hand-written: torchvision ImageFolder + PIL transforms + DataLoader(num_workers=2).
 
-The three are measured in interleaved rounds (the machine is shared and noisy) and the
-median img/s of each is compared. Targets: (a) >= 0.95 x (b), (a) >= 1.3 x (c).
+The three are measured in interleaved rounds (the machine is shared and its speed
+drifts); the ratios are taken within each round, where the three ran back to back, and
+their median over rounds is compared with the targets: (a) >= 0.95 x (b), (a) >= 1.3 x (c).
 ``--bf16`` runs all three under bf16 autocast (fast on CPUs with AVX512-BF16 or AMX).
 
     python bench/pipeline.py [--steps 30] [--rounds 3] [--bf16]
@@ -123,12 +124,16 @@ def main() -> None:
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in results.items()), flush=True)
 
     a, b, c = (median(results[k]) for k in ("mixtrain", "compute", "hand"))
+    # The machine's speed drifts between rounds: compare within each round, then take the median.
+    ab = median([x / y for x, y in zip(results["mixtrain"], results["compute"])])
+    ac = median([x / y for x, y in zip(results["mixtrain"], results["hand"])])
     print()
     print(f"(a) mixtrain loop            {a:7.0f} img/s  ({spread(results['mixtrain'])})")
     print(f"(b) compute limit            {b:7.0f} img/s  ({spread(results['compute'])})")
     print(f"(c) ImageFolder+PIL+2 workers {c:6.0f} img/s  ({spread(results['hand'])})")
-    print(f"(a)/(b) = {a / b:.3f}   target >= 0.95   {'OK' if a / b >= 0.95 else 'MISSED'}")
-    print(f"(a)/(c) = {a / c:.2f}    target >= 1.30   {'OK' if a / c >= 1.3 else 'MISSED'}")
+    print("median over rounds of the ratio within a round:")
+    print(f"(a)/(b) = {ab:.3f}   target >= 0.95   {'OK' if ab >= 0.95 else 'MISSED'}")
+    print(f"(a)/(c) = {ac:.2f}    target >= 1.30   {'OK' if ac >= 1.3 else 'MISSED'}")
 
 
 if __name__ == "__main__":
