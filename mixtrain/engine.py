@@ -202,11 +202,14 @@ class Run:
                                 f"({cfg.trainer.eval_batch_size}) are global batches and must divide evenly over "
                                 f"{ctx.world_size} processes")
         saved = checkpoint.load(cfg.resume) if cfg.resume else None
+        problem = None
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             if saved is None and (run_dir / "metrics.jsonl").exists():
-                raise MixtrainError(f"{run_dir} already holds a run: pick another hydra.run.dir, or continue it "
-                                    f"with resume={run_dir}")
+                problem = f"{run_dir} already holds a run: pick another hydra.run.dir, or continue it with resume={run_dir}"
+        problem = distributed.broadcast_object(problem)  # every rank stops with the same line
+        if problem:
+            raise MixtrainError(problem)
 
         self.device = distributed.device_for(ctx, resolve_device(cfg.trainer.device))
         self.precision = resolve_precision(cfg.trainer, self.device)

@@ -102,3 +102,13 @@ def test_a_checkpoint_resumes_only_with_the_same_number_of_processes(data_root, 
                              "trainer.epochs=2"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2
     assert "written by 2 process(es) and this run has 1" in result.stderr
+
+    # A second run into the same dir: rank 0 refuses it, and the other rank stops with it
+    # quietly (no Hydra "Error executing job" report of a broken connection).
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    code, _, err = finish(torchrun([*BASE, f"dataset.root={data_root}", "dataset.cache=true", "trainer.epochs=1",
+                                    f"hydra.run.dir={tmp_path / 'run'}"], tmp_path))
+    assert code != 0
+    assert err.count("mixtrain: error:") == 1 and "already holds a run" in err, err
+    assert "Error executing job" not in err and "Connection closed by peer" not in err, err
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
