@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -72,13 +72,16 @@ def save_atomic(state: Dict[str, Any], path: Path) -> None:
         os.close(dir_fd)
 
 
-def checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or ``last.pt`` of a run dir."""
+def checkpoint_path(path: str | Path, names: Sequence[str] = ("last.pt",)) -> Path:
+    """A checkpoint file, or the first of ``names`` that a run dir holds."""
     path = Path(os.path.expanduser(str(path)))
     if path.is_dir():
-        path = path / "last.pt"
+        found = [path / name for name in names if (path / name).is_file()]
+        if len(names) > 1 and not found:
+            raise MixtrainError(f"{path} holds neither {' nor '.join(names)}: pass a checkpoint file or a run dir")
+        path = found[0] if found else path / names[0]
     if not path.is_file():
-        raise MixtrainError(f"no checkpoint at {path}: pass a .pt file or a run dir that holds last.pt")
+        raise MixtrainError(f"no checkpoint at {path}: pass a .pt file or a run dir that holds {' or '.join(names)}")
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -38,15 +37,7 @@ RELIABILITY_FILE = "reliability.png"
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run dir's ``best.pt`` (else its ``last.pt``)."""
-    path = Path(os.path.expanduser(str(path)))
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise MixtrainError(f"{path} holds neither best.pt nor last.pt: pass a checkpoint file or a run dir")
-    if not path.is_file():
-        raise MixtrainError(f"no checkpoint at {path}: pass a .pt file or a run dir that holds best.pt or last.pt")
-    return path
+    return checkpoint.checkpoint_path(path, ("best.pt", "last.pt"))
 
 
 def _override_key(override: str) -> str:
