@@ -9,7 +9,6 @@ before and after; top-1 under FGSM. Everything lands in ``eval.json`` (read by
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -26,6 +25,7 @@ from mixtrain.config import (DatasetConfig, EvalConfig, TimmModelConfig, TrainCo
                              describe_config_error, heldout_fraction, schema_for)
 from mixtrain.data.splits import eval_loader, split_folder
 from mixtrain.errors import MixtrainError
+from mixtrain.monitor import write_json_atomic
 from mixtrain.robustness import fgsm_accuracy
 
 EVAL_FILE = "eval.json"
@@ -241,9 +241,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
         "eval_config": {"heldout": cfg.heldout, "fgsm_eps": eps_levels, "seed": cfg.seed},
         "files": {"reliability": RELIABILITY_FILE},
     }
-    tmp = out_dir / f".{EVAL_FILE}.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out_dir / EVAL_FILE)
+    write_json_atomic(out_dir / EVAL_FILE, report)
     return report
 
 

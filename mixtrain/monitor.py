@@ -36,13 +36,18 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a temp file beside ``path``, fsync it, rename it over ``path``: never half a file."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def reconcile_metrics(path: Path, history: list) -> None:
@@ -58,9 +63,7 @@ def reconcile_metrics(path: Path, history: list) -> None:
         return
     if len(lines) > len(history):
         path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}").write_text("\n".join(lines) + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in wanted))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in wanted))
 
 
 def _fmt(value, fmt: str) -> str:
