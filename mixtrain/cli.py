@@ -8,8 +8,9 @@ sweep), so a bad value stops everything with one line and exit code 2.
 
 from __future__ import annotations
 
-import signal
+import importlib
 import math
+import signal
 import sys
 import time
 import traceback
@@ -233,12 +234,6 @@ def _eval_task(cfg) -> None:
     print_report(report, out_dir, console)
 
 
-def _compare(args: List[str]) -> int:
-    from mixtrain.compare import main as compare_main  # not a Hydra app: it composes one eval config per run
-
-    return compare_main(args)
-
-
 def run_hydra_command(command: str, task: Callable, config_name: str, args: List[str]) -> int:
     import hydra
 
@@ -273,26 +268,19 @@ def run_hydra_command(command: str, task: Callable, config_name: str, args: List
     return 0
 
 
+def plain_command(module: str) -> Callable[[List[str]], int]:
+    """A command that is not a Hydra app (``mixtrain.<module>.main(args)``), imported when run."""
+    return lambda args: importlib.import_module(f"mixtrain.{module}").main(args)
+
+
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": lambda args: run_hydra_command("train", _train_task, "train", args),
     "preview": lambda args: run_hydra_command("preview", _preview_task, "train", args),
     "eval": lambda args: run_hydra_command("eval", _eval_task, "eval", args),
-    "compare": _compare,
-    "recipes": lambda args: _recipes_main(args),
-    "report": lambda args: _report_main(args),
+    "compare": plain_command("compare"),  # composes one eval config per run itself
+    "recipes": plain_command("recipes"),
+    "report": plain_command("report"),
 }
-
-
-def _recipes_main(args: List[str]) -> int:
-    from mixtrain.recipes import main as recipes_main
-
-    return recipes_main(args)
-
-
-def _report_main(args: List[str]) -> int:
-    from mixtrain.report import main as report_main
-
-    return report_main(args)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
