@@ -19,10 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from mixtrain.errors import MixtrainError
 from mixtrain.runs import COMPLETED, METRICS, STATUSES, Run, collect
 
-METRIC_HEADERS = {"best_val_acc1": "best top-1", "final_val_acc1": "final top-1", "final_val_ece": "final ECE",
-                  "final_val_nll": "final NLL"}
-METRIC_FORMATS = {"best_val_acc1": "{:.2f}", "final_val_acc1": "{:.2f}", "final_val_ece": "{:.4f}",
-                  "final_val_nll": "{:.4f}"}
+# Column header and number format of each of runs.METRICS.
+METRIC_COLUMNS = {"best_val_acc1": ("best top-1", "{:.2f}"), "final_val_acc1": ("final top-1", "{:.2f}"),
+                  "final_val_ece": ("final ECE", "{:.4f}"), "final_val_nll": ("final NLL", "{:.4f}")}
 # Keys that do not define an experiment: seeds are its replicates; resume and the sweep
 # objective do not change what is trained.
 NOT_GROUPED = ("seed", "resume", "objective")
@@ -47,8 +46,19 @@ class Group:
             return math.nan, math.nan
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
+    @property
+    def seeds(self) -> int:
+        """How many distinct seeds completed."""
+        return len({_comparable(r.seed) for r in self.completed})
+
     def status_counts(self) -> Dict[str, int]:
-        return {s: sum(r.status == s for r in self.runs) for s in STATUSES if any(r.status == s for r in self.runs)}
+        return status_counts(self.runs)
+
+
+def status_counts(runs: Sequence[Run]) -> Dict[str, int]:
+    """Runs per status, in STATUSES order, statuses with no run left out."""
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+    return {s: n for s, n in counts.items() if n}
 
 
 # --------------------------------------------------------------------------- grouping
@@ -135,13 +145,13 @@ def summary_table(groups: Sequence[Group], keys: Sequence[str]):
         table.add_column(key, no_wrap=True)
     table.add_column("seeds", justify="right")
     for metric in METRICS:
-        table.add_column(METRIC_HEADERS[metric], justify="right", no_wrap=True)
+        table.add_column(METRIC_COLUMNS[metric][0], justify="right", no_wrap=True)
     if any(len(g.completed) < len(g.runs) for g in groups):
         table.add_column("not completed", overflow="fold")
     for group in groups:
         cells = [format_value(v) for v in group.values] if keys else ["all"]
-        cells.append(str(len({_comparable(r.seed) for r in group.completed})))
-        cells += [format_stat(*group.stats(m), METRIC_FORMATS[m]) for m in METRICS]
+        cells.append(str(group.seeds))
+        cells += [format_stat(*group.stats(m), METRIC_COLUMNS[m][1]) for m in METRICS]
         if len(table.columns) > len(cells):
             counts = {s: n for s, n in group.status_counts().items() if s != COMPLETED}
             cells.append(status_text(counts))
@@ -173,7 +183,7 @@ def write_group_csv(path: Path, groups: Sequence[Group], keys: Sequence[str]) ->
             counts = group.status_counts()
             stats = [v for m in METRICS for v in group.stats(m)]
             writer.writerow([*(format_value(v) for v in group.values),
-                             len({_comparable(r.seed) for r in group.completed}),
+                             group.seeds,
                              *[counts.get(s, 0) for s in STATUSES],
                              *["" if math.isnan(v) else repr(v) for v in stats]])
     return path
@@ -258,7 +268,7 @@ def write_plot(path: Path, groups: Sequence[Group], keys: Sequence[str]) -> Opti
             if len(ticks) <= 12:
                 ax.set_xticks(ticks, [format_value(t) for t in ticks])
     axes[0].legend(fontsize=8)
-    seeds = sorted({len({_comparable(r.seed) for r in g.completed}) for g in groups})
+    seeds = sorted({g.seeds for g in groups})
     fig.suptitle(f"mean over {'/'.join(map(str, seeds))} seed(s) per point; error bars: ±1 std across seeds",
                  fontsize=10)
     fig.tight_layout()
@@ -290,8 +300,7 @@ def report(paths: Sequence[Path], out_dir: Path, console=None) -> Dict[str, Any]
         "runs.csv": write_runs_csv(out_dir / "runs.csv", runs, keys, roots),
         "report.png": write_plot(out_dir / "report.png", groups, keys),
     }
-    counts = {s: sum(r.status == s for r in runs) for s in STATUSES if any(r.status == s for r in runs)}
-    console.print(f"{len(runs)} runs ({status_text(counts)}) in {len(groups)} group(s); wrote "
+    console.print(f"{len(runs)} runs ({status_text(status_counts(runs))}) in {len(groups)} group(s); wrote "
                   + ", ".join(str(p) for p in written.values() if p is not None), highlight=False)
     return {"runs": runs, "keys": keys, "groups": groups, **written}
 
