@@ -14,12 +14,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from mixtrain.errors import MixtrainError
+from mixtrain.files import write_atomic
 
 FORMAT = "mixtrain-checkpoint-v1"
 
@@ -43,6 +44,7 @@ class TrainState:
     best_acc1: float = -math.inf
     best_epoch: int = -1
     nan_skips: int = 0
+    consecutive_skips: int = 0  # steps skipped in a row (fp16: by the GradScaler)
     progress: EpochProgress = field(default_factory=EpochProgress)
 
 
@@ -50,26 +52,8 @@ class TrainState:
 
 
 def save_atomic(state: Dict[str, Any], path: Path) -> None:
-    """Write to a temp file in the same dir, fsync, then rename over ``path``.
-
-    A crash at any point leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    """Write a checkpoint atomically: a crash leaves the old file or the new one, never a torn one."""
+    write_atomic(path, lambda f: torch.save({"format": FORMAT, **state}, f), binary=True)
 
 
 def checkpoint_path(path: str | Path, names: Sequence[str] = ("last.pt",)) -> Path:
@@ -93,7 +77,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str
     except Exception as ex:  # a file that is not a checkpoint can fail in many ways (pickle, zip, index ...)
         first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
         raise MixtrainError(f"{path} is not a readable mixtrain checkpoint ({first[:160]})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    found = state.get("format") if isinstance(state, dict) else None
+    if isinstance(found, str) and found.startswith(FORMAT[:-1]) and found != FORMAT:
+        raise MixtrainError(f"{path} has checkpoint format {found[len(FORMAT) - 2:]}, and this mixtrain reads "
+                            f"{FORMAT[-2:]} only: it was written by another mixtrain version; install that one "
+                            "(pip install -U mixtrain for a newer one)")
+    if found != FORMAT:
         raise MixtrainError(f"{path} is not a mixtrain checkpoint (no '{FORMAT}' marker)")
     return state
 
@@ -152,20 +141,46 @@ def restore(saved: Dict[str, Any], model: nn.Module, optimizer, scheduler, scale
     return TrainState(**fields), list(saved["history"])
 
 
-def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], num_classes: int, path: Path) -> None:
-    """Refuse to continue a checkpoint with another model, dataset or number of classes."""
-    old = saved["config"]
-    differences = [f"model.{k}" for k in sorted(set(old["model"]) | set(config["model"]))
-                   if old["model"].get(k) != config["model"].get(k)]
-    for key in ("name", "image_size"):
-        if old["dataset"].get(key) != config["dataset"].get(key):
-            differences.append(f"dataset.{key}")
-    for key in differences:
-        group, name = key.split(".")
-        raise MixtrainError(
-            f"cannot resume {path}: {key} is {config[group].get(name)!r} but the checkpoint has "
-            f"{old[group].get(name)!r}; drop that override, or start a new run"
-        )
+# Keys that may differ on resume: where and how fast the run goes, what it logs and keeps,
+# where the data now lives. Any other change would alter what the run means (its data,
+# model, batches, mixing, optimizer, schedule or seed) and is refused.
+RESUME_MAY_CHANGE = {
+    "resume", "objective", "trainer.epochs", "trainer.device", "trainer.num_workers", "trainer.compile",
+    "trainer.eval_every", "trainer.eval_batch_size", "trainer.log_every", "trainer.checkpoint",
+    "trainer.checkpoint_every_steps", "trainer.limit_val_batches", "trainer.on_nan", "trainer.nan_skip_limit",
+    "dataset.root", "dataset.download", "dataset.on_bad_image",
+}
+
+
+def _flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key != "kwargs":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], num_classes: int, path: Path) -> Optional[str]:
+    """Refuse, naming the key, any change that alters the run's meaning; allow ``trainer.epochs``
+    to grow, and return the line that says what that does to the schedule (else None)."""
+    old, new = _flatten(saved["config"]), _flatten(config)
+    # A changed group option (augment.name, ...) first: it explains the keys that come with it.
+    for key in sorted(set(old) | set(new), key=lambda k: (not k.endswith(".name"), k)):
+        if key not in RESUME_MAY_CHANGE and old.get(key) != new.get(key):
+            raise MixtrainError(
+                f"cannot resume {path}: {key} is {new.get(key)!r} but the checkpoint has {old.get(key)!r}; "
+                "drop that override, or start a new run"
+            )
     if saved["num_classes"] != num_classes:
         raise MixtrainError(f"cannot resume {path}: the data has {num_classes} classes but the checkpoint has "
                             f"{saved['num_classes']}; resume on the same dataset, or start a new run")
+    before, after = old["trainer.epochs"], new["trainer.epochs"]
+    if after < before:
+        raise MixtrainError(f"cannot resume {path}: trainer.epochs is {after} but the run was set for {before}; "
+                            "on resume trainer.epochs may only grow")
+    if after == before:
+        return None
+    return (f"trainer.epochs {before} -> {after}: the {new['sched.name']} schedule now spans {after} epochs from the "
+            "start, so the learning rate from here on follows the longer schedule (it jumps where the two differ)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -20,6 +22,7 @@ from typing import Callable, Dict, List, Optional
 from mixtrain import distributed
 from mixtrain.config import SCHEMAS, config_dir, debug_enabled, describe_config_error, register_configs, to_object
 from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped
+from mixtrain.files import RUN_FILES
 
 USAGE = """usage: mixtrain <command> [overrides]
 
@@ -179,14 +182,16 @@ def objective_value(summary: dict, key: str) -> float:
 def _preview_task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from mixtrain.data import build_data
+    from mixtrain.data import LoaderOptions, open_split, resolve_workers
     from mixtrain.engine import resolve_device
     from mixtrain.preview import mixed_batch_grid, write_png
 
     try:
         run = to_object(cfg)
-        data = build_data(run.dataset, run.trainer, resolve_device(run.trainer.device), run.seed)
-        grid = mixed_batch_grid(data, run.augment, run.dataset, run.trainer.epochs, run.seed)
+        options = LoaderOptions(run.trainer.batch_size, resolve_device(run.trainer.device),
+                                resolve_workers(run.trainer.num_workers), run.trainer.channels_last, run.seed)
+        train = open_split(run.dataset, "train", True, options)
+        grid = mixed_batch_grid(train.loader, train.classes, run.augment, run.dataset, run.trainer.epochs, run.seed)
     except MixtrainError as ex:
         if debug_enabled():
             raise
@@ -195,25 +200,67 @@ def _preview_task(cfg) -> None:
     print(path)
 
 
-def torchrun_overrides(composed: list, overrides: List[str], multirun: bool) -> List[str]:
-    """Join the torchrun process group and put every rank in rank 0's run dir.
+def torchrun_overrides(composed: list, multirun: bool) -> List[str]:
+    """Join the torchrun process group; ranks above 0 write no Hydra files or logs.
 
-    Hydra resolves ``${now:...}`` in each process, so each rank would make its own run
-    dir; rank 0 resolves it once and sends it to the others. Ranks above 0 write no Hydra
-    files or logs there.
+    (Every rank uses rank 0's run dir: see :func:`fixed_run_dir`.)
     """
     if multirun:
         raise MixtrainError("torchrun runs one training job; run sweeps with a Hydra launcher "
                             "(hydra/launcher=joblib or submitit_slurm), each job on its own GPUs")
-    cfg, hydra_node = composed[0]
-    ctx = distributed.init(cfg.trainer.device)
-    extra = []
-    if not any(o.startswith("hydra.run.dir=") for o in overrides):
-        run_dir = str(hydra_node.run.dir) if ctx.is_main else None
-        extra.append(f"hydra.run.dir={distributed.broadcast_object(run_dir)}")
-    if not ctx.is_main:
-        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
-    return extra
+    if distributed.init(composed[0][0].trainer.device).is_main:
+        return []
+    return ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+
+def fixed_run_dir(hydra_node) -> Path:
+    """The run dir, resolved once: Hydra resolves ``${now:...}`` again in every process (and a
+    second later it may name another dir), so the command passes this one to Hydra. Under
+    torchrun rank 0 resolves it and sends it to the others."""
+    ctx = distributed.context()
+    run_dir = str(hydra_node.run.dir) if ctx.is_main else None
+    return Path(distributed.broadcast_object(run_dir))
+
+
+# The files that show a command has already written into a dir.
+OUTPUTS = {"train": RUN_FILES, "eval": ("eval.json",), "preview": ("preview.png",)}
+
+
+def check_run_dir(run_dir: Path, command: str, resuming: bool) -> None:
+    """Refuse, before Hydra writes a file, a run dir that holds results or cannot be written."""
+    taken = [name for name in OUTPUTS[command] if (run_dir / name).exists()]
+    if taken and not resuming:
+        fix = f", or continue it with resume={run_dir}" if command == "train" else ""
+        raise MixtrainError(f"{run_dir} already holds {'a run' if command == 'train' else taken[0]}: "
+                            f"pick another hydra.run.dir{fix}")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise MixtrainError(f"cannot write the run dir {run_dir}: {existing} {why}; pick another hydra.run.dir")
+
+
+def first_missing(path: Path) -> Optional[Path]:
+    """The topmost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    missing = None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
+def remove_hydra_files(run_dir: Path, created: Optional[Path], subdir: Optional[Path]) -> None:
+    """After a refused command, take back what Hydra wrote for it: the folders it made (if they
+    hold nothing else), or in an existing run dir the Hydra subfolder it added."""
+    if created is not None:
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            folder = run_dir.parent
+            while folder != created.parent and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                folder = folder.parent
+    elif subdir is not None:
+        shutil.rmtree(subdir, ignore_errors=True)
 
 
 def _eval_task(cfg) -> None:
@@ -240,32 +287,47 @@ def run_hydra_command(command: str, task: Callable, config_name: str, args: List
     parsed = _hydra_args(args)
     informational = parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion
     overrides = list(parsed.overrides)
-    if command == "train" and not informational:
-        rewritten = resume_overrides(overrides)
-        if rewritten is not overrides:
-            args = [a for a in args if a not in overrides] + rewritten
-            overrides = rewritten
-    if command == "eval" and not informational:
-        from mixtrain.evaluation import eval_overrides
-
-        rewritten = eval_overrides(overrides)
+    if not informational:
+        rewritten = {"train": resume_overrides, "eval": _eval_overrides}.get(command, lambda o: o)(overrides)
         if rewritten is not overrides:
             args = [a for a in args if a not in overrides] + rewritten
             overrides = rewritten
     if command == "preview" and not any(o.startswith("hydra.run.dir=") for o in overrides):
         args = [*args, "hydra.run.dir=outputs/preview/${now:%Y-%m-%d}/${now:%H-%M-%S}"]
+        overrides = [*overrides, args[-1]]
+    run_dir = None
     if not informational:
         composed = check_overrides(config_name, overrides, parsed.multirun)
         if command == "train" and distributed.launched_by_torchrun():
-            args = [*args, *torchrun_overrides(composed, overrides, parsed.multirun)]
+            args = [*args, *torchrun_overrides(composed, parsed.multirun)]
+        if not parsed.multirun:
+            from mixtrain.evaluation import quote_override
+
+            hydra_node = composed[0][1]
+            run_dir = fixed_run_dir(hydra_node)
+            check_run_dir(run_dir, command, any(o.startswith("resume=") for o in overrides))
+            args = [*args, f"hydra.run.dir={quote_override(run_dir)}"]
+            created = first_missing(run_dir)
+            # What Hydra will make for its files in an existing run dir (resume: .hydra/resume-<time>).
+            subdir = first_missing(run_dir / str(hydra_node.output_subdir)) if hydra_node.output_subdir else None
     main = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
     saved = sys.argv
     sys.argv = [f"mixtrain {command}", *args]
     try:
         main()
+    except SystemExit as ex:  # a task's one-line refusal, or Hydra's own exit
+        if run_dir is not None and ex.code == EXIT_USAGE and distributed.context().is_main:
+            remove_hydra_files(run_dir, created, subdir)
+        return ex.code if isinstance(ex.code, int) else 1
     finally:
         sys.argv = saved
     return 0
+
+
+def _eval_overrides(overrides: List[str]) -> List[str]:
+    from mixtrain.evaluation import eval_overrides
+
+    return eval_overrides(overrides)
 
 
 def plain_command(module: str) -> Callable[[List[str]], int]:

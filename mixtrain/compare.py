@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mixtrain.errors import MixtrainError
+from mixtrain.files import write_json_atomic
 
 USAGE = """usage: mixtrain compare RUN_OR_CHECKPOINT_OR_EVAL_JSON ... [key=value ...]
 
@@ -181,7 +182,7 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
                "rows": [{"metric": label, "better": direction, "values": values}
                         for label, _, direction, values in comparison_rows(reports)]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "compare.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out_dir / "compare.json", summary)
     console.print(str(out_dir / "compare.json"), highlight=False)
     return summary
 

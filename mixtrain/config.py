@@ -418,7 +418,8 @@ class TrainerConfig:
     amp_dtype: str = "fp16"  # fp16 (CUDA, with a GradScaler) | bf16 (CUDA or CPU)
     channels_last: bool = True  # NHWC: ~1.3x faster for ResNet-20 on this CPU, and on GPUs with AMP
     compile: bool = False
-    num_workers: int = 4  # DataLoader workers (ImageFolder path only)
+    # DataLoader workers (streaming ImageFolder path only): a count, or auto = min(8, usable cores).
+    num_workers: Any = "auto"
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     log_every: int = 50  # steps between TensorBoard step scalars
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
@@ -437,7 +438,9 @@ class TrainerConfig:
         _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                  "trainer.device", "must be auto, cpu, cuda or cuda:N", self.device)
         _choice(self.amp_dtype, ("fp16", "bf16"), "trainer.amp_dtype")
-        _at_least(self.num_workers, 0, "trainer.num_workers")
+        _require(self.num_workers == "auto" or (isinstance(self.num_workers, int) and not isinstance(self.num_workers, bool)
+                                                and self.num_workers >= 0),
+                 "trainer.num_workers", "must be auto or a count >= 0", self.num_workers)
         _at_least(self.eval_every, 1, "trainer.eval_every")
         _at_least(self.log_every, 1, "trainer.log_every")
         _choice(self.on_nan, ("stop", "skip"), "trainer.on_nan")

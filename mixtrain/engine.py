@@ -4,31 +4,40 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import signal
 import socket
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from mixtrain import checkpoint, distributed
 from mixtrain.checkpoint import EpochProgress, TrainState
-from mixtrain.config import TrainConfig, asdict
-from mixtrain.data import Data, Loader, build_data
+from mixtrain.config import ManifoldConfig, TrainConfig, asdict
+from mixtrain.data import Data, Loader, build_data, image_size
 from mixtrain.errors import MixtrainError, RunStopped
 from mixtrain.losses import Loss, create_loss
 from mixtrain.metrics import ClassificationMeter
 from mixtrain.mixing import Mixer, create_mixer
 from mixtrain.models import create_model
-from mixtrain.monitor import RunMonitor, Throughput, reconcile_metrics, write_json_atomic
+from mixtrain.files import RUN_FILES, write_json_atomic
+from mixtrain.monitor import RunMonitor, Throughput, reconcile_metrics
 from mixtrain.optim import create_optimizer, create_scheduler
 from mixtrain.plots import reliability_image, save_reliability_diagram
 from mixtrain.precision import Precision, resolve_device, resolve_precision
 from mixtrain.preview import mixed_batch_grid
+
+
+# A step the fp16 GradScaler skips does not call optimizer.step(), and the schedule steps
+# anyway (it counts batches); torch then warns as if the two calls were out of order.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 
 # --------------------------------------------------------------------------- one epoch
@@ -64,8 +73,8 @@ def train_one_epoch(
 
     ``progress`` holds the epoch's running sums (restored ones when resuming mid-epoch) and
     is kept up to date for checkpoints. A non-finite loss raises :class:`NonFiniteLoss`, or
-    with ``skip_non_finite`` skips the update; with an fp16 GradScaler the scaler skips
-    such steps itself. ``after_step(step, skipped, stop)`` runs after every batch; ``stop``
+    with ``skip_non_finite`` skips the update. With an fp16 GradScaler, a step the scaler
+    skips (non-finite gradients) is reported as skipped and left out of the sums. ``after_step(step, skipped, stop)`` runs after every batch; ``stop``
     is ``stop_requested()``. Under torchrun both flags are agreed on by all ranks before
     the backward pass, so that every rank skips, or stops after, the same step.
     """
@@ -75,7 +84,8 @@ def train_one_epoch(
     # Running sums stay on the device; reading them forces a sync, so it is rare.
     loss_sum = torch.tensor(progress.loss_sum, dtype=torch.float64, device=device)
     correct = torch.tensor(progress.correct, dtype=torch.float64, device=device)
-    check_finite = not precision.scaler.is_enabled()
+    scaler = precision.scaler
+    check_finite = not scaler.is_enabled()  # with fp16 the GradScaler checks the gradients itself
     speed = Throughput()
     steps = len(loader)
     bar = monitor.progress(epoch, steps) if monitor else None
@@ -92,19 +102,28 @@ def train_one_epoch(
             if skipped and not skip_non_finite:
                 raise NonFiniteLoss(epoch, step)
             if not skipped:
-                precision.scaler.scale(loss).backward()
-                precision.scaler.step(optimizer)
-                precision.scaler.update()
+                scale = scaler.get_scale()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                # The scaler lowers its scale exactly when it skipped the step (inf/NaN gradients):
+                # that step is counted by the NaN policy and left out of the sums.
+                skipped = scaler.is_enabled() and scaler.get_scale() < scale
+            if not skipped:
                 batch = labels.shape[0]
                 loss_sum += loss.detach().double() * batch
                 correct += logits.detach().argmax(1).eq(targets.argmax(1)).sum()
                 progress.seen += batch
                 speed.add(batch)
             scheduler.step()  # a skipped batch still counts: the schedule stays aligned to batches
-            if monitor and (step + 1) % log_every == 0 and not skipped:
+            if monitor and (step + 1) % log_every == 0:
                 global_step = epoch * steps + step + 1
-                monitor.scalar("train/loss_step", loss.item(), global_step)
-                monitor.scalar("train/lr_step", optimizer.param_groups[0]["lr"], global_step)
+                mean_loss = loss_sum.item() / max(progress.seen, 1)
+                if not skipped:
+                    monitor.scalar("train/loss_step", loss.item(), global_step)
+                    monitor.scalar("train/lr_step", optimizer.param_groups[0]["lr"], global_step)
+                eta = (steps - step - 1) * labels.shape[0] / max(speed.rate, 1e-9)
+                monitor.step_line(epoch, step + 1, steps, mean_loss, speed.rate, eta)
             if after_step is not None:
                 progress.loss_sum, progress.correct = loss_sum.item(), correct.item()
                 after_step(step, skipped, stop)
@@ -205,7 +224,7 @@ class Run:
         problem = None
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            if saved is None and (run_dir / "metrics.jsonl").exists():
+            if saved is None and holds_run(run_dir):
                 problem = f"{run_dir} already holds a run: pick another hydra.run.dir, or continue it with resume={run_dir}"
         problem = distributed.broadcast_object(problem)  # every rank stops with the same line
         if problem:
@@ -213,7 +232,7 @@ class Run:
 
         self.device = distributed.device_for(ctx, resolve_device(cfg.trainer.device))
         self.precision = resolve_precision(cfg.trainer, self.device)
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed, ctx.rank)
         self.data = build_data(cfg.dataset, cfg.trainer, self.device, cfg.seed, ctx.rank, ctx.world_size)
         self.model = create_model(cfg.model, self.data.num_classes).to(self.device)  # the unwrapped model
         if cfg.trainer.channels_last:
@@ -223,14 +242,18 @@ class Run:
         self.mixer = create_mixer(cfg.augment, self.data.num_classes, cfg.trainer.epochs, cfg.seed, ctx.rank)
         self.loss_fn = create_loss(cfg.augment)
         self.config = asdict(cfg)
-        self.state, self.history = TrainState(), []
+        self.state, self.history, self.resume_note = TrainState(), [], None
         if saved is not None:
-            checkpoint.check_resumable(saved, self.config, self.data.num_classes, Path(cfg.resume))
+            self.resume_note = checkpoint.check_resumable(saved, self.config, self.data.num_classes, Path(cfg.resume))
             self.state, self.history = checkpoint.restore(saved, self.model, self.optimizer, self.scheduler,
                                                           self.precision.scaler, self.mixer.generator, ctx.rank,
                                                           ctx.world_size)
             if ctx.is_main:
                 reconcile_metrics(run_dir / "metrics.jsonl", self.history)
+            if self.resume_note:
+                lr_now = saved["optimizer"]["param_groups"][0]["lr"]
+                lr_next = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+                self.resume_note += f"; here: lr {lr_now:.4g} -> {lr_next:.4g}"
         # DDP after restoring, so that every rank starts from the same weights.
         self.train_model = distributed.wrap_model(self.model, self.device, cfg.trainer.sync_bn)
         if cfg.trainer.compile:
@@ -269,17 +292,26 @@ class Run:
 
     def train(self) -> Dict[str, Any]:
         cfg, data, monitor = self.cfg, self.data, self.monitor
+        train_size, eval_size = (image_size(cfg.dataset, train) or data.train.height for train in (True, False))
+        sizes = f"{train_size} px" if train_size == eval_size else f"train {train_size} px / eval {eval_size} px"
         monitor.info(
             f"[bold]mixtrain[/] {cfg.model.name} on {cfg.dataset.name} ({data.train.num_samples} train / "
-            f"{data.val.num_samples} val, {data.num_classes} classes) | {self.device} {self.precision.name}"
+            f"{data.val.num_samples} val, {data.num_classes} classes, {sizes}) | {self.device} {self.precision.name}"
             f"{f' x {self.ctx.world_size} processes' if self.ctx.enabled else ''} | augment={cfg.augment.name} | "
             f"run dir {self.run_dir}"
         )
+        if data.stored_size and data.stored_size < train_size:
+            monitor.warn_once("upscaled", f"every cached image is at most {data.stored_size} px and is upscaled to "
+                                          f"dataset.image_size={train_size} ({(train_size / data.stored_size) ** 2:.0f}x "
+                                          f"the compute): set dataset.image_size={data.stored_size} to keep their size")
         self.warn_unreadable()
         if self.resumed:
             monitor.info(f"resumed from {cfg.resume} at epoch {self.state.epoch} step {self.state.step}")
-        elif monitor.enabled and self.mixer.active(0):
-            monitor.image("mixing/batch", mixed_batch_grid(data, cfg.augment, cfg.dataset, cfg.trainer.epochs, cfg.seed))
+            if self.resume_note:
+                monitor.info(self.resume_note)
+        elif monitor.enabled and self.mixer.active(0) and not isinstance(cfg.augment, ManifoldConfig):
+            monitor.image("mixing/batch", mixed_batch_grid(data.train, data.classes, cfg.augment, cfg.dataset,
+                                                           cfg.trainer.epochs, cfg.seed))
         self.write_status("running")
         try:
             with StopRequest() as self.stop:
@@ -312,13 +344,22 @@ class Run:
     def after_step(self, step: int, skipped: bool, stop: bool) -> None:
         state, trainer = self.state, self.cfg.trainer
         state.step, state.global_step = step + 1, state.global_step + 1
+        state.consecutive_skips = state.consecutive_skips + 1 if skipped else 0
         if skipped:
             state.nan_skips += 1
-            self.monitor.info(f"[yellow]skipped a step with a non-finite loss[/] (epoch {state.epoch}, step {step}; "
-                              f"{state.nan_skips} of at most {trainer.nan_skip_limit})")
-            if state.nan_skips > trainer.nan_skip_limit:
-                raise RunStopped(f"more than trainer.nan_skip_limit={trainer.nan_skip_limit} non-finite losses "
-                                 f"(last at epoch {state.epoch}, step {step}); lower optim.lr or check the data")
+            if self.precision.scaler.is_enabled():
+                # fp16: the scaler skips a step now and then while it finds its scale; only a
+                # run that keeps skipping has diverged.
+                if state.consecutive_skips > trainer.nan_skip_limit:
+                    raise RunStopped(f"the fp16 GradScaler skipped more than trainer.nan_skip_limit="
+                                     f"{trainer.nan_skip_limit} steps in a row (non-finite gradients, last at epoch "
+                                     f"{state.epoch}, step {step}); lower optim.lr, or use trainer.amp_dtype=bf16")
+            else:
+                self.monitor.info(f"[yellow]skipped a step with a non-finite loss[/] (epoch {state.epoch}, step {step}; "
+                                  f"{state.nan_skips} of at most {trainer.nan_skip_limit})")
+                if state.nan_skips > trainer.nan_skip_limit:
+                    raise RunStopped(f"more than trainer.nan_skip_limit={trainer.nan_skip_limit} non-finite losses "
+                                     f"(last at epoch {state.epoch}, step {step}); lower optim.lr or check the data")
         if stop:
             self.save("last.pt")
             signum = self.stop.signum or signal.SIGTERM  # only another rank was signalled: torchrun sends SIGTERM
@@ -378,8 +419,20 @@ class Run:
                                                  f"(dataset.on_bad_image=skip): {shown}")
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """The process's global streams (model init, dropout, drop-path) from seed and rank, as timm does.
+
+    Every rank draws its own masks; the initial weights still agree, since DDP broadcasts
+    rank 0's. Data order, augmentation and mixing have generators of their own.
+    """
+    torch.manual_seed(seed + rank)
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a run has written into ``run_dir`` (even one whose first epoch crashed)."""
+    return any((run_dir / name).exists() for name in RUN_FILES)
 
 
 def summarize(history: List[dict], state: TrainState, wall_time: float, data: Data,

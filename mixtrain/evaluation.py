@@ -21,11 +21,11 @@ from torch import nn
 from mixtrain import checkpoint
 from mixtrain.calibration import (TEMPERATURE_BOUNDS, calibration_metrics, fit_temperature, heldout_indices,
                                   reliability_sums)
-from mixtrain.config import (DatasetConfig, EvalConfig, TimmModelConfig, TrainConfig, config_from_dict,
+from mixtrain.config import (DatasetConfig, EvalConfig, FolderConfig, TimmModelConfig, TrainConfig, config_from_dict,
                              describe_config_error, heldout_fraction, schema_for)
-from mixtrain.data.splits import eval_loader, split_folder
+from mixtrain.data import LoaderOptions, Split, check_bad_images, open_split, resolve_workers, split_folder
 from mixtrain.errors import MixtrainError
-from mixtrain.monitor import write_json_atomic
+from mixtrain.files import write_json_atomic
 from mixtrain.robustness import fgsm_accuracy
 
 EVAL_FILE = "eval.json"
@@ -155,25 +155,25 @@ def describe_run(train_cfg: TrainConfig) -> str:
 
 
 def temperature_scaling(cfg: EvalConfig, val_logits: torch.Tensor, val_labels: torch.Tensor,
-                        dataset: DatasetConfig, model: nn.Module, device: torch.device,
-                        channels_last: bool, num_workers: int) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
-    """Fit T on the held-out data; NLL/ECE before and after on the data that reports.
+                        heldout: Optional[Tuple[torch.Tensor, torch.Tensor, str]] = None
+                        ) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """Fit T on held-out data; NLL/ECE before and after on the data that reports.
 
-    Returns the JSON section and the reliability bin sums before and after scaling.
+    With ``heldout=None`` T is fitted on a fraction of the validation set (``cfg.heldout``)
+    and the rest reports; otherwise on ``(logits, labels, description)`` of another split,
+    and the whole validation set reports. Returns the JSON section and the reliability
+    bin sums before and after scaling.
     """
-    fraction = heldout_fraction(cfg.heldout)
     n = len(val_labels)
-    if fraction is not None:
-        fit_idx, report_idx = heldout_indices(n, fraction, cfg.seed)
+    if heldout is None:
+        fit_idx, report_idx = heldout_indices(n, heldout_fraction(cfg.heldout), cfg.seed)
         fit_logits, fit_labels = val_logits[fit_idx], val_labels[fit_idx]
         report_logits, report_labels = val_logits[report_idx], val_labels[report_idx]
         fit_on = f"{len(fit_idx)} of the {n} val images (heldout={cfg.heldout}, seed {cfg.seed})"
         report_on = f"the other {len(report_idx)} val images"
     else:
-        loader, _ = eval_loader(dataset, cfg.heldout, cfg.batch_size, device, channels_last, num_workers)
-        fit_logits, fit_labels = predict(model, loader)
+        fit_logits, fit_labels, fit_on = heldout
         report_logits, report_labels = val_logits, val_labels
-        fit_on = f"the {cfg.heldout} split ({len(fit_labels)} images, unaugmented)"
         report_on = f"all {n} val images"
     temperature = fit_temperature(fit_logits, fit_labels)
     scaled = report_logits.double() / temperature
@@ -189,6 +189,11 @@ def temperature_scaling(cfg: EvalConfig, val_logits: torch.Tensor, val_labels: t
     }
     sums = {"before": reliability_sums(report_logits, report_labels), "after": reliability_sums(scaled, report_labels)}
     return section, sums
+
+
+def unreadable_files(splits: Sequence[Split]) -> List[str]:
+    """Files of these splits that could not be read: left out on opening, or dropped from batches."""
+    return sorted({*(p for s in splits for p in s.skipped), *(p for s in splits for p in getattr(s.loader, "unreadable", ()))})
 
 
 def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[str] = (),
@@ -207,23 +212,42 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
     if heldout_fraction(cfg.heldout) is None:
         split_folder(dataset, cfg.heldout)  # a split this dataset has, before any data is read
     device = resolve_device(cfg.device)
-    channels_last, workers = train_cfg.trainer.channels_last, train_cfg.trainer.num_workers
-    val, classes = eval_loader(dataset, "val", cfg.batch_size, device, channels_last, workers)
+    # The same factory as training: same size, transform and decoding for the same split.
+    options = LoaderOptions(cfg.batch_size, device, resolve_workers(train_cfg.trainer.num_workers),
+                            train_cfg.trainer.channels_last)
+    if isinstance(dataset, FolderConfig) and not Path(dataset.root).expanduser().is_dir():
+        raise MixtrainError(f"the dataset folder {dataset.root} does not exist (moved since training?): "
+                            "pass dataset.root=NEW_PATH")
+    val = open_split(dataset, "val", False, options)
+    check_bad_images(dataset, [val])
+    classes = val.classes
     if train_cfg.dataset.num_classes is not None and train_cfg.dataset.num_classes != len(classes):
         raise MixtrainError(f"{path} was trained on {train_cfg.dataset.num_classes} classes but {dataset.name} has "
                             f"{len(classes)}: evaluate on a dataset with the classes it was trained on")
     model = build_model(train_cfg, state, len(classes), path, device)
     if console is not None:
         console.print(f"[bold]mixtrain eval[/] {path} ({train_cfg.model.name}, {describe_run(train_cfg)}, "
-                      f"epoch {state['state']['epoch']}) on {dataset.name} val ({val.num_samples} images) | {device}",
-                      highlight=False)
+                      f"epoch {state['state']['epoch']}) on {dataset.name} val ({val.loader.num_samples} images) | "
+                      f"{device}", highlight=False)
 
-    logits, labels = predict(model, val)
-    temperature, sums = temperature_scaling(cfg, logits, labels, dataset, model, device, channels_last, workers)
+    logits, labels = predict(model, val.loader)
+    splits, heldout = [val], None
+    if heldout_fraction(cfg.heldout) is None:
+        fit = open_split(dataset, cfg.heldout, False, options)
+        check_bad_images(dataset, [fit])
+        splits.append(fit)
+        fit_logits, fit_labels = predict(model, fit.loader)
+        heldout = (fit_logits, fit_labels, f"the {cfg.heldout} split ({len(fit_labels)} images, unaugmented)")
+    temperature, sums = temperature_scaling(cfg, logits, labels, heldout)
     eps_levels = [float(e) for e in cfg.fgsm_eps]
-    fgsm = fgsm_accuracy(model, val, [e / 255.0 for e in eps_levels], dataset.mean, dataset.std)
+    fgsm = fgsm_accuracy(model, val.loader, [e / 255.0 for e in eps_levels], dataset.mean, dataset.std)
     for row, level in zip(fgsm, eps_levels):
         row["eps_255"] = level
+    unreadable = unreadable_files(splits)
+    if unreadable and console is not None:
+        shown = ", ".join(unreadable[:3]) + (" ..." if len(unreadable) > 3 else "")
+        console.print(f"[yellow]warning:[/] left out {len(unreadable)} unreadable image(s) from every metric: {shown}",
+                      highlight=False)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     t = temperature["value"]
@@ -234,7 +258,8 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
         "epoch": state["state"]["epoch"],
         "run": {"label": describe_run(train_cfg), "model": train_cfg.model.name, "augment": train_cfg.augment.name,
                 "label_noise": train_cfg.dataset.label_noise, "seed": train_cfg.seed},
-        "dataset": {"name": dataset.name, "split": "val", "samples": len(labels), "num_classes": len(classes)},
+        "dataset": {"name": dataset.name, "split": "val", "samples": len(labels), "num_classes": len(classes),
+                    "unreadable": len(unreadable)},
         "clean": calibration_metrics(logits, labels),
         "temperature": temperature,
         "fgsm": fgsm,

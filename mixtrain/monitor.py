@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mixtrain.files import write_text_atomic
+
 # (key in the epoch record, header, format, width): 76 columns in all.
 COLUMNS = [
     ("epoch", "epoch", "{:d}", 6),
@@ -34,20 +36,6 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a temp file beside ``path``, fsync it, rename it over ``path``: never half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def reconcile_metrics(path: Path, history: list) -> None:
@@ -82,20 +70,41 @@ class RunMonitor:
         # Off a terminal (logs, CI) rich assumes 80 columns, too narrow for the epoch table.
         self.console = console or Console(width=None if Console().is_terminal else 120)
         self.writer = None
+        self.log = None  # train.log in the run dir: the same lines as the terminal, as plain text
         self._header_printed = False
         self._warned: set = set()
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+            self.log = Console(file=open(run_dir / "train.log", "a", encoding="utf-8"), width=120, no_color=True,
+                               force_terminal=False, highlight=False, soft_wrap=True)
+
+    def print(self, renderable, **kwargs) -> None:
+        """To the terminal and to train.log."""
+        if self.enabled:
+            self.console.print(renderable, highlight=False, **kwargs)
+            self.log.print(renderable, highlight=False, **kwargs)
+            self.log.file.flush()
 
     def info(self, message: str) -> None:
-        if self.enabled:
-            self.console.print(message, highlight=False)
+        self.print(message, soft_wrap=True)  # one line, however long: logs are grepped
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             self.info(f"[yellow]warning:[/] {message}")
+
+    def step_line(self, epoch: int, step: int, steps: int, loss: float, rate: float, eta: float) -> None:
+        """A plain progress line (every trainer.log_every steps): in train.log always, and on
+        the terminal when it is not one (a log file, SLURM), where no progress bar shows."""
+        if not self.enabled:
+            return
+        eta = int(eta) if math.isfinite(eta) else 0
+        line = f"epoch {epoch} step {step}/{steps} loss {loss:.4f} {rate:.0f} img/s ETA {eta // 60}:{eta % 60:02d}"
+        if not self.console.is_terminal:
+            self.console.print(line, highlight=False, soft_wrap=True)
+        self.log.print(line)
+        self.log.file.flush()
 
     def progress(self, epoch: int, total_steps: int) -> Progress:
         return Progress(
@@ -128,13 +137,16 @@ class RunMonitor:
             table.add_column(header, justify="right", width=width, no_wrap=True)
         table.add_row(*(_fmt(record.get(key), fmt) for key, _, fmt, _ in COLUMNS))
         if not self._header_printed:
-            self.console.print(TRAIN_ACC_NOTE, style="dim", highlight=False)
+            self.print(TRAIN_ACC_NOTE, style="dim")
         self._header_printed = True
-        self.console.print(table)
+        self.print(table)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.log is not None:
+            self.log.file.close()
+            self.log = None
 
 
 class Throughput:

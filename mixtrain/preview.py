@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from mixtrain.config import AugmentConfig, DatasetConfig
-from mixtrain.data import Data
+from mixtrain.config import AugmentConfig, DatasetConfig, ManifoldConfig
+from mixtrain.data import Loader
+from mixtrain.errors import MixtrainError
 from mixtrain.mixing import create_mixer
 
 MAX_TILES = 32
@@ -51,13 +52,17 @@ def render_grid(images: torch.Tensor, targets: torch.Tensor, classes: Sequence[s
     return np.asarray(canvas)
 
 
-def mixed_batch_grid(data: Data, augment: AugmentConfig, dataset: DatasetConfig, epochs: int, seed: int) -> np.ndarray:
+def mixed_batch_grid(train: Loader, classes: Sequence[str], augment: AugmentConfig, dataset: DatasetConfig,
+                     epochs: int, seed: int) -> np.ndarray:
     """Mix the first training batch of epoch 0 with a mixer of its own (the run's stream is untouched)."""
-    data.train.set_epoch(0)
-    images, labels = next(iter(data.train))
-    mixer = create_mixer(augment, data.num_classes, epochs, seed=seed + 1_000_000)
+    if isinstance(augment, ManifoldConfig):
+        raise MixtrainError(f"augment=manifold mixes hidden features after stages {list(augment.layers)} (0 = the "
+                            "input), which have no picture: preview augment=mixup to see the same lambdas on pixels")
+    train.set_epoch(0)
+    images, labels = next(iter(train))
+    mixer = create_mixer(augment, len(classes), epochs, seed=seed + 1_000_000)
     images, targets = mixer(images.clone(), labels, epoch=0)
-    return render_grid(images, targets, data.classes, dataset.mean, dataset.std)
+    return render_grid(images, targets, classes, dataset.mean, dataset.std)
 
 
 def write_png(grid: np.ndarray, path: Path) -> Path:

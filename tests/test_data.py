@@ -96,7 +96,8 @@ def test_batch_larger_than_dataset_is_a_clear_error():
 
 
 def test_bundled_mini_set_is_real_balanced_cifar10():
-    train_x, train_y, val_x, val_y, classes = load_mini()
+    train_x, train_y, classes = load_mini("train")
+    val_x, val_y, _ = load_mini("val")
     assert train_x.shape == (5000, 3, 32, 32) and val_x.shape == (1000, 3, 32, 32)
     assert classes[:3] == ["airplane", "automobile", "bird"] and len(classes) == 10
     assert torch.bincount(train_y).tolist() == [500] * 10 and torch.bincount(val_y).tolist() == [100] * 10

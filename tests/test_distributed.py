@@ -85,6 +85,8 @@ def test_resume_under_torchrun_matches_an_uninterrupted_run(data_root, tmp_path)
     finish(proc)
     saved = checkpoint.load(run / "last.pt")
     assert len(saved["ranks"]) == 2 and saved["state"]["epoch"] >= 1
+    # Each rank's model-side stream (dropout, drop-path) is seeded with seed + rank.
+    assert not torch.equal(saved["ranks"][0]["torch"], saved["ranks"][1]["torch"])
 
     code, _, err = finish(torchrun([f"resume={run}"], tmp_path))
     assert code == 0, err

@@ -137,6 +137,31 @@ def test_sigterm_stops_with_a_mid_epoch_checkpoint_that_resumes_exactly(slow_dat
     assert list((run / ".hydra").glob("resume-*/overrides.yaml"))
 
 
+# The streaming path with decoding workers and timm's RandAugment (which draws from Python's
+# `random` and NumPy): every sample's augmentation comes from its own seed, so a resumed run
+# sees the same batches whatever its workers did before.
+STREAMING = [*(a for a in SLOW if not a.startswith("trainer.num_workers")), "trainer.num_workers=2",
+             "dataset.auto_augment=rand-m9-mstd0.5-inc1"]
+
+
+def test_streaming_folder_with_workers_and_randaugment_resumes_bit_identical(slow_data, tmp_path):
+    straight = tmp_path / "straight"
+    proc = start([*folder_args(slow_data, cache=False), *STREAMING, f"hydra.run.dir={straight}"], tmp_path)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+
+    run = tmp_path / "run"
+    proc = start([*folder_args(slow_data, cache=False), *STREAMING, f"hydra.run.dir={run}"], tmp_path)
+    wait_until_inside(run, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch, step = position(run)
+    assert epoch == 1 and 0 < step < 30, "the kill should land inside epoch 1"
+    resumed = run_cli("train", f"resume={run}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(final_weights(straight), final_weights(run))
+    assert [r["train_loss"] for r in read_metrics(straight)] == [r["train_loss"] for r in read_metrics(run)]
+
+
 def test_sigint_exits_130(slow_data, tmp_path):
     run = tmp_path / "run"
     proc = start([*folder_args(slow_data), *SLOW, f"hydra.run.dir={run}"], tmp_path)

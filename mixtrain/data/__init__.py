@@ -1,29 +1,153 @@
-"""Data: every source ends as a loader of normalized ``(images, labels)`` batches on the device."""
+"""Data: every split of every source opens through one factory, :func:`open_split`.
+
+Training, ``mixtrain eval``, ``compare`` and ``preview`` all ask :func:`open_split` for
+what they read, so the same split gives the same tensors everywhere: a number from
+``mixtrain eval`` is the number training reported. A split ends as a loader of
+normalized ``(images, labels)`` batches on the device: a
+:class:`~mixtrain.data.device_loader.DeviceLoader` for small images held as uint8
+(CIFAR, the bundled set, ``dataset.cache=true``), a
+:class:`~mixtrain.data.folder.FolderLoader` streaming an ImageFolder otherwise.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import os
 from dataclasses import dataclass, field
-from typing import List, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from mixtrain.config import CifarConfig, DatasetConfig, FolderConfig, MiniConfig, TrainerConfig
 from mixtrain.data.device_loader import DeviceLoader
 from mixtrain.data.folder import (FolderLoader, bad_image_error, check_same_classes, decode_folder, eval_transform,
-                                  open_split, train_transform, unreadable_files)
+                                  open_image_folder, train_transform, unreadable_files)
 from mixtrain.data.label_noise import corrupt_folder_labels, corrupt_labels
+from mixtrain.errors import MixtrainError
 
 Loader = Union[DeviceLoader, FolderLoader]
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How to iterate a split: this process's batch size, device, workers and shard."""
+
+    batch_size: int
+    device: torch.device = torch.device("cpu")
+    num_workers: int = 0
+    channels_last: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    max_batches: Optional[int] = None
+
+
+@dataclass
+class Split:
+    loader: Loader
+    classes: List[str]
+    skipped: List[str] = field(default_factory=list)  # unreadable files found when opening (left out)
+    labels_changed: int = 0  # training labels moved to another class by dataset.label_noise
+    stored_size: Optional[int] = None  # cached folders: the longest side of any image as stored
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_workers(num_workers) -> int:
+    """``trainer.num_workers``: a count, or ``auto`` = min(8, the cores this process may use)."""
+    return min(8, usable_cores()) if num_workers == "auto" else int(num_workers)
+
+
+def split_folder(cfg: DatasetConfig, split: str) -> str:
+    """The folder (ImageFolder) or tensor set (CIFAR, bundled) that ``split`` names."""
+    if split in ("train", "val"):
+        return getattr(cfg, f"{split}_split") if isinstance(cfg, FolderConfig) else split
+    if not isinstance(cfg, FolderConfig):
+        raise MixtrainError(f"dataset {cfg.name} has only the splits train and val (got {split!r}): "
+                            "use heldout=train, or a fraction such as heldout=0.5")
+    return split
+
+
+def image_size(cfg: DatasetConfig, train: bool) -> Optional[int]:
+    """The size a split is read at: ``image_size`` to train, ``eval_image_size or image_size`` otherwise."""
+    if not isinstance(cfg, FolderConfig):
+        return None  # CIFAR and the bundled set keep their 32 px
+    return cfg.image_size if train else (cfg.eval_image_size or cfg.image_size)
+
+
+def folder_transform(cfg: FolderConfig, train: bool):
+    """The streaming path's transform: augmentation to train, resize + center crop otherwise."""
+    if train:
+        return train_transform(cfg.image_size, cfg.scale, cfg.auto_augment, cfg.mean)
+    return eval_transform(image_size(cfg, train), cfg.crop_pct)
+
+
+def _config_key(cfg: FolderConfig, folder: str) -> str:
+    return {cfg.train_split: "dataset.train_split", cfg.val_split: "dataset.val_split"}.get(folder, "heldout")
+
+
+def _tensors(cfg: DatasetConfig, split: str, train: bool) -> Tuple[torch.Tensor, torch.Tensor, List[str], List[str], Optional[int]]:
+    """``(uint8 images, labels, classes, unreadable files, stored size)`` of a device-resident split."""
+    if isinstance(cfg, MiniConfig):
+        from mixtrain.data.mini import load_mini
+
+        return (*load_mini(split), [], None)
+    if isinstance(cfg, CifarConfig):
+        from mixtrain.data.cifar import load_cifar
+
+        return (*load_cifar(cfg.name, cfg.root, cfg.download, train=split == "train"), [], None)
+    if isinstance(cfg, FolderConfig):
+        folder = split_folder(cfg, split)
+        dataset = open_image_folder(cfg.root, folder, _config_key(cfg, folder), train=train)
+        images, labels, bad, stored = decode_folder(dataset, image_size(cfg, train))
+        return images, labels, list(dataset.classes), bad, stored
+    raise MixtrainError(f"dataset {cfg.name!r} has no loader: use cifar10, cifar100, cifar10_mini or imagefolder")
+
+
+def open_split(cfg: DatasetConfig, split: str, train: bool, options: LoaderOptions) -> Split:
+    """One split (``train``, ``val`` or, for folders, a folder name) as a loader.
+
+    ``train=True``: shuffled and augmented every epoch, with ``dataset.label_noise``
+    applied. ``train=False``: every readable sample once, in order, unaugmented, at the
+    evaluation size. Unreadable files are never served as samples: see ``Split.skipped``
+    and the loader's ``unreadable``; :func:`check_bad_images` applies the policy.
+    """
+    if isinstance(cfg, FolderConfig) and not cfg.cache:
+        folder = split_folder(cfg, split)
+        dataset = open_image_folder(cfg.root, folder, _config_key(cfg, folder), folder_transform(cfg, train), train)
+        skipped = unreadable_files(dataset) if cfg.on_bad_image == "error" else []  # a full decoding pass
+        changed = corrupt_folder_labels(dataset, cfg.label_noise, options.seed) if train else 0
+        return Split(FolderLoader(dataset, train, options, cfg.mean, cfg.std), list(dataset.classes), skipped, changed)
+
+    images, labels, classes, skipped, stored = _tensors(cfg, split, train)
+    changed = 0
+    if train:
+        labels, changed = corrupt_labels(labels, cfg.label_noise, len(classes), options.seed)
+    loader = DeviceLoader(images.to(options.device), labels.to(options.device), options.batch_size, cfg.mean, cfg.std,
+                          train=train, padding=cfg.crop_padding, channels_last=options.channels_last,
+                          seed=options.seed, rank=options.rank, world_size=options.world_size,
+                          max_batches=options.max_batches)
+    return Split(loader, classes, skipped, changed, stored)
+
+
+def check_bad_images(cfg: DatasetConfig, splits: Sequence[Split]) -> None:
+    """``dataset.on_bad_image=error``: stop, listing every unreadable file found on opening."""
+    bad = [path for split in splits for path in split.skipped]
+    if bad and getattr(cfg, "on_bad_image", "skip") == "error":
+        raise bad_image_error(bad)
+
+
 @dataclass
 class Data:
+    """The two splits a training run reads."""
+
     train: Loader
     val: Loader
     classes: List[str]
     skipped: List[str] = field(default_factory=list)  # unreadable files left out when caching
     labels_changed: int = 0  # training labels moved to another class by dataset.label_noise
+    stored_size: Optional[int] = None  # cached folders: the longest side of any training image as stored
 
     @property
     def num_classes(self) -> int:
@@ -44,52 +168,13 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
     ``trainer.batch_size`` and ``trainer.eval_batch_size`` are global: each of
     ``world_size`` processes takes an equal part.
     """
-    trainer = dataclasses.replace(trainer, batch_size=trainer.batch_size // world_size,
-                                  eval_batch_size=trainer.eval_batch_size // world_size)
-    if isinstance(cfg, FolderConfig) and not cfg.cache:
-        return _streaming_folder(cfg, trainer, device, seed, rank, world_size)
-
-    if isinstance(cfg, MiniConfig):
-        from mixtrain.data.mini import load_mini
-        train_x, train_y, val_x, val_y, classes = load_mini()
-    elif isinstance(cfg, CifarConfig):
-        from mixtrain.data.cifar import load_cifar
-        train_x, train_y, val_x, val_y, classes = load_cifar(cfg.name, cfg.root, cfg.download)
-    else:
-        train_ds = open_split(cfg.root, cfg.train_split, "dataset.train_split")
-        val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split")
-        check_same_classes(train_ds, val_ds)
-        train_x, train_y, bad_train = decode_folder(train_ds, cfg.image_size)
-        val_x, val_y, bad_val = decode_folder(val_ds, cfg.eval_image_size or cfg.image_size)
-        skipped = bad_train + bad_val
-        if skipped and cfg.on_bad_image == "error":
-            raise bad_image_error(skipped)
-        classes = list(train_ds.classes)
-    train_y, changed = corrupt_labels(train_y, cfg.label_noise, len(classes), seed)
-
-    common = dict(mean=cfg.mean, std=cfg.std, channels_last=trainer.channels_last, seed=seed,
-                  rank=rank, world_size=world_size)
-    train = DeviceLoader(train_x.to(device), train_y.to(device), trainer.batch_size, train=True,
-                         padding=cfg.crop_padding, max_batches=trainer.limit_train_batches, **common)
-    val = DeviceLoader(val_x.to(device), val_y.to(device), trainer.eval_batch_size, train=False,
-                       max_batches=trainer.limit_val_batches, **common)
-    return Data(train, val, classes, skipped if isinstance(cfg, FolderConfig) else [], labels_changed=changed)
-
-
-def _streaming_folder(cfg: FolderConfig, trainer: TrainerConfig, device: torch.device, seed: int,
-                      rank: int, world_size: int) -> Data:
-    train_ds = open_split(cfg.root, cfg.train_split, "dataset.train_split",
-                          train_transform(cfg.image_size, cfg.scale, cfg.auto_augment, cfg.mean))
-    val_ds = open_split(cfg.root, cfg.val_split, "dataset.val_split",
-                        eval_transform(cfg.eval_image_size or cfg.image_size, cfg.crop_pct), train=False)
-    check_same_classes(train_ds, val_ds)
-    if cfg.on_bad_image == "error":  # a full decoding pass, so the run stops before training
-        bad = unreadable_files(train_ds) + unreadable_files(val_ds)
-        if bad:
-            raise bad_image_error(bad)
-    changed = corrupt_folder_labels(train_ds, cfg.label_noise, seed)
-    common = dict(device=device, mean=cfg.mean, std=cfg.std, num_workers=trainer.num_workers,
-                  channels_last=trainer.channels_last, seed=seed, rank=rank, world_size=world_size)
-    train = FolderLoader(train_ds, trainer.batch_size, train=True, max_batches=trainer.limit_train_batches, **common)
-    val = FolderLoader(val_ds, trainer.eval_batch_size, train=False, max_batches=trainer.limit_val_batches, **common)
-    return Data(train, val, list(train_ds.classes), labels_changed=changed)
+    common = dict(device=device, num_workers=resolve_workers(trainer.num_workers), channels_last=trainer.channels_last,
+                  seed=seed, rank=rank, world_size=world_size)
+    train = open_split(cfg, "train", True, LoaderOptions(trainer.batch_size // world_size,
+                                                         max_batches=trainer.limit_train_batches, **common))
+    val = open_split(cfg, "val", False, LoaderOptions(trainer.eval_batch_size // world_size,
+                                                      max_batches=trainer.limit_val_batches, **common))
+    check_same_classes(train.classes, val.classes)
+    check_bad_images(cfg, (train, val))
+    return Data(train.loader, val.loader, train.classes, train.skipped + val.skipped, train.labels_changed,
+                train.stored_size)

@@ -16,21 +16,17 @@ ARCHIVES = {
 }
 
 
-def load_cifar(name: str, root: str, download: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, List[str]]:
-    """``(train_images, train_labels, val_images, val_labels, classes)``; val is the test split."""
+def load_cifar(name: str, root: str, download: bool, train: bool) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """``(images, labels, classes)`` of the train split, or of the test split (mixtrain's val)."""
     cls, archive, folder = ARCHIVES[name]
     root = os.path.expanduser(root)
-    where = os.path.join(root, folder)
-    splits = []
-    for train in (True, False):
-        try:
-            ds = cls(root, train=train, download=download and train)
-        except Exception as ex:  # torchvision raises RuntimeError, URLError, OSError, ...
-            reason = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
-            raise MixtrainError(
-                f"{name} is not in {where} ({reason}). Put {archive} from "
-                f"https://www.cs.toronto.edu/~kriz/cifar.html extracted in {root}, or point "
-                f"dataset.root (or MIXTRAIN_DATA) at the folder that holds {folder}/"
-            ) from None
-        splits += [torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)]
-    return (*splits, list(ds.classes))
+    try:
+        ds = cls(root, train=train, download=download)
+    except Exception as ex:  # torchvision raises RuntimeError, URLError, OSError, ...
+        reason = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
+        raise MixtrainError(
+            f"{name} is not in {os.path.join(root, folder)} ({reason}). Put {archive} from "
+            f"https://www.cs.toronto.edu/~kriz/cifar.html extracted in {root}, or point "
+            f"dataset.root (or MIXTRAIN_DATA) at the folder that holds {folder}/"
+        ) from None
+    return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), list(ds.classes)

@@ -36,6 +36,11 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def rank_slice(size: int, rank: int, world_size: int) -> slice:
+    """This rank's strided share of one epoch order; every rank gets ``size // world_size``."""
+    return slice(rank, (size // world_size) * world_size, world_size)
+
+
 class DeviceLoader:
     """Iterates ``(images, labels)`` batches of a device-resident uint8 dataset.
 
@@ -117,8 +122,7 @@ class DeviceLoader:
         offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g)
         flips = torch.randint(0, 2, (n,), generator=g).bool()
         # Each rank takes an equal strided slice of one shared order (rank-major batches).
-        per_rank = n // self.world_size
-        take = slice(self.rank, per_rank * self.world_size, self.world_size)
+        take = rank_slice(n, self.rank, self.world_size)
         return order[take], offsets[take], flips[take]
 
     def iter_from(self, start_step: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

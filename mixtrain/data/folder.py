@@ -6,31 +6,41 @@ center crop for evaluation); workers return uint8 and the batch is normalized on
 device. The cached path (``dataset.cache=true``, for small images) decodes every
 image once into a uint8 tensor for :class:`~mixtrain.data.device_loader.DeviceLoader`.
 
+Every random choice of a training image is drawn from a seed of its own, a function of
+(run seed, epoch, position in the epoch): the batches of an epoch are the same whatever
+the number of workers, whether they persist, and where a resumed run starts.
+
 Every image becomes RGB (grayscale, CMYK, palette and RGBA files included). A file
 that cannot be read never stops a run mid-epoch: with ``dataset.on_bad_image=skip``
-(the default) the cached path leaves it out, and the streaming path serves another
-image in its place (for evaluation, one marked :data:`IGNORE_LABEL`, which the metrics
-leave out); with ``error`` the run stops before training, listing the files.
+(the default) the cached path leaves it out, and the streaming path serves the next
+readable image in its place for training and drops it from evaluation batches (no
+stand-in ever reaches a metric); with ``error`` the run stops before training, listing
+the files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import warnings
 from typing import Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Sampler
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
-from mixtrain.data.device_loader import epoch_generator, normalize, normalizer
+from mixtrain.data.device_loader import epoch_generator, normalize, normalizer, rank_slice
 from mixtrain.errors import MixtrainError
 
-IGNORE_LABEL = -1  # an evaluation sample that stands in for an unreadable file
+IGNORE_LABEL = -1  # an evaluation sample that stands in for an unreadable file (dropped from its batch)
+# What PIL raises for a broken, truncated, non-image or too-large file (DecompressionBombError
+# is an Exception of its own, not an OSError).
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -44,27 +54,82 @@ def load_rgb(path: str) -> Image.Image:
             return image.convert("RGB")
 
 
+@contextlib.contextmanager
+def seeded(seed: Optional[int]):
+    """Seed torch's, Python's and NumPy's global generators for one sample, then put them back.
+
+    torchvision's transforms draw from torch, timm's RandAugment and AugMix from ``random``
+    and ``numpy.random``; restoring the states keeps the process's own streams (dropout,
+    in the main process when there are no workers) untouched.
+    """
+    if seed is None:
+        yield
+        return
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 class CheckedImageFolder(datasets.ImageFolder):
     """An ImageFolder whose items are ``(image, label, bad_index)``; ``bad_index`` is -1 or the
-    index of an unreadable file this item replaces (the main process collects them)."""
+    index of an unreadable file this item replaces (the main process collects them).
+
+    Indexed by ``(index, seed)`` pairs (:class:`EpochSampler`) or by a plain index.
+    """
 
     def __init__(self, root: str, transform=None, train: bool = True) -> None:
         super().__init__(root, transform=transform, loader=load_rgb)
         self.train = train
 
-    def __getitem__(self, index: int):
+    def make_dataset(self, directory: str, class_to_idx, extensions=None, is_valid_file=None,
+                     allow_empty: bool = False) -> List[Tuple[str, int]]:
+        """torchvision's walk, except that each real folder is read once (a symlink loop adds
+        nothing) and an empty class folder is named in the error."""
+        samples = []
+        for name, label in sorted(class_to_idx.items(), key=lambda item: item[1]):
+            seen, found = set(), 0
+            top = os.path.realpath(os.path.join(directory, name))
+            for folder, subfolders, files in os.walk(os.path.join(directory, name), followlinks=True):
+                real = os.path.realpath(folder)
+                if real in seen or top.startswith(real + os.sep):  # seen, or a link back to an ancestor
+                    subfolders[:] = []
+                    continue
+                seen.add(real)
+                subfolders.sort()
+                for file in sorted(files):
+                    if file.lower().endswith(datasets.folder.IMG_EXTENSIONS):
+                        samples.append((os.path.join(folder, file), label))
+                        found += 1
+            if not found:
+                raise MixtrainError(f"no images in class folder {os.path.join(directory, name)} "
+                                    f"({', '.join(datasets.folder.IMG_EXTENSIONS[:4])}, ...): add images or remove it")
+        return samples
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
         for offset in range(len(self.samples)):
+            path, label = self.samples[(index + offset) % len(self.samples)]
             try:
-                image, label = super().__getitem__((index + offset) % len(self.samples))
-            except (OSError, ValueError, SyntaxError):  # what PIL raises for broken files
+                image = self.loader(path)
+            except UNREADABLE:
                 continue
+            if self.transform is not None:
+                with seeded(seed):
+                    image = self.transform(image)
             if offset == 0:
                 return image, label, -1
             return image, (label if self.train else IGNORE_LABEL), index
-        raise MixtrainError(f"no readable image in {self.root}")
+        raise MixtrainError(f"no readable image in {self.root}: check the files under dataset.root")
 
 
-def open_split(root: str, split: str, key: str, transform=None, train: bool = True) -> CheckedImageFolder:
+def open_image_folder(root: str, split: str, key: str, transform=None, train: bool = True) -> CheckedImageFolder:
     """The ImageFolder of one split; ``key`` names the config key that chose the split."""
     path = os.path.join(os.path.expanduser(root), split)
     if not os.path.isdir(path):
@@ -81,7 +146,7 @@ def unreadable_files(dataset: datasets.ImageFolder) -> List[str]:
     for path, _ in dataset.samples:
         try:
             load_rgb(path)
-        except (OSError, ValueError, SyntaxError):
+        except UNREADABLE:
             bad.append(path)
     return bad
 
@@ -92,10 +157,10 @@ def bad_image_error(paths: Sequence[str]) -> MixtrainError:
                          "repair or remove them, or set dataset.on_bad_image=skip")
 
 
-def check_same_classes(train: datasets.ImageFolder, val: datasets.ImageFolder) -> None:
-    if train.classes != val.classes:
-        only_train = sorted(set(train.classes) - set(val.classes))
-        only_val = sorted(set(val.classes) - set(train.classes))
+def check_same_classes(train: Sequence[str], val: Sequence[str]) -> None:
+    if list(train) != list(val):
+        only_train = sorted(set(train) - set(val))
+        only_val = sorted(set(val) - set(train))
         raise MixtrainError(
             f"train and val class folders differ (only in train: {only_train[:5] or 'none'}; only in val: "
             f"{only_val[:5] or 'none'}): give both splits the same class folders"
@@ -121,10 +186,23 @@ def auto_augment_transform(policy: str, image_size: int, mean: Sequence[float]):
     make = (rand_augment_transform if policy.startswith("rand")
             else augment_and_mix_transform if policy.startswith("augmix") else timm_auto_augment)
     try:
-        return make(policy, hparams)
+        transform = make(policy, hparams)
     except (AssertionError, KeyError, ValueError, IndexError) as ex:
         raise MixtrainError(f"dataset.auto_augment={policy!r} is not a timm policy string ({ex or type(ex).__name__}): "
                             f"use e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2 or original") from None
+    for op in [*getattr(transform, "ops", []), *(op for sub in getattr(transform, "policy", []) for op in sub)]:
+        if op.name.startswith("Posterize"):
+            op.aug_fn = posterize_at_least_one_bit
+    return transform
+
+
+def posterize_at_least_one_bit(image: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize, with 0 bits read as 1: timm asks for 0 bits at the ends of the
+    magnitude range (PosterizeIncreasing at magnitude 10, Posterize near 0, both reached with
+    magnitude noise), which Pillow >= 11 refuses with a ValueError mid-epoch."""
+    from PIL import ImageOps
+
+    return image if bits_to_keep >= 8 else ImageOps.posterize(image, max(1, int(bits_to_keep)))
 
 
 def eval_transform(image_size: int, crop_pct: float) -> v2.Compose:
@@ -135,59 +213,93 @@ def eval_transform(image_size: int, crop_pct: float) -> v2.Compose:
     ])
 
 
+class EpochSampler(Sampler):
+    """This rank's ``(index, seed)`` pairs for the current epoch, from position ``start`` on.
+
+    Training: one shared random order per epoch (each rank takes a strided slice, as
+    :class:`~mixtrain.data.device_loader.DeviceLoader` does) and a seed per position for
+    the sample's augmentation. Evaluation: the samples in order, strided over ranks with
+    no padding. Skipping to ``start`` decodes nothing.
+    """
+
+    def __init__(self, size: int, train: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.train, self.seed = size, train, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def plan(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not self.train:
+            order = torch.arange(self.rank, self.size, self.world_size)
+            return order, torch.zeros_like(order)
+        g = epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(self.size, generator=g)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=g)
+        take = rank_slice(self.size, self.rank, self.world_size)
+        return order[take], seeds[take]
+
+    @property
+    def samples(self) -> int:
+        """Samples this rank sees in a whole epoch."""
+        if self.train:
+            return self.size // self.world_size
+        return len(range(self.rank, self.size, self.world_size))
+
+    def __len__(self) -> int:
+        return self.samples - self.start
+
+    def __iter__(self):
+        order, seeds = self.plan()
+        return zip(order[self.start:].tolist(), seeds[self.start:].tolist() if self.train else [None] * len(order))
+
+
 class FolderLoader:
     """A DataLoader over an ImageFolder whose uint8 batches are normalized on the device."""
 
-    def __init__(self, dataset: datasets.ImageFolder, batch_size: int, train: bool, device: torch.device,
-                 mean: Sequence[float], std: Sequence[float], num_workers: int, channels_last: bool,
-                 seed: int, rank: int = 0, world_size: int = 1, max_batches: Optional[int] = None) -> None:
-        self.dataset = dataset
-        self.device = device
-        self.channels_last = channels_last
-        self.seed, self.rank = seed, rank
-        self.max_batches = max_batches
-        self.generator = torch.Generator()
-        # Training: a fresh shuffle per epoch, sharded across ranks. Evaluation: a strided
-        # shard with no padding, so that no sample is counted twice across ranks.
-        self.sampler = (DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                           seed=seed, drop_last=True)
-                        if train else range(rank, len(dataset), world_size))
-        if train and len(self.sampler) < batch_size:
+    def __init__(self, dataset: CheckedImageFolder, train: bool, options, mean: Sequence[float],
+                 std: Sequence[float]) -> None:
+        self.dataset, self.train = dataset, train
+        self.device, self.channels_last = options.device, options.channels_last
+        self.batch_size, self.max_batches = options.batch_size, options.max_batches
+        self.sampler = EpochSampler(len(dataset), train, options.seed, options.rank, options.world_size)
+        if train and self.sampler.samples < self.batch_size:
             raise MixtrainError(
-                f"trainer.batch_size ({batch_size}) is larger than the training set per process "
-                f"({len(self.sampler)} images): lower trainer.batch_size"
+                f"trainer.batch_size ({self.batch_size}) is larger than the training set per process "
+                f"({self.sampler.samples} images): lower trainer.batch_size"
             )
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
-            pin_memory=device.type == "cuda", drop_last=train, generator=self.generator,
-            persistent_workers=num_workers > 0,
+            dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=options.num_workers,
+            pin_memory=self.device.type == "cuda", drop_last=train, persistent_workers=options.num_workers > 0,
+            # Workers' base seeds come from here, not from the process's global stream.
+            generator=torch.Generator().manual_seed(options.seed),
         )
-        self.scale, self.shift = normalizer(mean, std, device)
+        self.scale, self.shift = normalizer(mean, std, self.device)
         self.unreadable: Set[str] = set()  # files replaced so far (reported once by the run)
-        self.set_epoch(0)
 
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
 
     def __len__(self) -> int:
-        return len(self.loader) if self.max_batches is None else min(len(self.loader), self.max_batches)
+        samples = self.sampler.samples
+        batches = samples // self.batch_size if self.train else -(-samples // self.batch_size)
+        return batches if self.max_batches is None else min(batches, self.max_batches)
 
     def set_epoch(self, epoch: int) -> None:
-        if isinstance(self.sampler, DistributedSampler):
-            self.sampler.set_epoch(epoch)
-        # Seeds the workers' augmentation streams (when workers start, i.e. every
-        # epoch unless they are persistent).
-        self.generator.manual_seed(epoch_generator(self.seed + self.rank, epoch).initial_seed())
+        self.sampler.epoch = epoch
 
     def iter_from(self, start_step: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        for step, (images, labels, bad) in enumerate(self.loader):
-            if step >= len(self):
+        self.sampler.start = start_step * self.batch_size
+        batches = len(self)
+        for step, (images, labels, bad) in enumerate(self.loader, start=start_step):
+            if step >= batches:
                 break
-            if step < start_step:
-                continue
             if (bad >= 0).any():
                 self.unreadable.update(self.dataset.samples[int(i)][0] for i in bad[bad >= 0])
+                if not self.train:  # drop the stand-ins: an unreadable file is left out of every metric
+                    keep = labels != IGNORE_LABEL
+                    if not keep.any():
+                        continue
+                    images, labels = images[keep], labels[keep]
             images = images.to(self.device, non_blocking=True)
             yield normalize(images, self.scale, self.shift, self.channels_last), labels.to(self.device, non_blocking=True)
 
@@ -195,30 +307,36 @@ class FolderLoader:
         return self.iter_from(0)
 
 
-def decode_folder(dataset: datasets.ImageFolder, image_size: int) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+def read_bytes(path: str) -> torch.Tensor:
+    with open(path, "rb") as f:
+        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+
+
+def decode_folder(dataset: datasets.ImageFolder, image_size: int) -> Tuple[torch.Tensor, torch.Tensor, List[str], int]:
     """Every readable image of an ImageFolder as uint8 ``[N, 3, S, S]`` (resized if not S x S),
-    its labels, and the paths of the files that could not be read (left out)."""
+    its labels, the paths of the files that could not be read (left out), and the longest
+    side of any image as stored (to tell when every image is being enlarged)."""
     resize = v2.Resize((image_size, image_size), antialias=True)
-    images, labels, bad = [], [], []
+    images, labels, bad, longest = [], [], [], 0
     chunk = 4096
     for start in range(0, len(dataset.samples), chunk):
         part = dataset.samples[start:start + chunk]
-        blobs = [torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8) for p, _ in part]
         try:  # the fast path: one batched libjpeg call (most folders of small images)
-            decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB)
-        except RuntimeError:  # not all JPEG, or a broken one: file by file through PIL
+            decoded = decode_jpeg([read_bytes(p) for p, _ in part], mode=ImageReadMode.RGB)
+        except (RuntimeError, OSError):  # not all JPEG, or a broken one: file by file through PIL
             decoded = []
             for path, _ in part:
                 try:
                     decoded.append(torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1))
-                except (OSError, ValueError, SyntaxError):
+                except UNREADABLE:
                     decoded.append(None)
         for (path, label), image in zip(part, decoded):
             if image is None:
                 bad.append(path)
                 continue
+            longest = max(longest, *image.shape[-2:])
             images.append(image if tuple(image.shape[-2:]) == (image_size, image_size) else resize(image))
             labels.append(label)
     if not images:
         raise MixtrainError(f"no readable images in {dataset.root}: expected <class>/<image> files")
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long), bad
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long), bad, longest

@@ -19,10 +19,8 @@ def decode_jpeg_blobs(data: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
     return torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB))
 
 
-def load_mini() -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, List[str]]:
-    """``(train_images, train_labels, val_images, val_labels, classes)`` on the CPU."""
+def load_mini(split: str) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """``(images, labels, classes)`` of the ``train`` or ``val`` split, on the CPU."""
     with np.load(MINI_PATH) as z:
-        train = decode_jpeg_blobs(z["train_jpeg"], z["train_offsets"])
-        val = decode_jpeg_blobs(z["val_jpeg"], z["val_offsets"])
-        return (train, torch.from_numpy(z["train_labels"]), val, torch.from_numpy(z["val_labels"]),
-                [str(c) for c in z["classes"]])
+        images = decode_jpeg_blobs(z[f"{split}_jpeg"], z[f"{split}_offsets"])
+        return images, torch.from_numpy(z[f"{split}_labels"]), [str(c) for c in z["classes"]]
