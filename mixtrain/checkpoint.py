@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 
 from mixtrain.errors import MixtrainError
 from mixtrain.files import write_atomic
@@ -41,8 +40,9 @@ class TrainState:
     epoch: int = 0
     step: int = 0
     global_step: int = 0
-    best_acc1: float = -math.inf
+    best_score: float = math.nan  # the selection metric of best.pt (parts.selection_key) at best_epoch
     best_epoch: int = -1
+    kept: List[List[float]] = field(default_factory=list)  # [score, epoch] of the keep_best checkpoints, best first
     nan_skips: int = 0
     consecutive_skips: int = 0  # steps skipped in a row (fp16: by the GradScaler)
     progress: EpochProgress = field(default_factory=EpochProgress)
@@ -100,14 +100,12 @@ def rank_state(mixer_generator: torch.Generator, state: TrainState) -> Dict[str,
     }
 
 
-def snapshot(model: nn.Module, optimizer, scheduler, scaler, config: Dict[str, Any], num_classes: int,
-             state: TrainState, history: List[dict], ranks: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """The checkpoint dict; ``ranks`` holds :func:`rank_state` of every rank, in rank order."""
+def snapshot(objects: Dict[str, Any], config: Dict[str, Any], num_classes: int, state: TrainState,
+             history: List[dict], ranks: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The checkpoint dict: the state of every object in ``objects`` (model, optimizer, scheduler,
+    scaler, EMA, ...) under its name; ``ranks`` holds :func:`rank_state` of every rank, in rank order."""
     return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
+        **{name: obj.state_dict() for name, obj in objects.items()},
         "state": asdict(state),
         "ranks": ranks,
         "config": config,
@@ -116,11 +114,11 @@ def snapshot(model: nn.Module, optimizer, scheduler, scaler, config: Dict[str, A
     }
 
 
-def restore(saved: Dict[str, Any], model: nn.Module, optimizer, scheduler, scaler,
-            mixer_generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Tuple[TrainState, List[dict]]:
+def restore(saved: Dict[str, Any], objects: Dict[str, Any], mixer_generator: torch.Generator, rank: int = 0,
+            world_size: int = 1) -> Tuple[TrainState, List[dict]]:
     """Load every state from ``saved`` into the live objects; return the run state and history."""
     try:
-        model.load_state_dict(saved["model"])
+        objects["model"].load_state_dict(saved["model"])
     except RuntimeError as ex:
         lines = [line.strip() for line in str(ex).strip().splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]
@@ -129,16 +127,17 @@ def restore(saved: Dict[str, Any], model: nn.Module, optimizer, scheduler, scale
     if len(saved["ranks"]) != world_size:
         raise MixtrainError(f"the checkpoint was written by {len(saved['ranks'])} process(es) and this run has "
                             f"{world_size}: resume with the same number (torchrun --nproc_per_node) to continue exactly")
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    scaler.load_state_dict(saved["scaler"])
+    for name, obj in objects.items():
+        if name != "model":
+            obj.load_state_dict(saved[name])
     mine = saved["ranks"][rank]
     torch.set_rng_state(mine["torch"])
     if mine["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(mine["cuda"])
     mixer_generator.set_state(mine["mixer"])
-    fields = {**saved["state"], "progress": EpochProgress(**mine["progress"])}
-    return TrainState(**fields), list(saved["history"])
+    known = {f.name for f in fields(TrainState)}
+    state = {k: v for k, v in saved["state"].items() if k in known}
+    return TrainState(**{**state, "progress": EpochProgress(**mine["progress"])}), list(saved["history"])
 
 
 # Keys that may differ on resume: where and how fast the run goes, what it logs and keeps,
@@ -165,7 +164,10 @@ def _flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], num_classes: int, path: Path) -> Optional[str]:
     """Refuse, naming the key, any change that alters the run's meaning; allow ``trainer.epochs``
     to grow, and return the line that says what that does to the schedule (else None)."""
-    old, new = _flatten(saved["config"]), _flatten(config)
+    from mixtrain.config import asdict as config_asdict, config_from_dict
+
+    # Through the schema, so that keys added since the checkpoint was written take their defaults.
+    old, new = _flatten(config_asdict(config_from_dict(saved["config"]))), _flatten(config)
     # A changed group option (augment.name, ...) first: it explains the keys that come with it.
     for key in sorted(set(old) | set(new), key=lambda k: (not k.endswith(".name"), k)):
         if key not in RESUME_MAY_CHANGE and old.get(key) != new.get(key):

@@ -164,15 +164,18 @@ def _train_task(cfg) -> float:
         if ex.exit_code > 128 or HydraConfig.get().mode != RunMode.MULTIRUN:
             raise SystemExit(ex.exit_code) from None
         return float("nan")
-    return objective_value(summary, cfg.objective)
+    return objective_value(summary, cfg.objective, ema=cfg.trainer.ema.enabled and cfg.trainer.ema.select_best)
 
 
-def objective_value(summary: dict, key: str) -> float:
+def objective_value(summary: dict, key: str, ema: bool = False) -> float:
     """What a job returns to Hydra's sweeper: ``summary[key]`` of a completed run, else NaN.
 
     A run that did not complete, or whose value is not finite, must never look like a
-    good result to a sweeper: Optuna records a NaN as a failed trial.
+    good result to a sweeper: Optuna records a NaN as a failed trial. With
+    ``trainer.ema.select_best`` the EMA weights' value of the same metric is returned.
     """
+    if ema and key.replace("val_", "ema_val_", 1) in summary:
+        key = key.replace("val_", "ema_val_", 1)
     value = summary.get(key)
     if summary.get("status") != "completed" or not isinstance(value, (int, float)) or not math.isfinite(value):
         return float("nan")
@@ -183,7 +186,7 @@ def _preview_task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from mixtrain.data import LoaderOptions, open_split, resolve_workers
-    from mixtrain.engine import resolve_device
+    from mixtrain.precision import resolve_device
     from mixtrain.preview import mixed_batch_grid, write_png
 
     try:

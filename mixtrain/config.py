@@ -75,6 +75,16 @@ class DatasetConfig:
     # Fraction of training labels replaced by a uniformly random *other* class, drawn
     # from the run seed (the mixup paper's Table 2); validation labels stay clean.
     label_noise: float = 0.0
+    # Random erasing (Zhong et al. 2020) as timm's RandomErasing (--reprob, --remode,
+    # --recount): per training image with this probability, a box of 2-33% of the area
+    # with aspect ratio in [0.3, 3.3] is filled on the normalized image, before mixing.
+    random_erasing: float = 0.0
+    random_erasing_mode: str = "pixel"  # const (zeros) | rand (one normal colour) | pixel (normal noise)
+    random_erasing_count: int = 1  # boxes per erased image: 1..count, area split between them
+    # Repeated augmentation (Hoffer et al. 2020; DeiT): each image appears this many times in
+    # an epoch's order, consecutively, with its own augmentation each time (timm's
+    # RepeatAugSampler: an epoch keeps the dataset's length). 1: off.
+    repeated_aug: int = 1
 
     def __post_init__(self) -> None:
         if self.num_classes is not None:
@@ -83,6 +93,10 @@ class DatasetConfig:
         _require(all(s > 0 for s in self.std), "dataset.std", "must be positive", self.std)
         _at_least(self.crop_padding, 0, "dataset.crop_padding")
         _require(0.0 <= self.label_noise < 1.0, "dataset.label_noise", "must be in [0, 1)", self.label_noise)
+        _probability(self.random_erasing, "dataset.random_erasing")
+        _choice(self.random_erasing_mode, ("const", "rand", "pixel"), "dataset.random_erasing_mode")
+        _at_least(self.random_erasing_count, 1, "dataset.random_erasing_count")
+        _at_least(self.repeated_aug, 1, "dataset.repeated_aug")
 
 
 @dataclass
@@ -307,10 +321,15 @@ class OptimConfig:
     weight_decay: float = 5e-4
     # Exempt norm weights and biases (all 1-d parameters) from weight decay, as timm does.
     filter_bias_and_bn: bool = False
+    # Set: optim.lr is for a global batch of this size and is scaled linearly to
+    # trainer.batch_size (timm's --lr-base / --lr-base-size, Goyal et al. 2017).
+    lr_base_batch: Optional[int] = None
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "optim.lr", "must be > 0", self.lr)
         _at_least(self.weight_decay, 0.0, "optim.weight_decay")
+        if self.lr_base_batch is not None:
+            _at_least(self.lr_base_batch, 1, "optim.lr_base_batch")
 
 
 @dataclass
@@ -370,14 +389,16 @@ class LambConfig(OptimConfig):
 
 @dataclass
 class SchedConfig:
-    """Learning-rate schedule, stepped every optimizer step."""
+    """Learning-rate schedule, stepped every optimizer step (or once per epoch)."""
 
     name: str = MISSING
     warmup_epochs: float = 0.0  # linear warmup, may be fractional
     warmup_start_factor: float = 0.1  # warmup starts at lr * this
+    step_on: str = "update"  # update: every optimizer step | epoch: once per epoch (RSB, timm's default)
 
     def __post_init__(self) -> None:
         _at_least(self.warmup_epochs, 0.0, "sched.warmup_epochs")
+        _choice(self.step_on, ("update", "epoch"), "sched.step_on")
         _require(0.0 < self.warmup_start_factor <= 1.0, "sched.warmup_start_factor", "must be in (0, 1]", self.warmup_start_factor)
 
 
@@ -409,21 +430,43 @@ class MultiStepConfig(SchedConfig):
 
 
 @dataclass
+class EmaConfig:
+    """Model EMA (timm's ModelEmaV3): weights averaged over steps, evaluated beside the raw ones."""
+
+    enabled: bool = False
+    decay: float = 0.9998  # per optimizer step (timm's --model-ema-decay)
+    warmup: bool = False  # timm's ModelEmaV3 warmup: decay 1 - (1 + step) ** -2/3, capped at `decay`
+    every: int = 1  # update every N optimizer steps (with decay ** N)
+    select_best: bool = False  # best.pt, keep_best and the sweep objective follow the EMA weights
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.decay < 1.0, "trainer.ema.decay", "must be in (0, 1)", self.decay)
+        _at_least(self.every, 1, "trainer.ema.every")
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 15
-    batch_size: int = 128  # the global batch: under torchrun each process takes batch_size / world_size
+    batch_size: int = 128  # the global batch of one optimizer step: under torchrun each process takes batch_size / world_size
     eval_batch_size: int = 512
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: Optional[bool] = None  # None: on for CUDA, off for CPU
+    # auto: on CUDA (amp_dtype); on a CPU bf16 where it is native (AVX512-BF16, AMX) and faster,
+    # else fp32. true / false: as asked.
+    amp: Any = "auto"
     amp_dtype: str = "fp16"  # fp16 (CUDA, with a GradScaler) | bf16 (CUDA or CPU)
+    accum_steps: int = 1  # gradient accumulation: micro-batches per optimizer step (the batch is mixed whole first)
+    clip_grad: Optional[str] = None  # null | norm | value | agc (timm's dispatch_clip_grad, after fp16 unscaling)
+    clip_value: float = 1.0  # max norm, max absolute value, or AGC's clipping factor
+    ema: EmaConfig = field(default_factory=EmaConfig)
     channels_last: bool = True  # NHWC: ~1.3x faster for ResNet-20 on this CPU, and on GPUs with AMP
     compile: bool = False
     # DataLoader workers (streaming ImageFolder path only): a count, or auto = min(8, usable cores).
     num_workers: Any = "auto"
     eval_every: int = 1  # epochs; the last epoch is always evaluated
-    log_every: int = 50  # steps between TensorBoard step scalars
+    log_every: int = 50  # steps between sync points: progress line, step scalars, NaN and stop checks
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     checkpoint: bool = True  # write last.pt / best.pt
+    keep_best: int = 1  # also keep the k best epochs' checkpoints as epoch-NNN.pt (by the objective)
     checkpoint_every_steps: Optional[int] = None  # also write last.pt every N steps (long epochs)
     on_nan: str = "stop"  # a non-finite loss: stop (keep the last good checkpoint) | skip the step
     nan_skip_limit: int = 10  # with on_nan=skip: stop after more skipped steps than this
@@ -437,7 +480,17 @@ class TrainerConfig:
         _at_least(self.eval_batch_size, 1, "trainer.eval_batch_size")
         _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                  "trainer.device", "must be auto, cpu, cuda or cuda:N", self.device)
+        if self.amp is None:  # configs saved before amp=auto
+            self.amp = "auto"
+        _require(self.amp in ("auto", True, False), "trainer.amp", "must be auto, true or false", self.amp)
         _choice(self.amp_dtype, ("fp16", "bf16"), "trainer.amp_dtype")
+        _at_least(self.accum_steps, 1, "trainer.accum_steps")
+        _require(self.batch_size // self.accum_steps >= 1, "trainer.accum_steps",
+                 f"must be <= trainer.batch_size ({self.batch_size})", self.accum_steps)
+        if self.clip_grad is not None:
+            _choice(self.clip_grad, ("norm", "value", "agc"), "trainer.clip_grad")
+        _require(self.clip_value > 0, "trainer.clip_value", "must be > 0", self.clip_value)
+        _at_least(self.keep_best, 1, "trainer.keep_best")
         _require(self.num_workers == "auto" or (isinstance(self.num_workers, int) and not isinstance(self.num_workers, bool)
                                                 and self.num_workers >= 0),
                  "trainer.num_workers", "must be auto or a count >= 0", self.num_workers)
@@ -455,6 +508,7 @@ class TrainerConfig:
 
 # Numeric keys of summary.json (engine.summarize) that a sweep can optimise.
 OBJECTIVES = ("best_val_acc1", "final_val_acc1", "final_val_acc5", "final_val_ece", "final_val_nll",
+              "best_ema_val_acc1", "final_ema_val_acc1", "final_ema_val_ece", "final_ema_val_nll",
               "final_train_loss", "img_per_s", "wall_time_s")
 
 
@@ -480,6 +534,9 @@ class TrainConfig:
                      f"must be <= trainer.epochs ({self.trainer.epochs})", self.augment.disable_epochs)
         if isinstance(self.augment, ManifoldConfig):
             self._check_manifold()
+            _require(self.trainer.accum_steps == 1, "trainer.accum_steps",
+                     "must be 1 with augment=manifold (it mixes inside the forward pass, so the batch cannot be "
+                     "mixed whole and then split)", self.trainer.accum_steps)
         if isinstance(self.sched, MultiStepConfig):
             _require(all(m < self.trainer.epochs for m in self.sched.milestones), "sched.milestones",
                      f"must be < trainer.epochs ({self.trainer.epochs})", self.sched.milestones)
@@ -521,8 +578,10 @@ class EvalConfig:
     batch_size: int = 256
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # the held-out split
+    weights: str = "raw"  # raw: the trained weights | ema: the EMA weights (runs with trainer.ema.enabled)
 
     def __post_init__(self) -> None:
+        _choice(self.weights, ("raw", "ema"), "weights")
         path = Path(os.path.expanduser(self.checkpoint))
         _require(path.exists(), "checkpoint", "does not exist: pass a .pt file or a run dir", self.checkpoint)
         fraction = heldout_fraction(self.heldout)

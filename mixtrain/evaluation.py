@@ -100,15 +100,18 @@ def eval_dataset_config(saved: DatasetConfig, chosen: Optional[DatasetConfig], c
 
 
 def build_model(train_cfg: TrainConfig, state: Dict[str, Any], num_classes: int, path: Path,
-                device: torch.device) -> nn.Module:
+                device: torch.device, weights: str = "raw") -> nn.Module:
+    """The checkpoint's model in eval mode, with its trained (``raw``) or EMA (``ema``) weights."""
     from mixtrain.models import create_model
 
     model_cfg = train_cfg.model
     if isinstance(model_cfg, TimmModelConfig) and model_cfg.pretrained:
         model_cfg = dataclasses.replace(model_cfg, pretrained=False)  # the checkpoint holds the weights
+    if weights == "ema" and "ema" not in state:
+        raise MixtrainError(f"{path} holds no EMA weights (trained without trainer.ema.enabled=true): drop weights=ema")
     model = create_model(model_cfg, num_classes)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["ema" if weights == "ema" else "model"])
     except RuntimeError as ex:
         first = str(ex).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
@@ -199,7 +202,7 @@ def unreadable_files(splits: Sequence[Split]) -> List[str]:
 def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[str] = (),
                         console: Optional[Console] = None) -> Dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; write ``eval.json`` and ``reliability.png`` to ``out_dir``; return the report."""
-    from mixtrain.engine import resolve_device
+    from mixtrain.precision import resolve_device
     from mixtrain.plots import save_reliability_panels
 
     out_dir = Path(out_dir)
@@ -224,7 +227,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
     if train_cfg.dataset.num_classes is not None and train_cfg.dataset.num_classes != len(classes):
         raise MixtrainError(f"{path} was trained on {train_cfg.dataset.num_classes} classes but {dataset.name} has "
                             f"{len(classes)}: evaluate on a dataset with the classes it was trained on")
-    model = build_model(train_cfg, state, len(classes), path, device)
+    model = build_model(train_cfg, state, len(classes), path, device, cfg.weights)
     if console is not None:
         console.print(f"[bold]mixtrain eval[/] {path} ({train_cfg.model.name}, {describe_run(train_cfg)}, "
                       f"epoch {state['state']['epoch']}) on {dataset.name} val ({val.loader.num_samples} images) | "
@@ -255,6 +258,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
                              (sums["after"], f"after scaling (T={t:.3f})")], out_dir / RELIABILITY_FILE)
     report = {
         "checkpoint": str(path),
+        "weights": cfg.weights,
         "epoch": state["state"]["epoch"],
         "run": {"label": describe_run(train_cfg), "model": train_cfg.model.name, "augment": train_cfg.augment.name,
                 "label_noise": train_cfg.dataset.label_noise, "seed": train_cfg.seed},
@@ -263,7 +267,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
         "clean": calibration_metrics(logits, labels),
         "temperature": temperature,
         "fgsm": fgsm,
-        "eval_config": {"heldout": cfg.heldout, "fgsm_eps": eps_levels, "seed": cfg.seed},
+        "eval_config": {"heldout": cfg.heldout, "fgsm_eps": eps_levels, "seed": cfg.seed, "weights": cfg.weights},
         "files": {"reliability": RELIABILITY_FILE},
     }
     write_json_atomic(out_dir / EVAL_FILE, report)

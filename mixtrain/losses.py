@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,11 @@ def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, threshold:
     return F.binary_cross_entropy_with_logits(logits.float(), targets)
 
 
+LOSSES: Dict[str, Callable[[AugmentConfig], Loss]] = {
+    "soft_ce": lambda cfg: soft_target_cross_entropy,
+    "bce": lambda cfg: lambda logits, targets: binary_cross_entropy(logits, targets, cfg.bce_target_threshold),
+}
+
+
 def create_loss(cfg: AugmentConfig) -> Loss:
-    if cfg.loss == "bce":
-        return lambda logits, targets: binary_cross_entropy(logits, targets, cfg.bce_target_threshold)
-    return soft_target_cross_entropy
+    return LOSSES[cfg.loss](cfg)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixtrain.config import AugmentConfig, CutmixConfig, ManifoldConfig, MixConfig, SwitchConfig
+from mixtrain.config import AugmentConfig, CutmixConfig, MixConfig, SwitchConfig
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -366,6 +366,9 @@ def stages_of(model: nn.Module) -> nn.ModuleList:
     return inner.stages
 
 
+# augment name -> mixer class (input-space mixing unless the augment mixes elsewhere).
+MIXERS: Dict[str, type] = {"none": Mixer, "mixup": Mixer, "cutmix": Mixer, "switch": Mixer, "manifold": ManifoldMixer}
+
+
 def create_mixer(cfg: AugmentConfig, num_classes: int, epochs: int, seed: int = 0, rank: int = 0) -> Mixer:
-    kind = ManifoldMixer if isinstance(cfg, ManifoldConfig) else Mixer
-    return kind(cfg, num_classes, epochs, seed, rank)
+    return MIXERS[cfg.name](cfg, num_classes, epochs, seed, rank)

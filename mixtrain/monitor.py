@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,7 +16,8 @@ from rich.table import Table
 
 from mixtrain.files import write_text_atomic
 
-# (key in the epoch record, header, format, width): 76 columns in all.
+# (key in the epoch record, header, format, width): 76 columns in all, more with optional ones.
+OPTIONAL = {"ema_val_acc1"}
 COLUMNS = [
     ("epoch", "epoch", "{:d}", 6),
     ("train_loss", "train loss", "{:.4f}", 11),
@@ -23,6 +25,7 @@ COLUMNS = [
     ("val_nll", "val loss", "{:.4f}", 9),
     ("val_acc1", "val acc", "{:.2f}", 8),
     ("val_ece", "val ECE", "{:.4f}", 8),
+    ("ema_val_acc1", "EMA acc", "{:.2f}", 8),  # only when the record has it (trainer.ema.enabled)
     ("lr", "lr", "{:.2e}", 9),
     ("img_per_s", "img/s", "{:.0f}", 7),
     ("epoch_time", "time", "{:.1f}s", 7),
@@ -73,6 +76,8 @@ class RunMonitor:
         self.log = None  # train.log in the run dir: the same lines as the terminal, as plain text
         self._header_printed = False
         self._warned: set = set()
+        self._bar, self._task = None, None
+        self.optional_columns: set = set()  # which OPTIONAL columns this run's table shows
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
@@ -94,24 +99,36 @@ class RunMonitor:
             self._warned.add(key)
             self.info(f"[yellow]warning:[/] {message}")
 
-    def step_line(self, epoch: int, step: int, steps: int, loss: float, rate: float, eta: float) -> None:
-        """A plain progress line (every trainer.log_every steps): in train.log always, and on
-        the terminal when it is not one (a log file, SLURM), where no progress bar shows."""
+    def sync_line(self, epoch: int, step: int, steps: int, loss: float, rate: float, eta: float) -> None:
+        """At a sync point: the bar's status on a terminal; a plain progress line in train.log,
+        and on the terminal when it is not one (a log file, SLURM), where no bar shows."""
         if not self.enabled:
             return
         eta = int(eta) if math.isfinite(eta) else 0
         line = f"epoch {epoch} step {step}/{steps} loss {loss:.4f} {rate:.0f} img/s ETA {eta // 60}:{eta % 60:02d}"
-        if not self.console.is_terminal:
+        if self._bar is not None and self.console.is_terminal:
+            self._bar.update(self._task, status=f"loss {loss:.4f}  {rate:.0f} img/s")
+        else:
             self.console.print(line, highlight=False, soft_wrap=True)
         self.log.print(line)
         self.log.file.flush()
 
-    def progress(self, epoch: int, total_steps: int) -> Progress:
-        return Progress(
-            TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
-            console=self.console, transient=True, disable=not (self.enabled and self.console.is_terminal),
-        )
+    @contextlib.contextmanager
+    def progress(self, epoch: int, total_steps: int, start: int = 0):
+        """A transient progress bar for the epoch (on a terminal); :meth:`advance` moves it."""
+        bar = Progress(TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+                       console=self.console, transient=True, disable=not (self.enabled and self.console.is_terminal))
+        with bar:
+            self._bar, self._task = bar, bar.add_task("train", total=total_steps, completed=start, status="")
+            try:
+                yield bar
+            finally:
+                self._bar = None
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
@@ -133,9 +150,10 @@ class RunMonitor:
         self.writer.flush()
         # Fixed widths, one space apart: rows printed one by one line up, within 80 columns.
         table = Table(show_header=not self._header_printed, box=None, show_edge=False, padding=(0, 0, 0, 1))
-        for _, header, _, width in COLUMNS:
+        columns = [c for c in COLUMNS if c[0] not in OPTIONAL or c[0] in self.optional_columns]
+        for _, header, _, width in columns:
             table.add_column(header, justify="right", width=width, no_wrap=True)
-        table.add_row(*(_fmt(record.get(key), fmt) for key, _, fmt, _ in COLUMNS))
+        table.add_row(*(_fmt(record.get(key), fmt) for key, _, fmt, _ in columns))
         if not self._header_printed:
             self.print(TRAIN_ACC_NOTE, style="dim")
         self._header_printed = True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -22,43 +22,67 @@ def param_groups(model: nn.Module, weight_decay: float, filter_bias_and_bn: bool
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def create_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.filter_bias_and_bn)
-    if isinstance(cfg, SGDConfig):
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if isinstance(cfg, AdamWConfig):
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    if isinstance(cfg, LambConfig):
-        from timm.optim import Lamb
+def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
+    """``optim.lr``, scaled linearly from ``optim.lr_base_batch`` to the global batch when set (timm's --lr-base)."""
+    return cfg.lr * batch_size / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
 
-        return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-                    max_grad_norm=cfg.max_grad_norm, trust_clip=cfg.trust_clip, always_adapt=cfg.always_adapt)
-    raise TypeError(f"no optimizer for {type(cfg).__name__}")
+
+def build_sgd(cfg: SGDConfig, groups: List[dict], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def build_adamw(cfg: AdamWConfig, groups: List[dict], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def build_lamb(cfg: LambConfig, groups: List[dict], lr: float) -> torch.optim.Optimizer:
+    from timm.optim import Lamb
+
+    return Lamb(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                max_grad_norm=cfg.max_grad_norm, trust_clip=cfg.trust_clip, always_adapt=cfg.always_adapt)
+
+
+OPTIMIZERS: Dict[str, Callable[..., torch.optim.Optimizer]] = {"sgd": build_sgd, "adamw": build_adamw, "lamb": build_lamb}
+
+
+def create_optimizer(cfg: OptimConfig, model: nn.Module, lr: Optional[float] = None) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.filter_bias_and_bn)
+    return OPTIMIZERS[cfg.name](cfg, groups, cfg.lr if lr is None else lr)
+
+
+def cosine_factor(cfg: CosineConfig, base_lr: float, progress: float, epochs_done: float, epochs: int) -> float:
+    floor = cfg.min_lr / base_lr
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def multistep_factor(cfg: MultiStepConfig, base_lr: float, progress: float, epochs_done: float, epochs: int) -> float:
+    milestones = cfg.milestones or [epochs // 2, epochs * 3 // 4]
+    return cfg.gamma ** sum(epochs_done >= m for m in milestones)
+
+
+# After warmup: (cfg, base lr, progress in [0, 1] past warmup, epochs done, epochs) -> factor.
+SCHEDULES: Dict[str, Callable[..., float]] = {"cosine": cosine_factor, "multistep": multistep_factor}
 
 
 def lr_factor(cfg: SchedConfig, base_lr: float, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
-    """``step -> lr / base_lr``: linear warmup, then cosine decay to ``min_lr`` or steps at milestones."""
+    """``step -> lr / base_lr``: linear warmup, then cosine decay to ``min_lr`` or steps at milestones.
+
+    A step is an optimizer step (``sched.step_on=update``) or an epoch (``steps_per_epoch=1``).
+    """
     total = steps_per_epoch * epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if isinstance(cfg, MultiStepConfig):
-        milestones = cfg.milestones or [epochs // 2, epochs * 3 // 4]
+    after = SCHEDULES[cfg.name]
 
     def factor(step: int) -> float:
         if step < warmup:
             return cfg.warmup_start_factor + (1.0 - cfg.warmup_start_factor) * step / warmup
-        if isinstance(cfg, CosineConfig):
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            floor = cfg.min_lr / base_lr
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-        if isinstance(cfg, MultiStepConfig):
-            return cfg.gamma ** sum(step >= m * steps_per_epoch for m in milestones)
-        raise TypeError(f"no schedule for {type(cfg).__name__}")
+        return after(cfg, base_lr, min(1.0, (step - warmup) / max(1, total - warmup)), step / steps_per_epoch, epochs)
 
     return factor
 
 
 def create_scheduler(cfg: SchedConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                      epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepped once per optimizer step."""
+    """A LambdaLR stepped once per optimizer step (or once per epoch with ``steps_per_epoch=1``)."""
     base_lr = optimizer.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, base_lr, steps_per_epoch, epochs))

@@ -274,8 +274,10 @@ def test_bce_loss_and_threshold():
 
 
 def test_training_accuracy_counts_the_dominant_mixed_label():
-    from mixtrain.engine import Precision, train_one_epoch
+    from mixtrain.checkpoint import EpochProgress
     from mixtrain.data.device_loader import DeviceLoader
+    from mixtrain.engine import Step, Tally, train_step
+    from mixtrain.precision import Precision
 
     class Echo(torch.nn.Module):
         """Predicts whatever class its input's first pixel encodes."""
@@ -301,8 +303,12 @@ def test_training_accuracy_counts_the_dominant_mixed_label():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     precision = Precision("cpu", None, torch.amp.GradScaler("cpu", enabled=False))
     mixer = Swapping(MixupConfig(), num_classes=3, epochs=1)
-    stats = train_one_epoch(model, loader, opt, sched, precision, mixer, create_loss(MixupConfig()), epoch=0)
-    assert stats["train_acc"] == pytest.approx(100.0)  # the mixed image shows the partner, as does the target
+    step, tally = Step(opt, precision, mixer, create_loss(MixupConfig())), Tally(EpochProgress(), torch.device("cpu"))
+    for i, (x, y) in enumerate(loader):
+        tally.add(train_step(model, x, y, 0, step), len(y), i)
+        sched.step()
+    stats = tally.read()
+    assert 100.0 * stats["correct"] / stats["seen"] == pytest.approx(100.0)  # the mixed image shows the partner, as does the target
 
 
 def test_mixing_stops_for_the_last_epochs_even_with_persistent_workers(tmp_path, monkeypatch):
@@ -326,9 +332,9 @@ def test_evaluation_never_mixes(tmp_path, monkeypatch):
     make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
     cfg = make_config("dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true",
                       "dataset.image_size=16", *TINY, "augment=cutmix")
-    import mixtrain.engine as engine
+    import mixtrain.parts as parts
     calls = {"train": 0, "eval": 0}
-    real_evaluate, real_forward = engine.evaluate, Mixer.forward
+    real_evaluate, real_forward = parts.evaluate, Mixer.forward
     in_eval = [False]
 
     def counting_forward(self, *args, **kwargs):
@@ -343,7 +349,7 @@ def test_evaluation_never_mixes(tmp_path, monkeypatch):
             in_eval[0] = False
 
     monkeypatch.setattr(Mixer, "forward", counting_forward)
-    monkeypatch.setattr(engine, "evaluate", flagged_evaluate)
+    monkeypatch.setattr(parts, "evaluate", flagged_evaluate)
     fit(cfg, tmp_path / "run")
     assert calls["train"] > 0 and calls["eval"] == 0
 

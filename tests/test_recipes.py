@@ -84,8 +84,18 @@ PUBLISHED = {
                         "optim.lr": 8e-3, "optim.weight_decay": 0.02, "optim.filter_bias_and_bn": True,
                         "augment.name": "switch", "augment.mixup_alpha": 0.1, "augment.cutmix_alpha": 1.0,
                         "augment.switch_prob": 0.5, "augment.label_smoothing": 0.0, "augment.loss": "bce",
-                        "augment.bce_target_threshold": 0.2, "sched.warmup_epochs": 5.0, "trainer.epochs": 100,
-                        "trainer.batch_size": 2048},
+                        "augment.bce_target_threshold": 0.2, "sched.warmup_epochs": 5.0, "sched.step_on": "epoch",
+                        "trainer.epochs": 100, "trainer.batch_size": 2048},
+    "deit_small_imagefolder": {"model.name": "deit_small_patch16_224", "model.drop_path_rate": 0.1,
+                               "dataset.image_size": 224, "dataset.crop_pct": 0.875,
+                               "dataset.auto_augment": "rand-m9-mstd0.5-inc1", "dataset.random_erasing": 0.25,
+                               "dataset.random_erasing_mode": "pixel", "dataset.repeated_aug": 3,
+                               "augment.name": "switch", "augment.mixup_alpha": 0.8, "augment.cutmix_alpha": 1.0,
+                               "augment.switch_prob": 0.5, "augment.label_smoothing": 0.1, "optim.name": "adamw",
+                               "optim.lr": 5e-4, "optim.lr_base_batch": 512, "optim.weight_decay": 0.05,
+                               "sched.warmup_epochs": 5.0, "sched.min_lr": 1e-5, "sched.step_on": "epoch",
+                               "trainer.epochs": 300, "trainer.batch_size": 1024, "trainer.ema.enabled": True,
+                               "trainer.ema.decay": 0.99996},
     "resnet20_cifar10_jpeg_cpu": {"dataset.name": "imagefolder", "dataset.val_split": "test", "dataset.cache": True,
                                   "model.name": "resnet20", "augment.alpha": 0.2},
 }
@@ -117,6 +127,8 @@ def shrink(cfg) -> list:
         shrunk.append("sched.warmup_epochs=0")
     if cfg.dataset.name == "imagefolder" and not cfg.dataset.cache:  # ResNet-50: smaller crops, same train/test gap
         shrunk += ["dataset.image_size=32", "dataset.eval_image_size=48"]
+    if cfg.model.name.startswith(("deit", "vit")):  # a ViT is built for one input size
+        shrunk += ["+model.kwargs.img_size=32", "dataset.eval_image_size=32"]
     return shrunk
 
 
@@ -138,7 +150,10 @@ def test_every_recipe_trains_a_few_steps_on_tiny_data(name, tmp_path, monkeypatc
     saved = summary["config"]
     # The recipe's model, mixing and optimizer are what ran.
     for group in ("model", "augment", "optim"):
-        assert saved[group] == OmegaConf.to_container(OmegaConf.structured(getattr(recipe, group))), group
+        expected = OmegaConf.to_container(OmegaConf.structured(getattr(recipe, group)))
+        if group == "model" and recipe.model.name.startswith(("deit", "vit")):
+            expected["kwargs"] = {"img_size": 32}  # what shrink() set for the tiny images
+        assert saved[group] == expected, group
 
 
 def test_recipes_command_lists_every_recipe(capsys):
@@ -147,7 +162,7 @@ def test_recipes_command_lists_every_recipe(capsys):
     for recipe in list_recipes():
         assert recipe.name in out
     assert "78.1% top-1" in out and "Wightman et al. 2021" in out
-    assert "switch (mixup 0.1 / cutmix 1" in out  # the RSB A3 recipe's augment, as composed
+    assert "switch (mixup 0.1 / cutmix" in out  # the RSB A3 recipe's augment, as composed
     assert main(["recipes", "extra"]) == 2
 
 
@@ -206,7 +221,7 @@ def test_recipe_config_errors_are_one_line(capsys, tmp_path):
     assert main(["train", "recipe=resnet50_rsb_a3", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
     assert "dataset.root is required" in capsys.readouterr().err
     assert main(["train", "recipe=nope"]) == 2
-    assert "unknown recipe 'nope': choose one of preact_resnet18_cifar100_cutmix" in capsys.readouterr().err
+    assert "unknown recipe 'nope': choose one of deit_small_imagefolder, preact_resnet18_cifar100_cutmix" in capsys.readouterr().err
     assert main(["train", "optim=lamb", "optim.betas=[0.9]"]) == 2
     assert "optim.betas must be two values" in capsys.readouterr().err
     assert main(["train", "dataset=imagefolder", "dataset.root=/x", "dataset.cache=true",
@@ -224,6 +239,6 @@ def test_a_glob_sweep_over_every_recipe_is_validated_job_by_job(monkeypatch):
     monkeypatch.setattr(cli, "to_object", lambda cfg: checked.append(cfg.model.name) or real(cfg))
     cli.check_overrides("train", ["recipe=glob(*)", "dataset.root=/data"], multirun=True)
     assert len(checked) == len(RECIPES)
-    assert {"preact_resnet18", "resnet20", "resnet56", "resnet50"} == set(checked)
+    assert {"preact_resnet18", "resnet20", "resnet56", "resnet50", "deit_small_patch16_224"} == set(checked)
     with pytest.raises(MixtrainError, match="the sweep has no jobs"):
         cli.check_overrides("train", ["recipe=glob(nothing*)"], multirun=True)

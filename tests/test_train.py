@@ -7,7 +7,8 @@ import torch
 
 from helpers import TINY, make_cifar10_folder, make_config, make_image_folder
 from mixtrain import checkpoint
-from mixtrain.engine import fit, resolve_precision
+from mixtrain.engine import fit
+from mixtrain.precision import resolve_precision
 from mixtrain.errors import MixtrainError
 from mixtrain.models import create_model
 
@@ -63,9 +64,21 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
     assert summary["final_train_loss"] == summary["final_train_loss"]  # finite, not NaN
 
 
-def test_precision_defaults_and_fp16_on_cpu():
+def test_precision_defaults_and_fp16_on_cpu(monkeypatch):
+    import mixtrain.precision as precision
+
     cfg = make_config(*TINY)
-    assert resolve_precision(cfg.trainer, torch.device("cpu")).dtype is None  # amp=auto: off on the CPU
+    assert resolve_precision(cfg.trainer, torch.device("cpu")).dtype is None  # amp=false
+    auto = make_config(*TINY, "trainer.amp=auto").trainer
+    assert make_config().trainer.amp == "auto"
+    for native, dtype in ((True, torch.bfloat16), (False, None)):  # bf16 only where the CPU has it natively
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        chosen = resolve_precision(auto, torch.device("cpu"))
+        assert chosen.dtype == dtype and chosen.warning is None
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    asked = resolve_precision(make_config(*TINY, "trainer.amp=true", "trainer.amp_dtype=bf16").trainer,
+                              torch.device("cpu"))
+    assert asked.dtype == torch.bfloat16 and "about 20x slower than fp32" in asked.warning
     cfg = make_config(*TINY, "trainer.amp=true", "trainer.amp_dtype=fp16")
     with pytest.raises(MixtrainError, match="amp_dtype=bf16"):
         resolve_precision(cfg.trainer, torch.device("cpu"))
@@ -81,18 +94,18 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
             *TINY, "trainer.epochs=3"]
     fit(make_config(*base), tmp_path / "straight")
 
-    import mixtrain.engine as engine
-    real = engine.train_one_epoch
+    from mixtrain.engine import Trainer
+    real = Trainer.train_epoch
 
-    def crash_in_epoch_2(*args, **kwargs):
-        if args[7] == 2:  # the epoch argument
+    def crash_in_epoch_2(self, epoch):
+        if epoch == 2:
             raise Crash()
-        return real(*args, **kwargs)
+        return real(self, epoch)
 
-    monkeypatch.setattr(engine, "train_one_epoch", crash_in_epoch_2)
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_2)
     with pytest.raises(Crash):
         fit(make_config(*base), tmp_path / "crashed")
-    monkeypatch.setattr(engine, "train_one_epoch", real)
+    monkeypatch.setattr(Trainer, "train_epoch", real)
     assert len(read_metrics(tmp_path / "crashed")) == 2
     fit(make_config(*base, f"resume={tmp_path / 'crashed'}"), tmp_path / "crashed")
 

@@ -19,6 +19,7 @@ import torch
 
 from mixtrain.config import CifarConfig, DatasetConfig, FolderConfig, MiniConfig, TrainerConfig
 from mixtrain.data.device_loader import DeviceLoader
+from mixtrain.data.erasing import RandomErasing
 from mixtrain.data.folder import (FolderLoader, bad_image_error, check_same_classes, decode_folder, eval_transform,
                                   open_image_folder, train_transform, unreadable_files)
 from mixtrain.data.label_noise import corrupt_folder_labels, corrupt_labels
@@ -118,7 +119,8 @@ def open_split(cfg: DatasetConfig, split: str, train: bool, options: LoaderOptio
         dataset = open_image_folder(cfg.root, folder, _config_key(cfg, folder), folder_transform(cfg, train), train)
         skipped = unreadable_files(dataset) if cfg.on_bad_image == "error" else []  # a full decoding pass
         changed = corrupt_folder_labels(dataset, cfg.label_noise, options.seed) if train else 0
-        return Split(FolderLoader(dataset, train, options, cfg.mean, cfg.std), list(dataset.classes), skipped, changed)
+        loader = FolderLoader(dataset, train, options, cfg.mean, cfg.std, cfg.repeated_aug, erasing(cfg, options))
+        return Split(loader, list(dataset.classes), skipped, changed)
 
     images, labels, classes, skipped, stored = _tensors(cfg, split, train)
     changed = 0
@@ -127,8 +129,16 @@ def open_split(cfg: DatasetConfig, split: str, train: bool, options: LoaderOptio
     loader = DeviceLoader(images.to(options.device), labels.to(options.device), options.batch_size, cfg.mean, cfg.std,
                           train=train, padding=cfg.crop_padding, channels_last=options.channels_last,
                           seed=options.seed, rank=options.rank, world_size=options.world_size,
-                          max_batches=options.max_batches)
+                          max_batches=options.max_batches, repeats=cfg.repeated_aug, erasing=erasing(cfg, options))
     return Split(loader, classes, skipped, changed, stored)
+
+
+def erasing(cfg: DatasetConfig, options: LoaderOptions) -> Optional[RandomErasing]:
+    """Training batches' random erasing (one batched implementation for both loaders)."""
+    if not cfg.random_erasing:
+        return None
+    return RandomErasing(cfg.random_erasing, cfg.random_erasing_mode, cfg.random_erasing_count, options.seed,
+                         options.rank)
 
 
 def check_bad_images(cfg: DatasetConfig, splits: Sequence[Split]) -> None:

@@ -14,6 +14,8 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 
+from mixtrain.data.erasing import RandomErasing
+from mixtrain.data.sampling import epoch_positions, repeated
 from mixtrain.errors import MixtrainError
 
 
@@ -34,11 +36,6 @@ def normalize(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, ch
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     # A fresh stream per epoch, independent of how many numbers earlier epochs drew.
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-def rank_slice(size: int, rank: int, world_size: int) -> slice:
-    """This rank's strided share of one epoch order; every rank gets ``size // world_size``."""
-    return slice(rank, (size // world_size) * world_size, world_size)
 
 
 class DeviceLoader:
@@ -64,6 +61,8 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         max_batches: Optional[int] = None,
+        repeats: int = 1,
+        erasing: Optional[RandomErasing] = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected uint8 [N, C, H, W] images, got {images.dtype} {tuple(images.shape)}")
@@ -75,6 +74,8 @@ class DeviceLoader:
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.max_batches = max_batches
+        self.repeats = repeats if train else 1
+        self.erasing = erasing if train else None
         self.epoch = 0
         self.height, self.width = images.shape[-2:]
         # Pad once for the whole dataset, so a crop is a plain gather per batch.
@@ -98,7 +99,7 @@ class DeviceLoader:
     @property
     def samples_per_rank(self) -> int:
         n, r, w = self.num_samples, self.rank, self.world_size
-        return n // w if self.train else len(range(r, n, w))
+        return len(epoch_positions(n, self.repeats, r, w)) if self.train else len(range(r, n, w))
 
     def __len__(self) -> int:
         if self.train:
@@ -118,11 +119,12 @@ class DeviceLoader:
             zeros = torch.zeros(len(order), dtype=torch.long)
             return order, torch.zeros(len(order), 2, dtype=torch.long), zeros.bool()
         g = epoch_generator(self.seed, self.epoch)
-        order = torch.randperm(n, generator=g)
-        offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g)
-        flips = torch.randint(0, 2, (n,), generator=g).bool()
-        # Each rank takes an equal strided slice of one shared order (rank-major batches).
-        take = rank_slice(n, self.rank, self.world_size)
+        order = repeated(torch.randperm(n, generator=g), self.repeats)
+        # Crops and flips per position: the copies of a repeated image get their own.
+        offsets = torch.randint(0, 2 * self.padding + 1, (len(order), 2), generator=g)
+        flips = torch.randint(0, 2, (len(order),), generator=g).bool()
+        # Each rank takes an equal strided share of one shared order (rank-major batches).
+        take = epoch_positions(n, self.repeats, self.rank, self.world_size)
         return order[take], offsets[take], flips[take]
 
     def iter_from(self, start_step: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
@@ -142,7 +144,10 @@ class DeviceLoader:
                 batch = self.images[idx.view(-1, 1, 1, 1), channels, r, c.view(-1, 1, 1, self.width)]
             else:
                 batch = self.images[idx]
-            yield normalize(batch, self.scale, self.shift, self.channels_last), self.labels[idx]
+            batch = normalize(batch, self.scale, self.shift, self.channels_last)
+            if self.erasing is not None:
+                batch = self.erasing(batch, self.epoch, step)
+            yield batch, self.labels[idx]
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)

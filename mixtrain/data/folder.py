@@ -34,7 +34,8 @@ from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
-from mixtrain.data.device_loader import epoch_generator, normalize, normalizer, rank_slice
+from mixtrain.data.device_loader import epoch_generator, normalize, normalizer
+from mixtrain.data.sampling import epoch_positions, repeated
 from mixtrain.errors import MixtrainError
 
 IGNORE_LABEL = -1  # an evaluation sample that stands in for an unreadable file (dropped from its batch)
@@ -222,9 +223,10 @@ class EpochSampler(Sampler):
     no padding. Skipping to ``start`` decodes nothing.
     """
 
-    def __init__(self, size: int, train: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, size: int, train: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 repeats: int = 1) -> None:
         self.size, self.train, self.seed = size, train, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.repeats = rank, world_size, repeats if train else 1
         self.epoch, self.start = 0, 0
 
     def plan(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -232,16 +234,16 @@ class EpochSampler(Sampler):
             order = torch.arange(self.rank, self.size, self.world_size)
             return order, torch.zeros_like(order)
         g = epoch_generator(self.seed, self.epoch)
-        order = torch.randperm(self.size, generator=g)
-        seeds = torch.randint(0, 2**62, (self.size,), generator=g)
-        take = rank_slice(self.size, self.rank, self.world_size)
+        order = repeated(torch.randperm(self.size, generator=g), self.repeats)
+        seeds = torch.randint(0, 2**62, (len(order),), generator=g)  # per position: each copy its own
+        take = epoch_positions(self.size, self.repeats, self.rank, self.world_size)
         return order[take], seeds[take]
 
     @property
     def samples(self) -> int:
         """Samples this rank sees in a whole epoch."""
         if self.train:
-            return self.size // self.world_size
+            return len(epoch_positions(self.size, self.repeats, self.rank, self.world_size))
         return len(range(self.rank, self.size, self.world_size))
 
     def __len__(self) -> int:
@@ -256,11 +258,12 @@ class FolderLoader:
     """A DataLoader over an ImageFolder whose uint8 batches are normalized on the device."""
 
     def __init__(self, dataset: CheckedImageFolder, train: bool, options, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+                 std: Sequence[float], repeats: int = 1, erasing=None) -> None:
         self.dataset, self.train = dataset, train
         self.device, self.channels_last = options.device, options.channels_last
         self.batch_size, self.max_batches = options.batch_size, options.max_batches
-        self.sampler = EpochSampler(len(dataset), train, options.seed, options.rank, options.world_size)
+        self.erasing = erasing if train else None
+        self.sampler = EpochSampler(len(dataset), train, options.seed, options.rank, options.world_size, repeats)
         if train and self.sampler.samples < self.batch_size:
             raise MixtrainError(
                 f"trainer.batch_size ({self.batch_size}) is larger than the training set per process "
@@ -300,8 +303,10 @@ class FolderLoader:
                     if not keep.any():
                         continue
                     images, labels = images[keep], labels[keep]
-            images = images.to(self.device, non_blocking=True)
-            yield normalize(images, self.scale, self.shift, self.channels_last), labels.to(self.device, non_blocking=True)
+            images = normalize(images.to(self.device, non_blocking=True), self.scale, self.shift, self.channels_last)
+            if self.erasing is not None:
+                images = self.erasing(images, self.sampler.epoch, step)
+            yield images, labels.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)

@@ -1,0 +1,253 @@
+"""A training run assembled from its config: data, model, optimizer, schedule, mixing, parts.
+
+:class:`Training` builds everything ``fit`` needs (restoring it from a checkpoint when
+resuming), saves and reports the run, and hands the loop to the
+:class:`~mixtrain.engine.Trainer` with its parts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from mixtrain import checkpoint, distributed
+from mixtrain.checkpoint import TrainState
+from mixtrain.config import ManifoldConfig, TrainConfig, asdict
+from mixtrain.data import Data, build_data, image_size
+from mixtrain.engine import Step, Trainer
+from mixtrain.errors import MixtrainError, RunStopped
+from mixtrain.files import RUN_FILES, write_json_atomic
+from mixtrain.losses import create_loss
+from mixtrain.mixing import create_mixer
+from mixtrain.models import create_model
+from mixtrain.monitor import RunMonitor, reconcile_metrics
+from mixtrain.optim import create_optimizer, create_scheduler, scaled_lr
+from mixtrain.parts import Checkpoints, Ema, Evaluation, NanPolicy, Records, StopOnSignal, StopRequest
+from mixtrain.precision import resolve_device, resolve_precision
+from mixtrain.preview import mixed_batch_grid
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """The process's global streams (model init, dropout, drop-path) from seed and rank, as timm does.
+
+    Every rank draws its own masks; the initial weights still agree, since DDP broadcasts
+    rank 0's. Data order, augmentation and mixing have generators of their own.
+    """
+    torch.manual_seed(seed + rank)
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a run has written into ``run_dir`` (even one whose first epoch crashed)."""
+    return any((run_dir / name).exists() for name in RUN_FILES)
+
+
+class Training:
+    """One training run: its parts, where it is, and how it saves and reports itself."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None) -> None:
+        self.cfg, self.run_dir, self.t_start = cfg, run_dir, time.perf_counter()
+        ctx = self.ctx = distributed.init(cfg.trainer.device)
+        trainer = cfg.trainer
+        if trainer.batch_size % ctx.world_size or trainer.eval_batch_size % ctx.world_size:
+            raise MixtrainError(f"trainer.batch_size ({trainer.batch_size}) and trainer.eval_batch_size "
+                                f"({trainer.eval_batch_size}) are global batches and must divide evenly over "
+                                f"{ctx.world_size} processes")
+        saved = checkpoint.load(cfg.resume) if cfg.resume else None
+        problem = None
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if saved is None and holds_run(run_dir):
+                problem = f"{run_dir} already holds a run: pick another hydra.run.dir, or continue it with resume={run_dir}"
+        problem = distributed.broadcast_object(problem)  # every rank stops with the same line
+        if problem:
+            raise MixtrainError(problem)
+
+        self.device = distributed.device_for(ctx, resolve_device(trainer.device))
+        self.precision = resolve_precision(trainer, self.device)
+        seed_everything(cfg.seed, ctx.rank)
+        self.data: Data = build_data(cfg.dataset, trainer, self.device, cfg.seed, ctx.rank, ctx.world_size)
+        self.model = create_model(cfg.model, self.data.num_classes).to(self.device)  # the unwrapped model
+        if trainer.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.lr = scaled_lr(cfg.optim, trainer.batch_size)
+        self.optimizer = create_optimizer(cfg.optim, self.model, self.lr)
+        steps = len(self.data.train) if cfg.sched.step_on == "update" else 1
+        self.scheduler = create_scheduler(cfg.sched, self.optimizer, steps, trainer.epochs)
+        self.mixer = create_mixer(cfg.augment, self.data.num_classes, trainer.epochs, cfg.seed, ctx.rank)
+        self.step = Step(self.optimizer, self.precision, self.mixer, create_loss(cfg.augment), trainer.accum_steps,
+                         trainer.clip_grad, trainer.clip_value)
+        self.ema = None
+        if trainer.ema.enabled:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=trainer.ema.decay, use_warmup=trainer.ema.warmup,
+                                  exclude_buffers=True)
+        self.config = asdict(cfg)
+        self.state, self.history, self.resume_note = TrainState(), [], None
+        if saved is not None:
+            self.resume_note = checkpoint.check_resumable(saved, self.config, self.data.num_classes, Path(cfg.resume))
+            self.state, self.history = checkpoint.restore(saved, self.stateful(), self.mixer.generator, ctx.rank,
+                                                          ctx.world_size)
+            if ctx.is_main:
+                reconcile_metrics(run_dir / "metrics.jsonl", self.history)
+            if self.resume_note:
+                lr_next = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+                self.resume_note += f"; here: lr {saved['optimizer']['param_groups'][0]['lr']:.4g} -> {lr_next:.4g}"
+        # DDP after restoring, so that every rank starts from the same weights.
+        self.train_model = distributed.wrap_model(self.model, self.device, trainer.sync_bn)
+        if trainer.compile:
+            self.train_model = torch.compile(self.train_model)
+        # On resume, TensorBoard hides what a crashed attempt logged after the checkpoint.
+        self.monitor = monitor or RunMonitor(run_dir, enabled=ctx.is_main,
+                                             purge_step=self.state.global_step if saved is not None else None)
+        if self.ema is not None:
+            self.monitor.optional_columns.add("ema_val_acc1")
+        self.resumed = saved is not None
+
+    def stateful(self) -> Dict[str, Any]:
+        """The objects a checkpoint holds the state of, by name."""
+        objects = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                   "scaler": self.precision.scaler}
+        if self.ema is not None:
+            objects["ema"] = self.ema.module
+        return objects
+
+    # ---- records
+
+    def summary(self) -> Dict[str, Any]:
+        return summarize(self.history, self.state, time.perf_counter() - self.t_start, self.data,
+                         self.cfg.dataset.label_noise)
+
+    def write_status(self, status: str, **fields: Any) -> None:
+        """``summary.json``: ``running`` (with pid and host, so a dead run can be told apart),
+        then ``completed``, ``failed`` or ``interrupted``."""
+        if self.ctx.is_main:
+            write_json_atomic(self.run_dir / "summary.json", {
+                "status": status, **self.summary(), **fields, "pid": os.getpid(), "host": socket.gethostname(),
+                "world_size": self.ctx.world_size, "config": self.config})
+
+    def save(self, name: str) -> None:
+        """A checkpoint (every rank takes part: each one's RNG state goes in it; rank 0 writes)."""
+        if not self.cfg.trainer.checkpoint:
+            return
+        ranks = distributed.gather_objects(checkpoint.rank_state(self.mixer.generator, self.state))
+        if self.ctx.is_main:
+            checkpoint.save_atomic(checkpoint.snapshot(self.stateful(), self.config, self.data.num_classes,
+                                                       self.state, self.history, ranks), self.run_dir / name)
+
+    def warn_unreadable(self) -> None:
+        """Say once per run that unreadable image files are being skipped, with the first few."""
+        paths = self.data.unreadable()
+        if paths:
+            shown = ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
+            self.monitor.warn_once("unreadable", f"skipping {len(paths)} unreadable image(s) "
+                                                 f"(dataset.on_bad_image=skip): {shown}")
+
+    def introduce(self) -> None:
+        """The run's first lines: what trains on what, at which sizes and precision, and any warning."""
+        cfg, data, monitor = self.cfg, self.data, self.monitor
+        train_size, eval_size = (image_size(cfg.dataset, train) or data.train.height for train in (True, False))
+        sizes = f"{train_size} px" if train_size == eval_size else f"train {train_size} px / eval {eval_size} px"
+        lr = f"lr {self.lr:.4g}"
+        if cfg.optim.lr_base_batch:
+            lr += f" (optim.lr {cfg.optim.lr:g} x {cfg.trainer.batch_size}/{cfg.optim.lr_base_batch})"
+        monitor.info(
+            f"[bold]mixtrain[/] {cfg.model.name} on {cfg.dataset.name} ({data.train.num_samples} train / "
+            f"{data.val.num_samples} val, {data.num_classes} classes, {sizes}) | {self.device} {self.precision.name}"
+            f"{f' x {self.ctx.world_size} processes' if self.ctx.enabled else ''} | augment={cfg.augment.name} | "
+            f"{lr} | run dir {self.run_dir}"
+        )
+        if self.precision.warning:
+            monitor.warn_once("precision", self.precision.warning)
+        if data.stored_size and data.stored_size < train_size:
+            monitor.warn_once("upscaled", f"every cached image is at most {data.stored_size} px and is upscaled to "
+                                          f"dataset.image_size={train_size} ({(train_size / data.stored_size) ** 2:.0f}x "
+                                          f"the compute): set dataset.image_size={data.stored_size} to keep their size")
+        self.warn_unreadable()
+        if self.resumed:
+            monitor.info(f"resumed from {cfg.resume} at epoch {self.state.epoch} step {self.state.step}")
+            if self.resume_note:
+                monitor.info(self.resume_note)
+        elif monitor.enabled and self.mixer.active(0) and not isinstance(cfg.augment, ManifoldConfig):
+            monitor.image("mixing/batch", mixed_batch_grid(data.train, data.classes, cfg.augment, cfg.dataset,
+                                                           cfg.trainer.epochs, cfg.seed))
+
+    # ---- training
+
+    def parts(self, stop: StopRequest) -> list:
+        """The parts, in the order they are called: each event sees the earlier ones' work."""
+        parts = [NanPolicy(), StopOnSignal(stop)]
+        if self.ema is not None:
+            parts.append(Ema())
+        return [*parts, Evaluation(), Checkpoints(), Records()]
+
+    def train(self) -> Dict[str, Any]:
+        monitor = self.monitor
+        self.introduce()
+        self.write_status("running")
+        try:
+            with StopRequest() as stop:
+                Trainer(self, self.parts(stop), stop).fit()
+        except RunStopped as ex:
+            self.write_status("interrupted" if ex.exit_code > 128 else "failed", error=str(ex))
+            monitor.close()
+            raise
+        except BaseException as ex:
+            self.write_status("failed", error=f"{type(ex).__name__}: {ex}"[:500])
+            monitor.close()
+            raise
+        digests = distributed.gather_objects(distributed.weights_digest(self.model))
+        summary = {"status": "completed", **self.summary(), "world_size": self.ctx.world_size,
+                   "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "config": self.config}
+        if self.ctx.is_main:
+            write_json_atomic(self.run_dir / "summary.json", summary)
+        if not summary["ranks_in_sync"]:
+            monitor.warn_once("sync", f"the ranks' final weights differ: {digests}")
+        ema = f", EMA {summary['final_ema_val_acc1']:.2f}" if self.ema is not None else ""
+        monitor.info(
+            f"done: best val acc {summary['best_val_acc1']:.2f} (epoch {summary['best_epoch']}), final val acc "
+            f"{summary['final_val_acc1']:.2f}{ema}, ECE {summary['final_val_ece']:.4f}, NLL "
+            f"{summary['final_val_nll']:.4f} in {summary['wall_time_s']:.0f}s | {self.run_dir / 'summary.json'}"
+        )
+        monitor.close()
+        distributed.barrier()  # no rank leaves before rank 0 has written the run's files
+        return summary
+
+
+def summarize(history: List[dict], state: TrainState, wall_time: float, data: Data,
+              label_noise: float = 0.0) -> Dict[str, Any]:
+    evaluated = [r for r in history if "val_acc1" in r]
+    final = evaluated[-1] if evaluated else {}
+    rates = [r["img_per_s"] for r in history if not math.isnan(r.get("img_per_s", float("nan")))]
+    nan = float("nan")
+    summary = {
+        "epochs": len(history),
+        "best_val_acc1": max((r["val_acc1"] for r in evaluated), default=nan),
+        "best_epoch": state.best_epoch,
+        "final_val_acc1": final.get("val_acc1", nan),
+        "final_val_acc5": final.get("val_acc5", nan),
+        "final_val_ece": final.get("val_ece", nan),
+        "final_val_nll": final.get("val_nll", nan),
+        "final_train_loss": history[-1]["train_loss"] if history else nan,
+        "wall_time_s": wall_time,
+        "img_per_s": sum(rates) / len(rates) if rates else nan,
+        "num_classes": data.num_classes,
+        "nan_skips": state.nan_skips,
+        "unreadable_images": len(data.unreadable()),
+        "label_noise": label_noise,
+        "labels_changed": data.labels_changed,
+    }
+    # The EMA weights' numbers (NaN without trainer.ema): every objective is always a key.
+    summary.update({"best_ema_val_acc1": max((r["ema_val_acc1"] for r in evaluated if "ema_val_acc1" in r), default=nan),
+                    **{f"final_ema_val_{k}": final.get(f"ema_val_{k}", nan) for k in ("acc1", "ece", "nll")}})
+    return summary
