@@ -49,7 +49,7 @@ def new_model_and_optimizer(device):
     from mixtrain.models.cifar_resnet import BUILDERS
 
     torch.manual_seed(0)
-    model = BUILDERS[MODEL](num_classes=10).to(device, memory_format=torch.channels_last)
+    model = BUILDERS[MODEL](num_classes=10, drop_rate=0.0).to(device, memory_format=torch.channels_last)
     return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 

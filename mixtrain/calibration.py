@@ -15,7 +15,8 @@ from typing import Dict, Tuple
 import torch
 
 from mixtrain.errors import MixtrainError
-from mixtrain.metrics import ClassificationMeter, adaptive_calibration_error, calibration_bins
+from mixtrain.metrics import (ClassificationMeter, adaptive_calibration_error, calibration_bins,
+                              classwise_calibration_error, debiased_calibration_error)
 
 # T outside this range means the held-out data carries no usable signal (or the model
 # is worse than chance there); the fit stops at the bound and says so.
@@ -80,14 +81,32 @@ def heldout_indices(n: int, fraction: float, seed: int) -> Tuple[torch.Tensor, t
 
 
 def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
-    """Top-1/top-5 (%), NLL, Brier, ECE and MCE (the training meter's numbers) and adaptive ECE."""
+    """Top-1/top-5 (%), NLL, Brier, ECE and MCE (the training meter's numbers), adaptive (equal-mass)
+    ECE, classwise ECE and Kumar et al.'s debiased (L2) calibration error."""
     meter = ClassificationMeter()
     for part_logits, part_labels in zip(logits.split(8192), labels.split(8192)):  # bounded float64 copies
         meter.update(part_logits, part_labels)
     metrics = meter.compute()
-    confidences, predictions = logits.float().softmax(dim=1).max(dim=1)
+    probs = logits.float().softmax(dim=1)
+    confidences, predictions = probs.max(dim=1)
     metrics["adaptive_ece"] = adaptive_calibration_error(confidences, predictions.eq(labels))
+    metrics["classwise_ece"] = classwise_calibration_error(probs, labels)
+    metrics["debiased_ece"] = debiased_calibration_error(confidences, predictions.eq(labels))
     return metrics
+
+
+def calibratability(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> Dict[str, float]:
+    """How well temperature scaling can calibrate these predictions (Wang et al. 2023): T fitted on
+    a fixed half of the samples, ECE and NLL after scaling on the other half."""
+    if len(labels) < 2:
+        return {"temperature": float("nan"), "ece_ts": float("nan"), "nll_ts": float("nan")}
+    fit, report = heldout_indices(len(labels), 0.5, seed)
+    temperature = fit_temperature(logits[fit], labels[fit])
+    scaled = logits[report].double() / temperature
+    meter = ClassificationMeter()
+    meter.update(scaled, labels[report])
+    after = meter.compute()
+    return {"temperature": temperature, "ece_ts": after["ece"], "nll_ts": after["nll"]}
 
 
 def reliability_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

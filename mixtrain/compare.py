@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -95,18 +96,55 @@ def best_marks(values: Sequence[Optional[float]], direction: Optional[str]) -> L
     return [v is not None and v == best for v in values]
 
 
-def comparison_table(reports: Sequence[Dict[str, Any]], labels: Sequence[str]) -> Table:
-    table = Table(title="* best in its row (higher top-1, lower NLL / Brier / ECE / MCE)", title_justify="left")
+# Rows whose difference is tested by a paired bootstrap on the same images (mixtrain.bootstrap).
+PAIRED = {"top-1 (%)": "acc1", "NLL": "nll", "Brier": "brier", "ECE (15 bins)": "ece"}
+
+
+def paired_tests(reports: Sequence[Dict[str, Any]], logits: Sequence[Optional[tuple]], labels: Sequence[str],
+                 resamples: int = 1000) -> Dict[str, Tuple[bool, str]]:
+    """``row label -> (holds, text)``: the best run against the runner-up under a paired bootstrap.
+
+    ``holds`` is whether the 95% interval of the difference excludes zero; runs are paired
+    only when both saved their predictions on the same images in the same order.
+    """
+    from mixtrain.bootstrap import paired_differences
+
+    tests: Dict[str, Tuple[bool, str]] = {}
+    for label, fmt, direction, values in comparison_rows(reports):
+        key = PAIRED.get(label)
+        ranked = sorted((i for i, v in enumerate(values) if v is not None and v == v),
+                        key=lambda i: -values[i] if direction == HIGHER else values[i])
+        if key is None or len(ranked) < 2:
+            continue
+        best, second = ranked[:2]
+        a, b = logits[best], logits[second]
+        if a is None or b is None or not torch.equal(a[1], b[1]):
+            tests[label] = (True, "not paired (no saved predictions on the same images)")
+            continue
+        diff, low, high = paired_differences(a[0], b[0], a[1], resamples)[key]
+        holds = low > 0 or high < 0
+        interval = f"{fmt.format(diff)} [{fmt.format(low)}, {fmt.format(high)}]"
+        tests[label] = (holds, f"{labels[best]} vs {labels[second]}: {interval}" + ("" if holds else ", within noise"))
+    return tests
+
+
+def comparison_table(reports: Sequence[Dict[str, Any]], labels: Sequence[str],
+                     tests: Optional[Dict[str, Tuple[bool, str]]] = None) -> Table:
+    tests = tests or {}
+    table = Table(title="* best in its row (higher top-1, lower NLL / Brier / ECE / MCE); on rows with a paired "
+                        "test only where the difference to the runner-up holds", title_justify="left")
     table.add_column("metric")
     for label in labels:
         table.add_column(label, justify="right")
+    table.add_column("best - runner-up, paired bootstrap 95% interval")
     for label, fmt, direction, values in comparison_rows(reports):
-        marks = best_marks(values, direction)
+        holds, text = tests.get(label, (True, ""))
+        marks = best_marks(values, direction) if holds else [False] * len(values)
         cells = []
         for value, best in zip(values, marks):
-            text = "-" if value is None else fmt.format(value)
-            cells.append(f"[bold green]{text}*[/]" if best else f"{text} ")
-        table.add_row(label, *cells)
+            text_value = "-" if value is None else fmt.format(value)
+            cells.append(f"[bold green]{text_value}*[/]" if best else f"{text_value} ")
+        table.add_row(label, *cells, text)
     return table
 
 
@@ -128,7 +166,8 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
     from hydra import compose, initialize_config_dir
 
     from mixtrain.config import config_dir, describe_config_error, to_object
-    from mixtrain.evaluation import dataset_override_keys, eval_overrides, evaluate_checkpoint, quote_override
+    from mixtrain.evaluation import (LOGITS_FILE, dataset_override_keys, eval_overrides, evaluate_checkpoint,
+                                     load_logits, quote_override)
 
     console = console or Console(width=None if Console().is_terminal else 120)
     runs, overrides = split_arguments(args)
@@ -155,7 +194,7 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
                 raise MixtrainError(describe_config_error(ex)) from None
             jobs.append((run, None, to_object(cfg)))
 
-    reports = []
+    reports, logits = [], []
     for i, (run, done, cfg) in enumerate(jobs):
         if done is not None:
             try:
@@ -163,12 +202,15 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
             except (OSError, json.JSONDecodeError) as ex:
                 raise MixtrainError(f"{done} is not a readable eval.json ({ex}): run `mixtrain eval` again") from None
             console.print(f"[{i + 1}/{len(jobs)}] {run}: read {done}", highlight=False)
+            logits.append(load_logits(done.parent / LOGITS_FILE))
             continue
         console.print(f"[{i + 1}/{len(jobs)}] evaluating {run}", highlight=False)
         reports.append(evaluate_checkpoint(cfg, out_dir / f"run{i + 1}", dataset_override_keys(overrides)))
+        logits.append(load_logits(out_dir / f"run{i + 1}" / LOGITS_FILE))
 
     labels = column_labels(reports)
-    console.print(comparison_table(reports, labels))
+    tests = paired_tests(reports, logits, labels)
+    console.print(comparison_table(reports, labels, tests))
     for label, report in zip(labels, reports):
         console.print(f"{label}: {report['checkpoint']} (epoch {report['epoch']})", highlight=False)
     for line in sorted({data_line(r) for r in reports}):
@@ -179,7 +221,9 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
                       "rows may not compare like for like", highlight=False)
     summary = {"runs": [{"label": label, "source": run, "report": report}
                         for label, run, report in zip(labels, runs, reports)],
-               "rows": [{"metric": label, "better": direction, "values": values}
+               "rows": [{"metric": label, "better": direction, "values": values,
+                         "paired_test": tests[label][1] if label in tests else None,
+                         "holds": tests[label][0] if label in tests else None}
                         for label, _, direction, values in comparison_rows(reports)]}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "compare.json", summary)

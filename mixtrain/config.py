@@ -263,6 +263,26 @@ class MixupConfig(MixConfig):
 
 
 @dataclass
+class RegMixupConfig(MixupConfig):
+    """RegMixup (Pinto et al. 2022): train on the clean batch and on its Mixup, as one batch.
+
+    loss = CE(clean) + eta * CE(mixed), with a large alpha (the paper's range: 10 to 20), so
+    mixup acts as a regularizer beside the clean loss; it keeps Mixup's accuracy and fixes its
+    calibration (Pinto et al. 2022, NeurIPS).
+    """
+
+    name: str = "regmixup"
+    alpha: float = 20.0
+    eta: float = 1.0  # weight of the mixed half's loss
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self.eta, 0.0, "augment.eta")
+        _require(self.loss == "soft_ce", "augment.loss", "must be soft_ce with augment=regmixup (its two losses are "
+                 "cross-entropies)", self.loss)
+
+
+@dataclass
 class CutmixConfig(MixConfig):
     """CutMix (Yun et al. 2019): paste a box of the partner image; labels weighted by area."""
 
@@ -579,9 +599,12 @@ class EvalConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # the held-out split
     weights: str = "raw"  # raw: the trained weights | ema: the EMA weights (runs with trainer.ema.enabled)
+    # Bootstrap resamples of the evaluated images for the 95% intervals (0: none), drawn from `seed`.
+    bootstrap: int = 1000
 
     def __post_init__(self) -> None:
         _choice(self.weights, ("raw", "ema"), "weights")
+        _at_least(self.bootstrap, 0, "bootstrap")
         path = Path(os.path.expanduser(self.checkpoint))
         _require(path.exists(), "checkpoint", "does not exist: pass a .pt file or a run dir", self.checkpoint)
         fraction = heldout_fraction(self.heldout)
@@ -610,7 +633,7 @@ SCHEMAS = {
     "dataset": {"cifar": CifarConfig, "mini": MiniConfig, "folder": FolderConfig},
     "model": {"cifar": CifarModelConfig, "timm": TimmModelConfig},
     "augment": {"none": AugmentConfig, "mixup": MixupConfig, "cutmix": CutmixConfig, "switch": SwitchConfig,
-                "manifold": ManifoldConfig},
+                "manifold": ManifoldConfig, "regmixup": RegMixupConfig},
     "optim": {"sgd": SGDConfig, "adamw": AdamWConfig, "lamb": LambConfig},
     "sched": {"cosine": CosineConfig, "multistep": MultiStepConfig},
 }

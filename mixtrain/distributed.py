@@ -125,6 +125,20 @@ def gather_objects(obj: Any) -> List[Any]:
     return out
 
 
+def gather_in_order(parts: List[torch.Tensor]) -> torch.Tensor:
+    """Concatenate this rank's batches, then interleave every rank's rows back into the order of a
+    strided shard (rank r holds rows r, r + W, ...): the same tensor on every rank."""
+    mine = torch.cat(parts) if parts else torch.empty(0)
+    if not _context.enabled:
+        return mine
+    shards = gather_objects(mine.cpu())
+    total = sum(len(shard) for shard in shards)
+    out = torch.empty((total, *mine.shape[1:]), dtype=mine.dtype)
+    for rank, shard in enumerate(shards):
+        out[rank::_context.world_size] = shard
+    return out
+
+
 def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
     """Give every rank rank ``src``'s BatchNorm running statistics (each rank updated its own)."""
     if _context.enabled:

@@ -59,8 +59,10 @@ class Step:
     clip_value: float = 1.0
 
 
-def hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return logits.detach().argmax(1).eq(targets.argmax(1)).sum()
+def hits(logits: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+    """Predictions equal to the target's dominant label, over the first ``rows`` rows (the batch's
+    own samples: RegMixup appends mixed ones)."""
+    return logits[:rows].detach().argmax(1).eq(targets[:rows].argmax(1)).sum()
 
 
 def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: Step) -> StepOutput:
@@ -77,9 +79,9 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epo
             logits, targets = step.mixer.forward(model, images, labels, epoch)
             loss = step.loss_fn(logits, targets)
         scaler.scale(loss).backward()
-        loss, correct = loss.detach(), hits(logits, targets)
+        loss, correct = loss.detach(), hits(logits, targets, labels.shape[0])
     else:
-        loss, correct = accumulate(model, *step.mixer(images, labels, epoch), step)
+        loss, correct = accumulate(model, *step.mixer(images, labels, epoch), labels.shape[0], step)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if scaler.is_enabled():
         scaler.unscale_(optimizer)  # clip the true gradients (timm)
@@ -98,12 +100,13 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epo
     return StepOutput(loss, correct, applied, grad_norm)
 
 
-def accumulate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, step: Step):
+def accumulate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, own: int, step: Step):
     """Forward and backward in ``accum_steps`` micro-batches; gradients sum to the whole batch's.
 
-    Under DDP only the last micro-batch all-reduces (``no_sync`` before it).
+    Under DDP only the last micro-batch all-reduces (``no_sync`` before it). Accuracy counts
+    the first ``own`` rows of the (mixed) batch.
     """
-    n, loss, correct = images.shape[0], 0.0, 0
+    n, loss, correct, start = images.shape[0], 0.0, 0, 0
     chunks = list(zip(images.tensor_split(step.accum_steps), targets.tensor_split(step.accum_steps)))
     for i, (x, t) in enumerate(chunks):
         quiet = i < len(chunks) - 1 and hasattr(model, "no_sync")
@@ -112,7 +115,8 @@ def accumulate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, st
                 logits = model(x)
                 part = step.loss_fn(logits, t) * (x.shape[0] / n)  # a mean over the whole batch
             step.precision.scaler.scale(part).backward()
-        loss, correct = loss + part.detach(), correct + hits(logits, t)
+        loss, correct = loss + part.detach(), correct + hits(logits, t, max(0, own - start))
+        start += x.shape[0]
     return loss, correct
 
 
@@ -254,10 +258,13 @@ class Trainer:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, precision: Precision) -> ClassificationMeter:
-    """Top-1, top-5, NLL and ECE sums on clean (never mixed) data; ``.compute()`` for the values."""
+def evaluate(model: nn.Module, loader, precision: Precision, keep: bool = False) -> ClassificationMeter:
+    """Top-1, top-5, NLL and ECE sums on clean (never mixed) data; ``.compute()`` for the values.
+
+    ``keep=True``: the meter also keeps this rank's logits and labels (``meter.kept``).
+    """
     model.eval()
-    meter = ClassificationMeter(device=next(model.parameters()).device)
+    meter = ClassificationMeter(device=next(model.parameters()).device, keep=keep)
     for images, labels in loader:
         with precision.autocast():
             logits = model(images)

@@ -19,6 +19,7 @@ from rich.table import Table
 from torch import nn
 
 from mixtrain import checkpoint
+from mixtrain.bootstrap import bootstrap_intervals
 from mixtrain.calibration import (TEMPERATURE_BOUNDS, calibration_metrics, fit_temperature, heldout_indices,
                                   reliability_sums)
 from mixtrain.config import (DatasetConfig, EvalConfig, FolderConfig, TimmModelConfig, TrainConfig, config_from_dict,
@@ -30,6 +31,7 @@ from mixtrain.robustness import fgsm_accuracy
 
 EVAL_FILE = "eval.json"
 RELIABILITY_FILE = "reliability.png"
+LOGITS_FILE = "val_logits.pt"  # {"logits": [N, C] float32, "labels": [N]}: for paired comparisons and reports
 
 
 # --------------------------------------------------------------------------- inputs
@@ -253,6 +255,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
                       highlight=False)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    save_logits(out_dir / LOGITS_FILE, logits, labels)
     t = temperature["value"]
     save_reliability_panels([(sums["before"], f"before scaling (T=1), {temperature['report_samples']} images"),
                              (sums["after"], f"after scaling (T={t:.3f})")], out_dir / RELIABILITY_FILE)
@@ -265,13 +268,31 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
         "dataset": {"name": dataset.name, "split": "val", "samples": len(labels), "num_classes": len(classes),
                     "unreadable": len(unreadable)},
         "clean": calibration_metrics(logits, labels),
+        "bootstrap": ({"resamples": cfg.bootstrap, "seed": cfg.seed, "level": 0.95,
+                       "clean": bootstrap_intervals(logits, labels, cfg.bootstrap, cfg.seed)} if cfg.bootstrap else None),
         "temperature": temperature,
         "fgsm": fgsm,
-        "eval_config": {"heldout": cfg.heldout, "fgsm_eps": eps_levels, "seed": cfg.seed, "weights": cfg.weights},
-        "files": {"reliability": RELIABILITY_FILE},
+        "eval_config": {"heldout": cfg.heldout, "fgsm_eps": eps_levels, "seed": cfg.seed, "weights": cfg.weights,
+                        "bootstrap": cfg.bootstrap},
+        "files": {"reliability": RELIABILITY_FILE, "logits": LOGITS_FILE},
     }
     write_json_atomic(out_dir / EVAL_FILE, report)
     return report
+
+
+def save_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    from mixtrain.files import write_atomic
+
+    write_atomic(path, lambda f: torch.save({"logits": logits.float(), "labels": labels}, f), binary=True)
+
+
+def load_logits(path: Path) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(logits, labels)`` saved by :func:`save_logits`, or None when there is no readable file."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved["logits"], saved["labels"]
+    except Exception:  # absent, or not ours: the caller goes without
+        return None
 
 
 # --------------------------------------------------------------------------- terminal
@@ -290,7 +311,13 @@ METRIC_ROWS = [
     ("ece", "ECE (15 bins)", "{:.4f}"),
     ("mce", "MCE", "{:.4f}"),
     ("adaptive_ece", "adaptive ECE", "{:.4f}"),
+    ("classwise_ece", "classwise ECE", "{:.4f}"),
+    ("debiased_ece", "debiased L2 CE", "{:.4f}"),
 ]
+
+
+def interval_text(bounds: Optional[List[float]], fmt: str) -> str:
+    return "" if not bounds else f"[{fmt.format(bounds[0])}, {fmt.format(bounds[1])}]"
 
 
 def eps_label(level: float) -> str:
@@ -301,13 +328,15 @@ def report_tables(report: Dict[str, Any]) -> List[Table]:
     """The eval report as rich tables: calibration before/after T, then FGSM."""
     temp = report["temperature"]
     table = Table(title=f"{report['dataset']['name']} val, {report['dataset']['samples']} images", title_justify="left")
+    intervals = (report.get("bootstrap") or {}).get("clean", {})
     table.add_column("metric")
     table.add_column(f"all ({report['dataset']['samples']})", justify="right")
+    table.add_column("95% interval", justify="right")
     table.add_column(f"T=1 ({temp['report_samples']})", justify="right")
     table.add_column(f"T={temp['value']:.3f} ({temp['report_samples']})", justify="right")
     for key, label, fmt in METRIC_ROWS:
-        table.add_row(label, _num(report["clean"][key], fmt), _num(temp["before"][key], fmt),
-                      _num(temp["after"][key], fmt))
+        table.add_row(label, _num(report["clean"][key], fmt), interval_text(intervals.get(key), fmt),
+                      _num(temp["before"][key], fmt), _num(temp["after"][key], fmt))
     tables = [table]
     if report["fgsm"]:
         fgsm = Table(title="FGSM (white-box)", title_justify="left")
@@ -326,6 +355,10 @@ def print_report(report: Dict[str, Any], out_dir: Path, console: Console) -> Non
     bound = " (at the search bound: the held-out data does not pin T down)" if temp["at_bound"] else ""
     console.print(f"temperature T={temp['value']:.4f}{bound} fitted on {temp['fit_on']}; the T columns are "
                   f"{temp['report_on']}", highlight=False)
+    boot = report.get("bootstrap")
+    if boot:
+        console.print(f"95% intervals: percentile bootstrap over the {report['dataset']['samples']} val images "
+                      f"({boot['resamples']} resamples, seed {boot['seed']})", highlight=False)
     if report["fgsm"]:
         console.print("FGSM eps: pixel levels of 1/255 on [0, 1] images, before normalization", highlight=False)
     console.print(f"{Path(out_dir) / EVAL_FILE}  {Path(out_dir) / RELIABILITY_FILE}", highlight=False)

@@ -88,6 +88,45 @@ def adaptive_calibration_error(confidences: torch.Tensor, correct: torch.Tensor,
     return float(gaps.abs().sum() / confidences.numel())
 
 
+def debiased_calibration_error(confidences: torch.Tensor, correct: torch.Tensor, n_bins: int = ECE_BINS) -> float:
+    """Kumar et al. 2019's debiased estimate of the L2 top-label calibration error.
+
+    Over equal-mass bins (as :func:`adaptive_calibration_error`): ``sqrt(max(0, sum_b (n_b / N)
+    ((conf_b - acc_b)^2 - acc_b (1 - acc_b) / (n_b - 1))))``; subtracting each bin's sampling
+    variance removes the plug-in estimate's upward bias, which dominates on small validation
+    sets. Bins with fewer than two samples count zero (their ``uncertainty-calibration`` code).
+    """
+    n = confidences.numel()
+    if n == 0:
+        return float("nan")
+    idx = equal_mass_bin_index(confidences, n_bins)
+    sums = torch.zeros(3, n_bins, dtype=torch.float64)
+    for row, values in enumerate((torch.ones(n, dtype=torch.float64), confidences.double(), correct.double())):
+        sums[row].index_add_(0, idx.cpu(), values.cpu())
+    count, conf, acc = sums[0], sums[1] / sums[0].clamp(min=1), sums[2] / sums[0].clamp(min=1)
+    used = count >= 2
+    errors = (conf - acc).square() - acc * (1 - acc) / (count - 1).clamp(min=1)
+    square = float((count[used] / n * errors[used]).sum())
+    return max(square, 0.0) ** 0.5
+
+
+def classwise_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
+    """Mean over classes of the ECE of each class's probability (Kull et al. 2019's classwise ECE).
+
+    For class k, every sample's ``p_k`` goes into the equal-width bins of :func:`bin_index`,
+    and the bin's accuracy is the fraction of its samples labelled k.
+    """
+    n, classes = probs.shape
+    if n == 0:
+        return float("nan")
+    probs = probs.double()
+    idx = (bin_index(probs, n_bins) + (n_bins + 1) * torch.arange(classes, device=probs.device)).flatten()
+    hits = torch.nn.functional.one_hot(labels, classes).double().flatten()
+    gaps = torch.zeros(classes * (n_bins + 1), dtype=torch.float64, device=probs.device)
+    gaps.index_add_(0, idx, probs.flatten() - hits)
+    return float(gaps.view(classes, -1).abs().sum(1).mean() / n)
+
+
 def brier_sum(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Float64 sum over samples of ``sum_c (p_c - y_c)^2`` (multiclass Brier 1950; 0 best, 2 worst)."""
     probs = probs.double()
@@ -105,10 +144,12 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
 class ClassificationMeter:
     """Accumulates top-1, top-5, NLL, Brier, ECE and MCE over batches of logits and integer labels."""
 
-    def __init__(self, n_bins: int = ECE_BINS, device: torch.device | str = "cpu") -> None:
+    def __init__(self, n_bins: int = ECE_BINS, device: torch.device | str = "cpu", keep: bool = False) -> None:
         if n_bins < 4:
             raise ValueError(f"n_bins must be >= 4 (row 0 of the sums holds five numbers), got {n_bins}")
         self.n_bins = n_bins
+        # keep=True also keeps every logit and label seen (on the CPU): for temperature fits and bootstraps.
+        self.kept = [] if keep else None
         # Row 0: [samples, top-1 correct, top-5 correct, NLL sum, Brier sum, 0...]; rows 1-3: ECE bin sums.
         self.sums = torch.zeros(4, n_bins + 1, dtype=torch.float64, device=device)
 
@@ -129,6 +170,8 @@ class ClassificationMeter:
                             brier_sum(probs, labels)])
         self.sums[0, :5] += head.to(self.sums.device)
         self.sums[1:] += calibration_bins(confidences, predictions.eq(labels), self.n_bins).to(self.sums.device)
+        if self.kept is not None:
+            self.kept.append((logits.cpu(), labels.cpu()))
 
     @property
     def ece_bins(self) -> torch.Tensor:

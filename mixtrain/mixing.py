@@ -319,7 +319,9 @@ class Mixer:
         return one_hot(labels, self.num_classes, self.cfg.label_smoothing)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Input-space mixing: ``(mixed images, soft targets)``; ``images`` is mixed in place."""
+        """Input-space mixing: ``(mixed images, soft targets)``; ``images`` is mixed in place.
+
+        The first ``len(labels)`` rows are the batch's own samples (RegMixup appends more)."""
         targets = self.targets(labels)
         if not self.active(epoch):
             return images, targets
@@ -359,6 +361,30 @@ class ManifoldMixer(Mixer):
             handle.remove()
 
 
+class RegMixupMixer(Mixer):
+    """RegMixup (Pinto et al. 2022): the clean batch and its Mixup go through the model as one
+    batch of ``2B`` rows, clean first.
+
+    Its loss ``CE(clean) + eta * CE(mixed)`` is then the plain soft-target cross-entropy (a
+    mean over the 2B rows) with the clean targets scaled by 2 and the mixed ones by
+    ``2 * eta``: the cross-entropy is linear in its targets, so no loss needs to know
+    where the halves split. Scaling leaves each row's argmax alone, and training accuracy
+    is counted on the first ``B`` rows, the clean ones.
+    """
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not self.active(epoch):
+            return images, self.targets(labels)
+        mixed, mixed_targets = super().__call__(images.clone(), labels, epoch)
+        return torch.cat([images, mixed]), torch.cat([2.0 * self.targets(labels), 2.0 * self.cfg.eta * mixed_targets])
+
+
+def target_entropy(targets: torch.Tensor) -> float:
+    """Mean entropy (nats) of soft targets, each row normalized to a distribution first."""
+    p = targets.double() / targets.double().sum(1, keepdim=True)
+    return float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
+
+
 def stages_of(model: nn.Module) -> nn.ModuleList:
     """The ``stages`` of a bundled ResNet, through DDP / torch.compile wrappers."""
     inner = getattr(model, "_orig_mod", model)
@@ -367,7 +393,8 @@ def stages_of(model: nn.Module) -> nn.ModuleList:
 
 
 # augment name -> mixer class (input-space mixing unless the augment mixes elsewhere).
-MIXERS: Dict[str, type] = {"none": Mixer, "mixup": Mixer, "cutmix": Mixer, "switch": Mixer, "manifold": ManifoldMixer}
+MIXERS: Dict[str, type] = {"none": Mixer, "mixup": Mixer, "cutmix": Mixer, "switch": Mixer, "manifold": ManifoldMixer,
+                           "regmixup": RegMixupMixer}
 
 
 def create_mixer(cfg: AugmentConfig, num_classes: int, epochs: int, seed: int = 0, rank: int = 0) -> Mixer:

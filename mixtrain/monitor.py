@@ -25,12 +25,14 @@ COLUMNS = [
     ("val_nll", "val loss", "{:.4f}", 9),
     ("val_acc1", "val acc", "{:.2f}", 8),
     ("val_ece", "val ECE", "{:.4f}", 8),
+    ("val_ece_ts", "ECE T", "{:.4f}", 7),
     ("ema_val_acc1", "EMA acc", "{:.2f}", 8),  # only when the record has it (trainer.ema.enabled)
     ("lr", "lr", "{:.2e}", 9),
     ("img_per_s", "img/s", "{:.0f}", 7),
     ("epoch_time", "time", "{:.1f}s", 7),
 ]
-TRAIN_ACC_NOTE = "* train acc: top-1 against the dominant label of each (mixed, smoothed) training target"
+TRAIN_ACC_NOTE = ("* train acc: top-1 against the dominant label of each (mixed, smoothed) training target; "
+                  "ECE T: val ECE after temperature scaling, T fitted on the other half of val")
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -145,7 +147,7 @@ class RunMonitor:
             return
         append_jsonl(self.run_dir / "metrics.jsonl", record)
         for key, value in record.items():
-            if isinstance(value, (int, float)) and value is not None:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.scalar(key.replace("_", "/", 1), value, global_step)
         self.writer.flush()
         # Fixed widths, one space apart: rows printed one by one line up, within 80 columns.

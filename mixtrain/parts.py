@@ -14,8 +14,11 @@ from typing import Any, Dict, Optional
 import torch
 
 from mixtrain import distributed
+from mixtrain.bootstrap import bootstrap_intervals
+from mixtrain.calibration import calibratability
 from mixtrain.engine import Part, Trainer, evaluate
 from mixtrain.errors import RunStopped
+from mixtrain.evaluation import LOGITS_FILE, save_logits
 from mixtrain.plots import reliability_image, save_reliability_diagram
 
 # --------------------------------------------------------------------------- stopping
@@ -140,8 +143,17 @@ class Evaluation(Part):
             return
         # Every rank evaluates with rank 0's BatchNorm statistics: those the checkpoint holds.
         distributed.broadcast_buffers(run.model)
-        meter = evaluate(run.model, run.data.val, run.precision)
+        meter = evaluate(run.model, run.data.val, run.precision, keep=True)
         record.update({f"val_{k}": v for k, v in meter.compute().items()})
+        # Calibratability (Wang et al. 2023): T fitted on a fixed half of val, ECE/NLL on the other
+        # half. Every rank holds all the logits in one order, so every rank fits the same T.
+        logits = distributed.gather_in_order([lg for lg, _ in meter.kept])
+        labels = distributed.gather_in_order([lb for _, lb in meter.kept])
+        record.update({f"val_{k}": v for k, v in calibratability(logits, labels).items()})
+        if final:
+            record["val_ci"] = bootstrap_intervals(logits, labels) if len(labels) else None
+            if run.ctx.is_main:
+                save_logits(run.run_dir / LOGITS_FILE, logits, labels)
         if run.ema is not None:
             distributed.broadcast_buffers(run.ema.module)
             record.update({f"ema_val_{k}": v for k, v in evaluate(run.ema.module, run.data.val,

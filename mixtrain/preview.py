@@ -62,6 +62,9 @@ def mixed_batch_grid(train: Loader, classes: Sequence[str], augment: AugmentConf
     images, labels = next(iter(train))
     mixer = create_mixer(augment, len(classes), epochs, seed=seed + 1_000_000)
     images, targets = mixer(images.clone(), labels, epoch=0)
+    if len(images) > len(labels):  # RegMixup: the clean batch, then its mixup: show the mixed half
+        images, targets = images[len(labels):], targets[len(labels):]
+        targets = targets / targets.sum(1, keepdim=True)
     return render_grid(images, targets, classes, dataset.mean, dataset.std)
 
 

@@ -21,7 +21,10 @@ from mixtrain.runs import COMPLETED, METRICS, STATUSES, Run, collect
 
 # Column header and number format of each of runs.METRICS.
 METRIC_COLUMNS = {"best_val_acc1": ("best top-1", "{:.2f}"), "final_val_acc1": ("final top-1", "{:.2f}"),
-                  "final_val_ece": ("final ECE", "{:.4f}"), "final_val_nll": ("final NLL", "{:.4f}")}
+                  "final_val_ece": ("final ECE", "{:.4f}"), "final_val_ece_ts": ("ECE after T", "{:.4f}"),
+                  "final_val_nll": ("final NLL", "{:.4f}")}
+# Bootstrap intervals of the pooled final predictions (each run's val_logits.pt): metric -> column.
+POOLED = {"acc1": ("top-1 95% (pooled)", "{:.2f}"), "ece": ("ECE 95% (pooled)", "{:.4f}")}
 # Keys that do not define an experiment: seeds are its replicates; resume and the sweep
 # objective do not change what is trained.
 NOT_GROUPED = ("seed", "resume", "objective")
@@ -53,6 +56,19 @@ class Group:
 
     def status_counts(self) -> Dict[str, int]:
         return status_counts(self.runs)
+
+    def pooled_intervals(self) -> Dict[str, List[float]]:
+        """95% bootstrap intervals over the pooled final validation predictions of the completed
+        runs that saved them (``val_logits.pt``): images from every seed, resampled together."""
+        import torch
+
+        from mixtrain.bootstrap import bootstrap_intervals
+        from mixtrain.evaluation import LOGITS_FILE, load_logits
+
+        saved = [p for p in (load_logits(r.path / LOGITS_FILE) for r in self.completed) if p is not None]
+        if not saved:
+            return {}
+        return bootstrap_intervals(torch.cat([lg for lg, _ in saved]), torch.cat([lb for _, lb in saved]))
 
 
 def status_counts(runs: Sequence[Run]) -> Dict[str, int]:
@@ -146,12 +162,19 @@ def summary_table(groups: Sequence[Group], keys: Sequence[str]):
     table.add_column("seeds", justify="right")
     for metric in METRICS:
         table.add_column(METRIC_COLUMNS[metric][0], justify="right", no_wrap=True)
+    intervals = [group.pooled_intervals() for group in groups]
+    pooled = [m for m in POOLED if any(m in i for i in intervals)]
+    for metric in pooled:
+        table.add_column(POOLED[metric][0], justify="right", no_wrap=True)
     if any(len(g.completed) < len(g.runs) for g in groups):
         table.add_column("not completed", overflow="fold")
-    for group in groups:
+    for group, interval in zip(groups, intervals):
         cells = [format_value(v) for v in group.values] if keys else ["all"]
         cells.append(str(group.seeds))
         cells += [format_stat(*group.stats(m), METRIC_COLUMNS[m][1]) for m in METRICS]
+        fmt = {m: POOLED[m][1] for m in pooled}
+        cells += [f"[{fmt[m].format(interval[m][0])}, {fmt[m].format(interval[m][1])}]" if m in interval else "-"
+                  for m in pooled]
         if len(table.columns) > len(cells):
             counts = {s: n for s, n in group.status_counts().items() if s != COMPLETED}
             cells.append(status_text(counts))
@@ -178,14 +201,17 @@ def write_group_csv(path: Path, groups: Sequence[Group], keys: Sequence[str]) ->
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*keys, "seeds", *[f"{s.replace(' ', '_')}_runs" for s in STATUSES],
-                         *[f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")]])
+                         *[f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")],
+                         *[f"pooled_{m}_{end}" for m in POOLED for end in ("low", "high")]])
         for group in groups:
             counts = group.status_counts()
             stats = [v for m in METRICS for v in group.stats(m)]
+            interval = group.pooled_intervals()
             writer.writerow([*(format_value(v) for v in group.values),
                              group.seeds,
                              *[counts.get(s, 0) for s in STATUSES],
-                             *["" if math.isnan(v) else repr(v) for v in stats]])
+                             *["" if math.isnan(v) else repr(v) for v in stats],
+                             *[repr(v) for m in POOLED for v in interval.get(m, ["", ""])]])
     return path
 
 
@@ -213,7 +239,7 @@ def plot_axis(groups: Sequence[Group], keys: Sequence[str]) -> Optional[str]:
 
 
 def write_plot(path: Path, groups: Sequence[Group], keys: Sequence[str]) -> Optional[Path]:
-    """Top-1 and ECE against the swept value (a mixing alpha if one was swept), one line per
+    """Top-1, ECE and ECE after temperature scaling against the swept value (a mixing alpha if one was swept), one line per
     value of the other differing keys, error bars = std across seeds."""
     from mixtrain.plots import _pyplot
 
@@ -227,9 +253,10 @@ def write_plot(path: Path, groups: Sequence[Group], keys: Sequence[str]) -> Opti
     for group in groups:
         label = ", ".join(f"{k}={format_value(group.values[keys.index(k)])}" for k in other) or "all runs"
         lines.setdefault(label, []).append(group)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
     panels = [(axes[0], ("final_val_acc1", "best_val_acc1"), "top-1 accuracy (%)"),
-              (axes[1], ("final_val_ece",), "ECE (15 bins)")]
+              (axes[1], ("final_val_ece",), "ECE (15 bins)"),
+              (axes[2], ("final_val_ece_ts",), "ECE after temperature scaling")]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     categories = [", ".join(format_value(v) for v in g.values) or "all" for g in groups]
     for i, (label, members) in enumerate(lines.items()):

@@ -24,7 +24,7 @@ from mixtrain.errors import MixtrainError
 COMPLETED = "completed"
 # The order of the status counts in tables.
 STATUSES = (COMPLETED, "running", "interrupted", "failed", "crashed", "not started")
-METRICS = ("best_val_acc1", "final_val_acc1", "final_val_ece", "final_val_nll")
+METRICS = ("best_val_acc1", "final_val_acc1", "final_val_ece", "final_val_ece_ts", "final_val_nll")
 
 
 @dataclass

@@ -20,13 +20,13 @@ import torch
 
 from mixtrain import checkpoint, distributed
 from mixtrain.checkpoint import TrainState
-from mixtrain.config import ManifoldConfig, TrainConfig, asdict
+from mixtrain.config import ManifoldConfig, MixConfig, TrainConfig, asdict
 from mixtrain.data import Data, build_data, image_size
 from mixtrain.engine import Step, Trainer
 from mixtrain.errors import MixtrainError, RunStopped
 from mixtrain.files import RUN_FILES, write_json_atomic
 from mixtrain.losses import create_loss
-from mixtrain.mixing import create_mixer
+from mixtrain.mixing import create_mixer, target_entropy
 from mixtrain.models import create_model
 from mixtrain.monitor import RunMonitor, reconcile_metrics
 from mixtrain.optim import create_optimizer, create_scheduler, scaled_lr
@@ -173,6 +173,7 @@ class Training:
             monitor.warn_once("upscaled", f"every cached image is at most {data.stored_size} px and is upscaled to "
                                           f"dataset.image_size={train_size} ({(train_size / data.stored_size) ** 2:.0f}x "
                                           f"the compute): set dataset.image_size={data.stored_size} to keep their size")
+        self.warn_stacked_smoothing()
         self.warn_unreadable()
         if self.resumed:
             monitor.info(f"resumed from {cfg.resume} at epoch {self.state.epoch} step {self.state.step}")
@@ -181,6 +182,23 @@ class Training:
         elif monitor.enabled and self.mixer.active(0) and not isinstance(cfg.augment, ManifoldConfig):
             monitor.image("mixing/batch", mixed_batch_grid(data.train, data.classes, cfg.augment, cfg.dataset,
                                                            cfg.trainer.epochs, cfg.seed))
+
+    def warn_stacked_smoothing(self) -> None:
+        """Mixing and label smoothing together soften the targets twice; with alpha above 0.5 this
+        tends to underfit. Say so, with the mean entropy of the targets of a mixed batch."""
+        augment, data = self.cfg.augment, self.data
+        if not (isinstance(augment, MixConfig) and augment.label_smoothing > 0 and self.mixer.active(0)):
+            return
+        data.train.set_epoch(0)
+        images, labels = next(iter(data.train))
+        mixer = create_mixer(augment, data.num_classes, self.cfg.trainer.epochs, seed=self.cfg.seed + 2_000_000)
+        _, targets = mixer(images.clone(), labels, 0)
+        smoothed = mixer.targets(labels)
+        self.monitor.warn_once("smoothing", f"augment.label_smoothing={augment.label_smoothing:g} on top of "
+                                            f"augment={augment.name}: mean target entropy of a mixed batch "
+                                            f"{target_entropy(targets):.3f} nats (one-hot: 0, smoothed alone: "
+                                            f"{target_entropy(smoothed):.3f}); with alpha above 0.5 the two together "
+                                            "tend to underfit")
 
     # ---- training
 
@@ -238,6 +256,10 @@ def summarize(history: List[dict], state: TrainState, wall_time: float, data: Da
         "final_val_acc5": final.get("val_acc5", nan),
         "final_val_ece": final.get("val_ece", nan),
         "final_val_nll": final.get("val_nll", nan),
+        "final_val_ece_ts": final.get("val_ece_ts", nan),  # after temperature scaling (T on the other half)
+        "final_val_nll_ts": final.get("val_nll_ts", nan),
+        "final_val_temperature": final.get("val_temperature", nan),
+        "final_val_ci": final.get("val_ci"),  # 95% bootstrap intervals of top-1, NLL, Brier, ECE
         "final_train_loss": history[-1]["train_loss"] if history else nan,
         "wall_time_s": wall_time,
         "img_per_s": sum(rates) / len(rates) if rates else nan,

@@ -45,7 +45,7 @@ def test_every_config_group_option_composes_and_validates(group, option):
     ("augment=mixup augment.alpha=-0.2", "augment.alpha must be >= 0.0 (got -0.2)"),
     ("augment=cutmix augment.prob=1.5", "augment.prob must be a probability in [0, 1] (got 1.5)"),
     ("augment=switch augment.switch_prob=-0.1", "augment.switch_prob must be a probability in [0, 1]"),
-    ("augment=blend", "unknown augment 'blend': choose one of cutmix, manifold, mixup, none, switch"),
+    ("augment=blend", "unknown augment 'blend': choose one of cutmix, manifold, mixup, none, regmixup, switch"),
     ("augment=mixup augment.mode=row", "augment.mode must be one of batch, pair, elem (got 'row')"),
     ("augment=mixup augment.disable_epochs=16", "augment.disable_epochs must be <= trainer.epochs (15)"),
     ("trainer.batch_size=-4", "trainer.batch_size must be >= 1"),
