@@ -17,12 +17,7 @@ from mixtrain.engine import fit
 from mixtrain.errors import MixtrainError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def folder(root, cache, *extra):

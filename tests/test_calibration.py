@@ -12,14 +12,6 @@ from mixtrain.metrics import (ClassificationMeter, adaptive_calibration_error, b
 from mixtrain.robustness import fgsm_accuracy, fgsm_step
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny models run faster on one thread, and much faster when other jobs share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # --------------------------------------------------------------------------- ECE, MCE, adaptive ECE, Brier
 

@@ -18,12 +18,7 @@ from mixtrain.training import seed_everything
 from mixtrain.errors import MixtrainError, RunStopped
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def folder(root, cache, *extra):

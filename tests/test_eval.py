@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from PIL import Image
 
 from helpers import TINY, compose_config, make_config, make_image_folder
@@ -16,13 +15,7 @@ from mixtrain.engine import fit
 from mixtrain.evaluation import eval_dataset_config, eval_overrides
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models and batches: one thread is faster, above all when other jobs share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
