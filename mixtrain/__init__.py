@@ -1,3 +1,13 @@
 """mixtrain: train image classifiers with Mixup and CutMix, and measure accuracy beside calibration."""
 
 __version__ = "0.1.0"
+
+
+def load_model(path, device="cpu", weights="raw"):
+    """A trained model for scripts: eval mode, its preprocessing, classes and stored temperature.
+
+    ``m = mixtrain.load_model("outputs/run"); probs = m.probabilities(m.preprocess(uint8_batch))``
+    """
+    from mixtrain.inference import load_model as load
+
+    return load(path, device, weights)

@@ -100,7 +100,7 @@ def rank_state(mixer_generator: torch.Generator, state: TrainState) -> Dict[str,
     }
 
 
-def snapshot(objects: Dict[str, Any], config: Dict[str, Any], num_classes: int, state: TrainState,
+def snapshot(objects: Dict[str, Any], config: Dict[str, Any], classes: List[str], state: TrainState,
              history: List[dict], ranks: List[Dict[str, Any]]) -> Dict[str, Any]:
     """The checkpoint dict: the state of every object in ``objects`` (model, optimizer, scheduler,
     scaler, EMA, ...) under its name; ``ranks`` holds :func:`rank_state` of every rank, in rank order."""
@@ -109,7 +109,8 @@ def snapshot(objects: Dict[str, Any], config: Dict[str, Any], num_classes: int, 
         "state": asdict(state),
         "ranks": ranks,
         "config": config,
-        "num_classes": num_classes,
+        "num_classes": len(classes),
+        "classes": list(classes),  # names, for predict and export
         "history": history,
     }
 

@@ -34,6 +34,8 @@ commands:
   eval      calibration, temperature    mixtrain eval checkpoint=outputs/<date>/<time> [dataset.root=...]
             scaling, FGSM robustness
   compare   runs side by side           mixtrain compare RUN_A RUN_B ... [heldout=0.5 fgsm_eps=[2,8]]
+  predict   classify new images         mixtrain predict checkpoint=RUN inputs=DIR_OR_GLOB [out=preds.csv topk=5]
+  export    for other tools             mixtrain export checkpoint=RUN format=safetensors|onnx|torchscript
   recipes   the named experiments       mixtrain recipes; then mixtrain train recipe=NAME
   report    summarize runs and sweeps   mixtrain report outputs/multirun/<date>/<time> [--out DIR]
 
@@ -333,6 +335,25 @@ def _eval_overrides(overrides: List[str]) -> List[str]:
     return eval_overrides(overrides)
 
 
+def composed_command(config_name: str, module: str, function: str) -> Callable[[List[str]], int]:
+    """A ``key=value`` command that needs no run dir: compose its config once, validate it, run it."""
+    def run(args: List[str]) -> int:
+        if args and args[0] in ("-h", "--help"):
+            print(f"usage: mixtrain {config_name} key=value ... (keys: mixtrain/config.py, {config_name.title()}Config)")
+            return 0
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=config_name):
+            try:
+                cfg = compose(config_name, overrides=list(args))
+            except Exception as ex:  # Hydra and OmegaConf raise many types; all are config errors here
+                raise MixtrainError(describe_config_error(ex)) from None
+        getattr(importlib.import_module(f"mixtrain.{module}"), function)(to_object(cfg))
+        return 0
+
+    return run
+
+
 def plain_command(module: str) -> Callable[[List[str]], int]:
     """A command that is not a Hydra app (``mixtrain.<module>.main(args)``), imported when run."""
     return lambda args: importlib.import_module(f"mixtrain.{module}").main(args)
@@ -343,6 +364,8 @@ COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "preview": lambda args: run_hydra_command("preview", _preview_task, "train", args),
     "eval": lambda args: run_hydra_command("eval", _eval_task, "eval", args),
     "compare": plain_command("compare"),  # composes one eval config per run itself
+    "predict": composed_command("predict", "inference", "predict"),
+    "export": composed_command("export", "export", "export"),
     "recipes": plain_command("recipes"),
     "report": plain_command("report"),
 }

@@ -601,10 +601,15 @@ class EvalConfig:
     weights: str = "raw"  # raw: the trained weights | ema: the EMA weights (runs with trainer.ema.enabled)
     # Bootstrap resamples of the evaluated images for the 95% intervals (0: none), drawn from `seed`.
     bootstrap: int = 1000
+    # Store the fitted temperature with the model: calibration.json beside the checkpoint, which
+    # `mixtrain predict` and `mixtrain export` read.
+    calibrate: bool = False
+    tta: str = "none"  # none | flip: average the softmax of each image and its mirror image
 
     def __post_init__(self) -> None:
         _choice(self.weights, ("raw", "ema"), "weights")
         _at_least(self.bootstrap, 0, "bootstrap")
+        _choice(self.tta, ("none", "flip"), "tta")
         path = Path(os.path.expanduser(self.checkpoint))
         _require(path.exists(), "checkpoint", "does not exist: pass a .pt file or a run dir", self.checkpoint)
         fraction = heldout_fraction(self.heldout)
@@ -619,6 +624,47 @@ class EvalConfig:
         _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                  "device", "must be auto, cpu, cuda or cuda:N", self.device)
         _at_least(self.seed, 0, "seed")
+
+
+@dataclass
+class PredictConfig:
+    """``mixtrain predict``: classify new images with a trained model."""
+
+    checkpoint: str = MISSING  # a .pt file, or a run dir (its best.pt, else last.pt)
+    inputs: str = MISSING  # an image, a folder (recursive), a glob, or a text file of paths
+    out: str = "preds.csv"  # .csv, or .jsonl for JSON lines; unreadable files go to <out>_errors.csv
+    topk: int = 5
+    calibrated: Optional[bool] = None  # None: true when the checkpoint has a calibration.json
+    tta: str = "none"  # none | flip: average the softmax of each image and its mirror image
+    batch_size: int = 64
+    device: str = "auto"
+    num_workers: Any = "auto"
+    weights: str = "raw"  # raw | ema
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least(self.topk, 1, "topk")
+        _choice(self.tta, ("none", "flip"), "tta")
+        _at_least(self.batch_size, 1, "batch_size")
+        _choice(self.weights, ("raw", "ema"), "weights")
+        _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                 "device", "must be auto, cpu, cuda or cuda:N", self.device)
+
+
+@dataclass
+class ExportConfig:
+    """``mixtrain export``: the model in a format other tools load."""
+
+    checkpoint: str = MISSING
+    format: str = "safetensors"  # safetensors | onnx | torchscript
+    out: Optional[str] = None  # a directory; default: export-<format> beside the checkpoint
+    weights: str = "raw"  # raw | ema
+    opset: Optional[int] = None  # ONNX opset; None: the exporter's default for the installed torch
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _choice(self.format, ("safetensors", "onnx", "torchscript"), "format")
+        _choice(self.weights, ("raw", "ema"), "weights")
 
 
 def heldout_fraction(heldout: str) -> Optional[float]:
@@ -669,6 +715,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="predict", node=PredictConfig)
+    cs.store(name="export", node=ExportConfig)
     for group, kinds in SCHEMAS.items():
         for kind, schema in kinds.items():
             cs.store(group=f"schema/{group}", name=kind, node=schema)

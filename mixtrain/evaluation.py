@@ -126,12 +126,18 @@ def build_model(train_cfg: TrainConfig, state: Dict[str, Any], num_classes: int,
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, labels)`` of every batch, float32 on the CPU, in loader order (full precision)."""
+def predict(model: nn.Module, loader, tta: str = "none") -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)`` of every batch, float32 on the CPU, in loader order (full precision).
+
+    ``tta=flip``: the log of the mean softmax of each image and its mirror (logits of the average).
+    """
     model.eval()
     logits, labels = [], []
     for images, targets in loader:
-        logits.append(model(images).float().cpu())
+        out = model(images).float()
+        if tta == "flip":
+            out = ((out.softmax(1) + model(images.flip(-1)).float().softmax(1)) / 2).log()
+        logits.append(out.cpu())
         labels.append(targets.cpu())
     if not logits:
         raise MixtrainError("the evaluation split is empty: check dataset.root and dataset.val_split")
@@ -235,13 +241,13 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
                       f"epoch {state['state']['epoch']}) on {dataset.name} val ({val.loader.num_samples} images) | "
                       f"{device}", highlight=False)
 
-    logits, labels = predict(model, val.loader)
+    logits, labels = predict(model, val.loader, cfg.tta)
     splits, heldout = [val], None
     if heldout_fraction(cfg.heldout) is None:
         fit = open_split(dataset, cfg.heldout, False, options)
         check_bad_images(dataset, [fit])
         splits.append(fit)
-        fit_logits, fit_labels = predict(model, fit.loader)
+        fit_logits, fit_labels = predict(model, fit.loader, cfg.tta)
         heldout = (fit_logits, fit_labels, f"the {cfg.heldout} split ({len(fit_labels)} images, unaugmented)")
     temperature, sums = temperature_scaling(cfg, logits, labels, heldout)
     eps_levels = [float(e) for e in cfg.fgsm_eps]
@@ -273,9 +279,13 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
         "temperature": temperature,
         "fgsm": fgsm,
         "eval_config": {"heldout": cfg.heldout, "fgsm_eps": eps_levels, "seed": cfg.seed, "weights": cfg.weights,
-                        "bootstrap": cfg.bootstrap},
+                        "bootstrap": cfg.bootstrap, "tta": cfg.tta},
         "files": {"reliability": RELIABILITY_FILE, "logits": LOGITS_FILE},
     }
+    if cfg.calibrate:
+        from mixtrain.inference import write_calibration
+
+        report["files"]["calibration"] = str(write_calibration(path, temperature))
     write_json_atomic(out_dir / EVAL_FILE, report)
     return report
 

@@ -142,7 +142,7 @@ class Training:
             return
         ranks = distributed.gather_objects(checkpoint.rank_state(self.mixer.generator, self.state))
         if self.ctx.is_main:
-            checkpoint.save_atomic(checkpoint.snapshot(self.stateful(), self.config, self.data.num_classes,
+            checkpoint.save_atomic(checkpoint.snapshot(self.stateful(), self.config, self.data.classes,
                                                        self.state, self.history, ranks), self.run_dir / name)
 
     def warn_unreadable(self) -> None:

@@ -84,6 +84,18 @@ def folder_transform(cfg: FolderConfig, train: bool):
     return eval_transform(image_size(cfg, train), cfg.crop_pct)
 
 
+def eval_image_transform(cfg: DatasetConfig):
+    """PIL image -> uint8 ``[3, S, S]`` as this dataset's evaluation reads its images: resize and
+    center crop on the streaming folder path, a plain resize to S x S where images are cached
+    (as :func:`~mixtrain.data.folder.decode_folder` does; CIFAR and the bundled set: 32 px)."""
+    from torchvision.transforms import v2
+
+    if isinstance(cfg, FolderConfig) and not cfg.cache:
+        return folder_transform(cfg, train=False)
+    size = image_size(cfg, False) or 32
+    return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True)])
+
+
 def _config_key(cfg: FolderConfig, folder: str) -> str:
     return {cfg.train_split: "dataset.train_split", cfg.val_split: "dataset.val_split"}.get(folder, "heldout")
 

@@ -1,0 +1,263 @@
+"""Using a trained model: ``load_model``, the stored temperature, and ``mixtrain predict``.
+
+``mixtrain eval ... calibrate=true`` stores the fitted temperature with the model, as
+``calibration.json`` in the checkpoint's run dir; ``predict`` and ``export`` read it.
+Preprocessing is the checkpoint's own evaluation transform (:func:`mixtrain.data.eval_image_transform`),
+the code evaluation itself runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from mixtrain.errors import MixtrainError
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_calibration(checkpoint_path: Path, temperature: Dict[str, Any]) -> Path:
+    """``calibration.json`` beside the checkpoint: T, where it was fitted, ECE before/after, the checkpoint's sha256."""
+    from mixtrain.files import write_json_atomic
+
+    path = checkpoint_path.parent / CALIBRATION_FILE
+    write_json_atomic(path, {"temperature": temperature["value"], "fit_on": temperature["fit_on"],
+                             "ece_before": temperature["before"]["ece"], "ece_after": temperature["after"]["ece"],
+                             "checkpoint": checkpoint_path.name, "checkpoint_sha256": sha256_of(checkpoint_path)})
+    return path
+
+
+def read_calibration(checkpoint_path: Path) -> Optional[Dict[str, Any]]:
+    """The stored calibration of this checkpoint, or None (absent, or fitted on another checkpoint file)."""
+    path = checkpoint_path.parent / CALIBRATION_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if saved.get("checkpoint_sha256") != sha256_of(checkpoint_path):
+        return None
+    return saved
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to use: eval mode, its preprocessing, classes and temperature."""
+
+    model: nn.Module
+    transform: Any  # PIL image -> uint8 [3, H, W]
+    mean: List[float]
+    std: List[float]
+    classes: List[str]
+    temperature: float  # 1.0 when the model was not calibrated
+    image_size: int
+    config: Any  # the run's TrainConfig
+    checkpoint: Path
+
+    def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, H, W]`` -> normalized float on the model's device."""
+        from mixtrain.data.device_loader import normalize, normalizer
+
+        device = next(self.model.parameters()).device
+        scale, shift = normalizer(self.mean, self.std, device)
+        return normalize(images_uint8.to(device), scale, shift, channels_last=False)
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor, calibrated: bool = True, tta: str = "none") -> torch.Tensor:
+        """Softmax of ``logits / T`` for normalized images; ``tta=flip`` averages with the mirror image."""
+        t = self.temperature if calibrated else 1.0
+        probs = (self.model(images).float() / t).softmax(1)
+        if tta == "flip":
+            probs = (probs + (self.model(images.flip(-1)).float() / t).softmax(1)) / 2
+        return probs
+
+
+def saved_class_names(dataset, num_classes: int) -> List[str]:
+    """Class names for a checkpoint written before checkpoints held them: from the data, else indices."""
+    from mixtrain.config import FolderConfig, MiniConfig
+
+    try:
+        if isinstance(dataset, MiniConfig):
+            import numpy as np
+
+            from mixtrain.data.mini import MINI_PATH
+
+            with np.load(MINI_PATH) as z:
+                return [str(c) for c in z["classes"]]
+        if isinstance(dataset, FolderConfig):
+            from torchvision.datasets.folder import find_classes
+
+            return find_classes(str(Path(dataset.root).expanduser() / dataset.val_split))[0]
+    except (OSError, FileNotFoundError):
+        pass
+    return [str(i) for i in range(num_classes)]
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "raw") -> LoadedModel:
+    """A checkpoint (file or run dir) as a :class:`LoadedModel`, for scripts: ``mixtrain.load_model(path)``."""
+    from mixtrain import checkpoint
+    from mixtrain.config import config_from_dict
+    from mixtrain.data import eval_image_transform, image_size
+    from mixtrain.evaluation import build_model, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path).resolve()
+    state = checkpoint.load(ckpt)
+    cfg = config_from_dict(state["config"])
+    classes = state.get("classes") or saved_class_names(cfg.dataset, state["num_classes"])
+    model = build_model(cfg, state, state["num_classes"], ckpt, torch.device(device), weights)
+    calibration = read_calibration(ckpt)
+    size = image_size(cfg.dataset, False) or 32
+    return LoadedModel(model, eval_image_transform(cfg.dataset), list(cfg.dataset.mean), list(cfg.dataset.std),
+                       list(classes), calibration["temperature"] if calibration else 1.0, size, cfg, ckpt)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def list_inputs(inputs: str) -> List[str]:
+    """One image, a folder (recursively, any extension PIL reads), a glob, or a text file of paths."""
+    from PIL import Image
+
+    extensions = tuple(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    path = Path(os.path.expanduser(inputs))
+    if path.is_dir():
+        found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        if not found:
+            raise MixtrainError(f"no images in {path} (looked for {', '.join(sorted(extensions)[:6])}, ...): "
+                                "pass inputs=FOLDER with image files")
+        return found
+    if path.is_file():
+        if path.suffix.lower() in (".txt", ".lst"):
+            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            if not lines:
+                raise MixtrainError(f"{path} lists no paths: one image path per line")
+            return lines
+        return [str(path)]
+    matches = sorted(glob.glob(os.path.expanduser(inputs), recursive=True))
+    if any(c in inputs for c in "*?[") and matches:
+        return [m for m in matches if Path(m).is_file()]
+    raise MixtrainError(f"inputs={inputs} does not exist: pass an image, a folder, a glob or a text file of paths")
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """``(uint8 image, index, error)``; an unreadable file gives a blank image and its error."""
+
+    def __init__(self, paths: Sequence[str], transform, size: int) -> None:
+        self.paths, self.transform, self.size = list(paths), transform, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from mixtrain.data.folder import UNREADABLE, load_rgb
+
+        try:
+            return self.transform(load_rgb(self.paths[i])), i, ""
+        except UNREADABLE as ex:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), i, f"{type(ex).__name__}: {ex}"[:200]
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def predict_batches(loaded: LoadedModel, paths: Sequence[str], batch_size: int, workers: int, calibrated: bool,
+                    tta: str) -> Iterator[Tuple[List[str], torch.Tensor, List[Tuple[str, str]]]]:
+    """``(paths, probabilities, errors)`` batch by batch: memory stays constant whatever the number of images."""
+    loader = torch.utils.data.DataLoader(ImageFiles(paths, loaded.transform, loaded.image_size), batch_size=batch_size,
+                                         num_workers=workers, shuffle=False)
+    for images, index, errors in loader:
+        ok = torch.tensor([not e for e in errors])
+        failed = [(paths[int(i)], e) for i, e in zip(index, errors) if e]
+        good = [paths[int(i)] for i, e in zip(index, errors) if not e]
+        probs = loaded.probabilities(loaded.preprocess(images[ok]), calibrated, tta) if good else torch.empty(0)
+        yield good, probs.cpu(), failed
+
+
+class Writer:
+    """Rows of top-k predictions to CSV, or JSON lines when the name ends in ``.jsonl``."""
+
+    def __init__(self, path: Path, topk: int) -> None:
+        self.jsonl = path.suffix == ".jsonl"
+        self.file = open(path, "w", newline="")
+        self.csv = None if self.jsonl else csv.writer(self.file)
+        if self.csv:
+            self.csv.writerow(["path", *[f"{kind}{k + 1}" for k in range(topk) for kind in ("class", "prob")]])
+
+    def write(self, path: str, classes: List[str], probs: List[float]) -> None:
+        if self.jsonl:
+            self.file.write(json.dumps({"path": path, "classes": classes, "probs": probs}) + "\n")
+        else:
+            self.csv.writerow([path, *[v for pair in zip(classes, (f"{p:.6f}" for p in probs)) for v in pair]])
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def predict(cfg, out_stream=None) -> Dict[str, Any]:
+    """``mixtrain predict``: classify ``cfg.inputs``; write ``cfg.out`` and, for unreadable files, ``<out>_errors.csv``."""
+    from mixtrain.data import resolve_workers
+    from mixtrain.precision import resolve_device
+
+    out_stream = out_stream or sys.stdout
+    out = Path(os.path.expanduser(cfg.out))
+    errors_path = out.with_name(f"{out.stem}_errors.csv")
+    for path in (out, errors_path):
+        if path.exists() and not cfg.overwrite:
+            raise MixtrainError(f"{path} exists: pick another out=, or pass overwrite=true")
+    paths = list_inputs(cfg.inputs)
+    loaded = load_model(cfg.checkpoint, resolve_device(cfg.device), cfg.weights)
+    calibrated = cfg.calibrated if cfg.calibrated is not None else loaded.temperature != 1.0
+    if calibrated and loaded.temperature == 1.0 and read_calibration(loaded.checkpoint) is None:
+        raise MixtrainError(f"calibrated=true but {loaded.checkpoint.parent / CALIBRATION_FILE} is absent or belongs "
+                            "to another checkpoint: run mixtrain eval checkpoint=... calibrate=true first")
+    t = loaded.temperature if calibrated else 1.0
+    print(f"mixtrain predict: temperature T={t:.4f} ({'calibrated, ' + CALIBRATION_FILE if calibrated else 'raw softmax'})"
+          f" | {len(paths)} inputs | {loaded.config.model.name}, {len(loaded.classes)} classes, {loaded.image_size} px",
+          file=out_stream, flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer, topk = Writer(out, min(cfg.topk, len(loaded.classes))), min(cfg.topk, len(loaded.classes))
+    failed: List[Tuple[str, str]] = []
+    done, start, last = 0, time.perf_counter(), 0.0
+    for good, probs, bad in predict_batches(loaded, paths, cfg.batch_size, resolve_workers(cfg.num_workers),
+                                             calibrated, cfg.tta):
+        failed += bad
+        if good:
+            values, indices = probs.topk(topk, dim=1)
+            for path, v, i in zip(good, values.tolist(), indices.tolist()):
+                writer.write(path, [loaded.classes[k] for k in i], v)
+        done += len(good) + len(bad)
+        now = time.perf_counter()
+        if now - last > 5 or done == len(paths):
+            last = now
+            print(f"{done}/{len(paths)} images, {done / max(now - start, 1e-9):.0f} img/s", file=out_stream, flush=True)
+    writer.close()
+    if failed:
+        with open(errors_path, "w", newline="") as f:
+            csv.writer(f).writerows([("path", "reason"), *failed])
+    classified = len(paths) - len(failed)
+    seconds = time.perf_counter() - start
+    print(f"classified {classified} of {len(paths)} images in {seconds:.1f}s ({classified / max(seconds, 1e-9):.0f} "
+          f"img/s); {len(failed)} unreadable{f' (listed in {errors_path})' if failed else ''}; {out}",
+          file=out_stream, flush=True)
+    if classified == 0:
+        raise MixtrainError(f"none of the {len(paths)} inputs could be read: see {errors_path}")
+    return {"classified": classified, "unreadable": len(failed), "temperature": t, "out": str(out),
+            "img_per_s": classified / max(seconds, 1e-9)}
