@@ -150,3 +150,12 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path, args, message, capsys):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_predict_with_no_readable_input_exits_2_and_lists_them(run, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / "in" / name).write_bytes(b"not an image")
+    assert main(["predict", f"checkpoint={run / 'run'}", f"inputs={tmp_path / 'in'}", f"out={tmp_path / 'o.csv'}"]) == 2
+    assert "none of the 2 inputs could be read" in capsys.readouterr().err
+    assert len(read_rows(tmp_path / "o_errors.csv")) == 2
