@@ -16,20 +16,20 @@ from rich.table import Table
 
 from mixtrain.files import write_text_atomic
 
-# (key in the epoch record, header, format, width): 76 columns in all, more with optional ones.
+# (key in the epoch record, header, format, width): 80 columns in all with one space between, 88 with EMA.
 OPTIONAL = {"ema_val_acc1"}
 COLUMNS = [
-    ("epoch", "epoch", "{:d}", 6),
-    ("train_loss", "train loss", "{:.4f}", 11),
-    ("train_acc", "train acc*", "{:.2f}", 11),
-    ("val_nll", "val loss", "{:.4f}", 9),
-    ("val_acc1", "val acc", "{:.2f}", 8),
-    ("val_ece", "val ECE", "{:.4f}", 8),
-    ("val_ece_ts", "ECE T", "{:.4f}", 7),
-    ("ema_val_acc1", "EMA acc", "{:.2f}", 8),  # only when the record has it (trainer.ema.enabled)
-    ("lr", "lr", "{:.2e}", 9),
-    ("img_per_s", "img/s", "{:.0f}", 7),
-    ("epoch_time", "time", "{:.1f}s", 7),
+    ("epoch", "epoch", "{:d}", 5),
+    ("train_loss", "train loss", "{:.4f}", 10),
+    ("train_acc", "train acc*", "{:.2f}", 10),
+    ("val_nll", "val NLL", "{:.4f}", 7),
+    ("val_acc1", "val acc", "{:.2f}", 7),
+    ("val_ece", "val ECE", "{:.4f}", 7),
+    ("val_ece_ts", "ECE T", "{:.4f}", 6),
+    ("ema_val_acc1", "EMA acc", "{:.2f}", 7),  # only when the record has it (trainer.ema.enabled)
+    ("lr", "lr", "{:.2e}", 8),
+    ("img_per_s", "img/s", "{:.0f}", 5),
+    ("epoch_time", "time", "{:.0f}s", 5),
 ]
 TRAIN_ACC_NOTE = ("* train acc: top-1 against the dominant label of each (mixed, smoothed) training target; "
                   "ECE T: val ECE after temperature scaling, T fitted on the other half of val")
