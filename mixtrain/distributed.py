@@ -3,8 +3,9 @@
 ``torchrun --nproc_per_node=N -m mixtrain train ...`` starts N processes with RANK,
 WORLD_SIZE and LOCAL_RANK set; :func:`init` joins them into a process group (NCCL on
 CUDA, gloo on the CPU). Everything else in mixtrain asks :func:`context` who it is and
-uses the helpers below for the few collectives it needs: summing metric sums, agreeing
-on flags, broadcasting the run dir, gathering RNG states for checkpoints.
+uses the helpers below for the few collectives it needs: summing metric sums (with the
+stop flag, at sync points), gathering logits in order, broadcasting the run dir,
+gathering RNG states for checkpoints.
 """
 
 from __future__ import annotations
@@ -97,15 +98,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if _context.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def any_rank(*flags: bool, device: torch.device) -> List[bool]:
-    """For each flag: is it set on any rank? One small all-reduce for all of them."""
-    if not _context.enabled:
-        return [bool(f) for f in flags]
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -24,7 +24,7 @@ from mixtrain.calibration import (TEMPERATURE_BOUNDS, calibration_metrics, fit_t
                                   reliability_sums)
 from mixtrain.config import (DatasetConfig, EvalConfig, FolderConfig, TimmModelConfig, TrainConfig, config_from_dict,
                              describe_config_error, heldout_fraction, schema_for)
-from mixtrain.data import LoaderOptions, Split, check_bad_images, open_split, resolve_workers, split_folder
+from mixtrain.data import LoaderOptions, check_bad_images, open_split, resolve_workers, split_folder, unreadable_so_far
 from mixtrain.errors import MixtrainError
 from mixtrain.files import write_json_atomic
 from mixtrain.robustness import fgsm_accuracy
@@ -202,11 +202,6 @@ def temperature_scaling(cfg: EvalConfig, val_logits: torch.Tensor, val_labels: t
     return section, sums
 
 
-def unreadable_files(splits: Sequence[Split]) -> List[str]:
-    """Files of these splits that could not be read: left out on opening, or dropped from batches."""
-    return sorted({*(p for s in splits for p in s.skipped), *(p for s in splits for p in getattr(s.loader, "unreadable", ()))})
-
-
 def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[str] = (),
                         console: Optional[Console] = None) -> Dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; write ``eval.json`` and ``reliability.png`` to ``out_dir``; return the report."""
@@ -254,7 +249,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
     fgsm = fgsm_accuracy(model, val.loader, [e / 255.0 for e in eps_levels], dataset.mean, dataset.std)
     for row, level in zip(fgsm, eps_levels):
         row["eps_255"] = level
-    unreadable = unreadable_files(splits)
+    unreadable = unreadable_so_far([p for s in splits for p in s.skipped], [s.loader for s in splits])
     if unreadable and console is not None:
         shown = ", ".join(unreadable[:3]) + (" ..." if len(unreadable) > 3 else "")
         console.print(f"[yellow]warning:[/] left out {len(unreadable)} unreadable image(s) from every metric: {shown}",

@@ -167,22 +167,3 @@ class RunMonitor:
         if self.log is not None:
             self.log.file.close()
             self.log = None
-
-
-class Throughput:
-    """Images per second over a span of steps."""
-
-    def __init__(self) -> None:
-        self.images = 0
-        self.start = time.perf_counter()
-
-    def add(self, n: int) -> None:
-        self.images += n
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start
-
-    @property
-    def rate(self) -> float:
-        return self.images / max(self.seconds, 1e-9)

@@ -177,10 +177,12 @@ class Data:
 
     def unreadable(self) -> List[str]:
         """Unreadable files skipped so far (when caching, or served around by the loaders)."""
-        seen = set(self.skipped)
-        for loader in (self.train, self.val):
-            seen |= getattr(loader, "unreadable", set())
-        return sorted(seen)
+        return unreadable_so_far(self.skipped, (self.train, self.val))
+
+
+def unreadable_so_far(skipped: Sequence[str], loaders: Sequence[Loader]) -> List[str]:
+    """Files left out when opening, and files the loaders have met unreadable since."""
+    return sorted({*skipped, *(path for loader in loaders for path in getattr(loader, "unreadable", ()))})
 
 
 def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device, seed: int,
