@@ -34,9 +34,9 @@ from torchvision import datasets, transforms
 from common import cifar10_jpeg_root, median, spread
 from mixtrain.config import (AugmentConfig, CifarModelConfig, CosineConfig, EmaConfig, FolderConfig, SGDConfig,
                              TrainConfig, TrainerConfig)
-from mixtrain.engine import Part, Trainer
-from mixtrain.monitor import RunMonitor
-from mixtrain.training import Training
+from mixtrain.train.engine import Part, Trainer
+from mixtrain.train.monitor import RunMonitor
+from mixtrain.train.training import Training
 
 WARMUP = 5
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from mixtrain.config import config_dir, register_configs, to_object
-from mixtrain.engine import fit
-from mixtrain.monitor import RunMonitor
+from mixtrain.train.engine import fit
+from mixtrain.train.monitor import RunMonitor
 
 
 def status_kb(field: str) -> int:

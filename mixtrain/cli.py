@@ -1,28 +1,24 @@
 """``mixtrain <command> [args]``: pops the command and hands the rest to its entry point.
 
-Hydra has no subcommands, so each Hydra command is its own ``@hydra.main`` function,
-called with ``sys.argv`` rewritten to hold only that command's overrides. Before Hydra
-starts, the overrides are composed and validated (every combination of a multirun
-sweep), so a bad value stops everything with one line and exit code 2.
+``train``, ``preview`` and ``eval`` are Hydra tasks, run by :mod:`mixtrain.runs.launch`
+(validated before anything is written, composed once); the other commands compose
+their own config or take plain arguments.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-import os
-import shutil
 import signal
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from mixtrain import distributed
-from mixtrain.config import SCHEMAS, config_dir, debug_enabled, describe_config_error, register_configs, to_object
+from mixtrain.train import distributed
+from mixtrain.config import config_dir, debug_enabled, describe_config_error, register_configs, to_object
 from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped
-from mixtrain.files import RUN_FILES
+from mixtrain.runs.launch import run_hydra_command
 
 USAGE = """usage: mixtrain <command> [overrides]
 
@@ -55,93 +51,6 @@ def fail(message: str) -> int:
     return EXIT_USAGE
 
 
-# --------------------------------------------------------------------------- validation before Hydra
-
-
-def _hydra_args(args: List[str]):
-    from hydra._internal.utils import get_args_parser
-
-    return get_args_parser().parse_args(args)
-
-
-def check_overrides(config_name: str, overrides: List[str], multirun: bool) -> list:
-    """Compose and validate the config (each job of a sweep); raise MixtrainError if bad.
-
-    Returns the composed configs (with their ``hydra`` node), one per job.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import open_dict
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=f"check_{config_name}"):
-        jobs = [overrides]
-        if multirun:
-            # With the config loader, a glob sweep (recipe='glob(*)') expands to the group's options.
-            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-            try:
-                parsed = parser.parse_overrides(overrides)
-            except Exception as ex:  # a malformed override
-                raise MixtrainError(describe_config_error(ex)) from None
-            if all(not o.is_sweep_override() or o.is_discrete_sweep() for o in parsed):
-                jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
-            else:  # a range/interval sweep for a sweeper plugin: check the fixed part only
-                jobs = [[o.input_line for o in parsed if not o.is_sweep_override()]]
-            if not jobs:
-                raise MixtrainError("the sweep has no jobs (a glob(...) that matches no option?): "
-                                    "check the group's options with `mixtrain train --help`")
-        composed = []
-        for job in jobs:
-            try:
-                cfg = compose(config_name, overrides=job, return_hydra_config=True)
-            except Exception as ex:  # Hydra and OmegaConf raise many types; all are config errors here
-                raise MixtrainError(describe_config_error(ex, _base_config(config_name, job))) from None
-            hydra_node = cfg.hydra
-            with open_dict(cfg):
-                del cfg["hydra"]
-            to_object(cfg)
-            composed.append((cfg, hydra_node))
-    return composed
-
-
-def _base_config(config_name: str, overrides: List[str]):
-    """The config with only the group choices of ``overrides`` (to suggest keys that exist)."""
-    from hydra import compose
-
-    groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in (*SCHEMAS, "trainer", "recipe")]
-    try:
-        return compose(config_name, overrides=groups)
-    except Exception:
-        return None
-
-
-# --------------------------------------------------------------------------- resume
-
-
-def resume_overrides(overrides: List[str]) -> List[str]:
-    """For ``resume=PATH``: the original run's overrides first, and Hydra pointed at its dir.
-
-    The run continues in its own directory; Hydra's files for this invocation go to
-    ``.hydra/resume-<time>`` so the original ``.hydra/`` stays as it was.
-    """
-    from omegaconf import OmegaConf
-
-    from mixtrain.checkpoint import checkpoint_path
-
-    given = [o for o in overrides if o.startswith("resume=")]
-    if not given:
-        return overrides
-    ckpt = checkpoint_path(given[-1].split("=", 1)[1]).resolve()
-    run_dir = ckpt.parent
-    original_file = run_dir / ".hydra" / "overrides.yaml"
-    original = [str(o) for o in OmegaConf.load(original_file)] if original_file.is_file() else []
-    original = [o for o in original if not o.startswith(("resume=", "hydra."))]
-    rest = [o for o in overrides if not o.startswith("resume=")]
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    return [*original, *rest, f"resume={ckpt}", f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume-{stamp}"]
-
-
 # --------------------------------------------------------------------------- commands
 
 
@@ -149,7 +58,7 @@ def _train_task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from mixtrain.engine import fit
+    from mixtrain.train.engine import fit
 
     try:
         summary = fit(to_object(cfg), Path(HydraConfig.get().runtime.output_dir))
@@ -188,8 +97,8 @@ def _preview_task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from mixtrain.data import LoaderOptions, open_split, resolve_workers
-    from mixtrain.precision import resolve_device
-    from mixtrain.preview import mixed_batch_grid, write_png
+    from mixtrain.train.precision import resolve_device
+    from mixtrain.mixing.preview import mixed_batch_grid, write_png
 
     try:
         run = to_object(cfg)
@@ -205,74 +114,12 @@ def _preview_task(cfg) -> None:
     print(path)
 
 
-def torchrun_overrides(composed: list, multirun: bool) -> List[str]:
-    """Join the torchrun process group; ranks above 0 write no Hydra files or logs.
-
-    (Every rank uses rank 0's run dir: see :func:`fixed_run_dir`.)
-    """
-    if multirun:
-        raise MixtrainError("torchrun runs one training job; run sweeps with a Hydra launcher "
-                            "(hydra/launcher=joblib or submitit_slurm), each job on its own GPUs")
-    if distributed.init(composed[0][0].trainer.device).is_main:
-        return []
-    return ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
-
-
-def fixed_run_dir(hydra_node) -> Path:
-    """The run dir, resolved once: Hydra resolves ``${now:...}`` again in every process (and a
-    second later it may name another dir), so the command passes this one to Hydra. Under
-    torchrun rank 0 resolves it and sends it to the others."""
-    ctx = distributed.context()
-    run_dir = str(hydra_node.run.dir) if ctx.is_main else None
-    return Path(distributed.broadcast_object(run_dir))
-
-
-# The files that show a command has already written into a dir.
-OUTPUTS = {"train": RUN_FILES, "eval": ("eval.json",), "preview": ("preview.png",)}
-
-
-def check_run_dir(run_dir: Path, command: str, resuming: bool) -> None:
-    """Refuse, before Hydra writes a file, a run dir that holds results or cannot be written."""
-    taken = [name for name in OUTPUTS[command] if (run_dir / name).exists()]
-    if taken and not resuming:
-        fix = f", or continue it with resume={run_dir}" if command == "train" else ""
-        raise MixtrainError(f"{run_dir} already holds {'a run' if command == 'train' else taken[0]}: "
-                            f"pick another hydra.run.dir{fix}")
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        why = "is not a directory" if not existing.is_dir() else "is not writable"
-        raise MixtrainError(f"cannot write the run dir {run_dir}: {existing} {why}; pick another hydra.run.dir")
-
-
-def first_missing(path: Path) -> Optional[Path]:
-    """The topmost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
-    missing = None
-    while not path.exists() and path != path.parent:
-        missing, path = path, path.parent
-    return missing
-
-
-def remove_hydra_files(run_dir: Path, created: Optional[Path], subdir: Optional[Path]) -> None:
-    """After a refused command, take back what Hydra wrote for it: the folders it made (if they
-    hold nothing else), or in an existing run dir the Hydra subfolder it added."""
-    if created is not None:
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            folder = run_dir.parent
-            while folder != created.parent and folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-                folder = folder.parent
-    elif subdir is not None:
-        shutil.rmtree(subdir, ignore_errors=True)
-
-
 def _eval_task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from rich.console import Console
 
-    from mixtrain.evaluation import dataset_override_keys, evaluate_checkpoint, print_report
+    from mixtrain.evaluate.evaluation import dataset_override_keys, evaluate_checkpoint
+    from mixtrain.evaluate.tables import print_report
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
@@ -286,60 +133,11 @@ def _eval_task(cfg) -> None:
     print_report(report, out_dir, console)
 
 
-def run_hydra_command(command: str, task: Callable, config_name: str, args: List[str]) -> int:
-    import hydra
-
-    parsed = _hydra_args(args)
-    informational = parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion
-    overrides = list(parsed.overrides)
-    if not informational:
-        rewritten = {"train": resume_overrides, "eval": _eval_overrides}.get(command, lambda o: o)(overrides)
-        if rewritten is not overrides:
-            args = [a for a in args if a not in overrides] + rewritten
-            overrides = rewritten
-    if command == "preview" and not any(o.startswith("hydra.run.dir=") for o in overrides):
-        args = [*args, "hydra.run.dir=outputs/preview/${now:%Y-%m-%d}/${now:%H-%M-%S}"]
-        overrides = [*overrides, args[-1]]
-    run_dir = None
-    if not informational:
-        composed = check_overrides(config_name, overrides, parsed.multirun)
-        if command == "train" and distributed.launched_by_torchrun():
-            args = [*args, *torchrun_overrides(composed, parsed.multirun)]
-        if not parsed.multirun:
-            from mixtrain.evaluation import quote_override
-
-            hydra_node = composed[0][1]
-            run_dir = fixed_run_dir(hydra_node)
-            check_run_dir(run_dir, command, any(o.startswith("resume=") for o in overrides))
-            args = [*args, f"hydra.run.dir={quote_override(run_dir)}"]
-            created = first_missing(run_dir)
-            # What Hydra will make for its files in an existing run dir (resume: .hydra/resume-<time>).
-            subdir = first_missing(run_dir / str(hydra_node.output_subdir)) if hydra_node.output_subdir else None
-    main = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
-    saved = sys.argv
-    sys.argv = [f"mixtrain {command}", *args]
-    try:
-        main()
-    except SystemExit as ex:  # a task's one-line refusal, or Hydra's own exit
-        if run_dir is not None and ex.code == EXIT_USAGE and distributed.context().is_main:
-            remove_hydra_files(run_dir, created, subdir)
-        return ex.code if isinstance(ex.code, int) else 1
-    finally:
-        sys.argv = saved
-    return 0
-
-
-def _eval_overrides(overrides: List[str]) -> List[str]:
-    from mixtrain.evaluation import eval_overrides
-
-    return eval_overrides(overrides)
-
-
 def composed_command(config_name: str, module: str, function: str) -> Callable[[List[str]], int]:
     """A ``key=value`` command that needs no run dir: compose its config once, validate it, run it."""
     def run(args: List[str]) -> int:
         if args and args[0] in ("-h", "--help"):
-            print(f"usage: mixtrain {config_name} key=value ... (keys: mixtrain/config.py, {config_name.title()}Config)")
+            print(f"usage: mixtrain {config_name} key=value ... (keys: mixtrain/config/commands.py, {config_name.title()}Config)")
             return 0
         from hydra import compose, initialize_config_dir
 
@@ -363,11 +161,11 @@ COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": lambda args: run_hydra_command("train", _train_task, "train", args),
     "preview": lambda args: run_hydra_command("preview", _preview_task, "train", args),
     "eval": lambda args: run_hydra_command("eval", _eval_task, "eval", args),
-    "compare": plain_command("compare"),  # composes one eval config per run itself
-    "predict": composed_command("predict", "inference", "predict"),
-    "export": composed_command("export", "export", "export"),
-    "recipes": plain_command("recipes"),
-    "report": plain_command("report"),
+    "compare": plain_command("evaluate.compare"),  # composes one eval config per run itself
+    "predict": composed_command("predict", "inference.predict", "predict"),
+    "export": composed_command("export", "inference.export", "export"),
+    "recipes": plain_command("config.recipes"),
+    "report": plain_command("runs.report"),
 }
 
 

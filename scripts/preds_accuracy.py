@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mixtrain.metrics import calibration_bins, ece_from_bins
+from mixtrain.evaluate.metrics import calibration_bins, ece_from_bins
 
 
 def main(path: str) -> None:

@@ -6,10 +6,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassCalibrationError
 
-from mixtrain.calibration import TEMPERATURE_BOUNDS, calibration_metrics, fit_temperature, heldout_indices
-from mixtrain.metrics import (ClassificationMeter, adaptive_calibration_error, brier_sum, calibration_bins,
+from mixtrain.evaluate.calibration import TEMPERATURE_BOUNDS, calibration_metrics, fit_temperature, heldout_indices
+from mixtrain.evaluate.metrics import (ClassificationMeter, adaptive_calibration_error, brier_sum, calibration_bins,
                               ece_from_bins, equal_mass_bin_index, mce_from_bins)
-from mixtrain.robustness import fgsm_accuracy, fgsm_step
+from mixtrain.evaluate.robustness import fgsm_accuracy, fgsm_step
 
 
 

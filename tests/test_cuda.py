@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from helpers import make_config, make_image_folder
-from mixtrain import checkpoint
+from mixtrain.train import checkpoint
 from mixtrain.data.device_loader import DeviceLoader
-from mixtrain.engine import fit
+from mixtrain.train.engine import fit
 from mixtrain.errors import RunStopped
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -65,7 +65,7 @@ def test_resume_on_the_gpu(data_root, tmp_path, monkeypatch):
     """A crash in epoch 2, then resume: the final weights match a run left alone. cuDNN's
     default convolution algorithms are not deterministic, so this checks closeness; with
     torch.backends.cudnn.deterministic the two are bit-identical (checked second)."""
-    from mixtrain.engine import Trainer
+    from mixtrain.train.engine import Trainer
 
     args = [*folder(data_root), "trainer.epochs=3", "optim.lr=0.05"]
     for deterministic in (False, True):
@@ -94,7 +94,7 @@ def test_resume_on_the_gpu(data_root, tmp_path, monkeypatch):
 
 
 def test_nan_policy_under_fp16(data_root, tmp_path, monkeypatch):
-    import mixtrain.training as training
+    import mixtrain.train.training as training
 
     monkeypatch.setattr(training, "create_loss",
                         lambda cfg: lambda logits, targets: (logits.float().sum() * float("inf")))

@@ -12,9 +12,9 @@ from PIL import Image
 from helpers import TINY, make_config, make_image_folder, run_cli
 from mixtrain.cli import main
 from mixtrain.data import LoaderOptions, build_data, open_split, resolve_workers, usable_cores
-from mixtrain.engine import fit
-from mixtrain.precision import Precision
-from mixtrain.training import seed_everything
+from mixtrain.train.engine import fit
+from mixtrain.train.precision import Precision
+from mixtrain.train.training import seed_everything
 from mixtrain.errors import MixtrainError, RunStopped
 
 
@@ -118,7 +118,7 @@ def scaler_precision(trainer, device):
 
 
 def test_fp16_scaler_skips_are_counted_and_left_out_of_the_loss(tmp_path, monkeypatch):
-    import mixtrain.training as engine
+    import mixtrain.train.training as engine
 
     make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
     monkeypatch.setattr(engine, "resolve_precision", scaler_precision)
@@ -130,7 +130,7 @@ def test_fp16_scaler_skips_are_counted_and_left_out_of_the_loss(tmp_path, monkey
 
 
 def test_fp16_run_that_keeps_skipping_stops_as_failed(tmp_path, monkeypatch):
-    import mixtrain.training as engine
+    import mixtrain.train.training as engine
 
     make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
     monkeypatch.setattr(engine, "resolve_precision", scaler_precision)

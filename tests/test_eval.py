@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 
 from helpers import TINY, compose_config, make_config, make_image_folder
-from mixtrain import checkpoint
+from mixtrain.train import checkpoint
 from mixtrain.cli import main
-from mixtrain.compare import best_marks
+from mixtrain.evaluate.compare import best_marks
 from mixtrain.config import MixupConfig, asdict, recipes_dir, to_object
-from mixtrain.engine import fit
-from mixtrain.evaluation import eval_dataset_config, eval_overrides
+from mixtrain.train.engine import fit
+from mixtrain.evaluate.evaluation import eval_dataset_config, eval_overrides
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassCalibrationError
 
-from mixtrain.metrics import ClassificationMeter, calibration_bins, ece_from_bins, expected_calibration_error
+from mixtrain.evaluate.metrics import ClassificationMeter, calibration_bins, ece_from_bins, expected_calibration_error
 
 
 def torchmetrics_ece(probs, labels):

@@ -1,5 +1,6 @@
 """Mixing semantics: each property the Mixing issue names is a test here."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -11,9 +12,9 @@ from timm.data.mixup import cutmix_bbox_and_lam
 
 from helpers import TINY, make_config, make_image_folder
 from mixtrain.config import CutmixConfig, ManifoldConfig, MixupConfig, SwitchConfig
-from mixtrain.engine import fit
-from mixtrain.losses import binary_cross_entropy, create_loss
-from mixtrain.mixing import (BatchMixPlan, MixPlan, Mixer, box_lam, create_mixer, cutmix_box, cutmix_boxes, mix_images, mix_targets,
+from mixtrain.train.engine import fit
+from mixtrain.mixing.losses import binary_cross_entropy, create_loss
+from mixtrain.mixing import (MixPlan, Mixer, box_lam, create_mixer, cutmix_boxes, mix_images, mix_targets,
                              one_hot, stages_of)
 from mixtrain.models import create_model
 
@@ -59,8 +60,6 @@ def test_cutmix_label_weights_equal_pixel_fractions(mode, batch):
     clipped = 0
     for _ in range(40):
         plan = mixer.draw_plan(batch, 10, 12)
-        if isinstance(plan, BatchMixPlan):
-            plan = plan.per_sample(batch)
         images = mix_images(id_images(batch, 10, 12), plan)
         targets = mix_targets(one_hot(labels, batch), plan)
         for i in range(batch):
@@ -84,7 +83,7 @@ def test_batch_plans_equal_their_per_sample_form(kind):
     x, labels = torch.randn(9, 3, 8, 8), torch.arange(9) % 4
     for _ in range(10):
         plan = mixer.draw_plan(9, 8, 8)
-        wide = plan.per_sample(9)
+        wide = dataclasses.replace(plan, shared=False)  # the general path, a weight per sample
         torch.testing.assert_close(mix_images(x, plan), mix_images(x, wide))
         torch.testing.assert_close(mix_targets(one_hot(labels, 4), plan), mix_targets(one_hot(labels, 4), wide))
 
@@ -94,15 +93,6 @@ def test_uncorrected_lambda_is_available_like_timm():
     plans = [mixer.draw_plan(64, 8, 8) for _ in range(5)]
     differs = [not np.allclose(p.lam.numpy(), box_lam(p.boxes.numpy(), 8, 8)) for p in plans]
     assert any(differs)
-
-
-@pytest.mark.parametrize("minmax", [None, (0.2, 0.8), (0.3, 0.9)])
-def test_batch_and_per_sample_box_samplers_agree(minmax):
-    rng = np.random.default_rng(4)
-    lam, uniform = rng.random(300), rng.random((300, 4))
-    boxes = cutmix_boxes(lam, 13, 17, uniform, minmax)
-    expected = [cutmix_box(float(lam[i]), 13, 17, uniform[i].tolist(), minmax) for i in range(300)]
-    assert boxes.tolist() == [list(b) for b in expected]
 
 
 def test_minmax_boxes_stay_inside_and_in_range():
@@ -202,7 +192,8 @@ def test_batch_mixup_and_cutmix_equal_timm(smoothing, monkeypatch):
             np.random.seed(11)
             (yl, yh, xl, xh), lam = cutmix_bbox_and_lam(x.shape, lam)
             box = (int(yl), int(yh), int(xl), int(xh))
-        plan = BatchMixPlan(torch.arange(7, -1, -1), lam, box)  # timm pairs sample i with B-1-i
+        plan = MixPlan(torch.arange(7, -1, -1), torch.full((8,), lam, dtype=torch.float64),  # timm pairs i with B-1-i
+                       torch.full((8,), box is not None), torch.tensor(box or (0, 0, 0, 0)).expand(8, 4), shared=True)
         torch.testing.assert_close(mix_images(x, plan), timm_x)
         torch.testing.assert_close(mix_targets(one_hot(y, 5, smoothing), plan), timm_y)
 
@@ -246,10 +237,10 @@ def test_manifold_mixes_the_hidden_state_after_the_chosen_stage(layer):
     mixer = create_mixer(ManifoldConfig(alpha=1.0, layers=[layer], mode="elem"), num_classes=4, epochs=1, seed=2)
     images, labels = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1])
     reference = create_mixer(ManifoldConfig(alpha=1.0, layers=[layer], mode="elem"), num_classes=4, epochs=1, seed=2)
-    torch.randint(1, (1,), generator=reference.generator)  # the layer draw
+    reference.rng.integers(1)  # the layer draw
     plan = reference.draw_plan(6, 1, 1)
 
-    logits, targets = mixer.forward(model, images, labels, epoch=0)
+    logits, targets = mixer.mixed_forward(model, images, labels, epoch=0)
     hidden = mix_images(images, plan) if layer == 0 else images
     hidden = model.stem(hidden)
     for k, stage in enumerate(model.stages, start=1):
@@ -274,10 +265,10 @@ def test_bce_loss_and_threshold():
 
 
 def test_training_accuracy_counts_the_dominant_mixed_label():
-    from mixtrain.checkpoint import EpochProgress
+    from mixtrain.train.checkpoint import EpochProgress
     from mixtrain.data.device_loader import DeviceLoader
-    from mixtrain.engine import Step, Tally, train_step
-    from mixtrain.precision import Precision
+    from mixtrain.train.engine import Step, Tally, train_step
+    from mixtrain.train.precision import Precision
 
     class Echo(torch.nn.Module):
         """Predicts whatever class its input's first pixel encodes."""
@@ -314,14 +305,14 @@ def test_training_accuracy_counts_the_dominant_mixed_label():
 def test_mixing_stops_for_the_last_epochs_even_with_persistent_workers(tmp_path, monkeypatch):
     make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
     seen = {}
-    real_forward = Mixer.forward
+    real_forward = Mixer.mixed_forward
 
     def recording_forward(self, model, images, labels, epoch):
         logits, targets = real_forward(self, model, images, labels, epoch)
         seen.setdefault(epoch, []).append(bool((targets.max(1).values < 1).any()))
         return logits, targets
 
-    monkeypatch.setattr(Mixer, "forward", recording_forward)
+    monkeypatch.setattr(Mixer, "mixed_forward", recording_forward)
     cfg = make_config("dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16",
                       *TINY, "trainer.num_workers=1", "trainer.epochs=3", "augment=mixup", "augment.disable_epochs=1")
     fit(cfg, tmp_path / "run")
@@ -332,9 +323,9 @@ def test_evaluation_never_mixes(tmp_path, monkeypatch):
     make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
     cfg = make_config("dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true",
                       "dataset.image_size=16", *TINY, "augment=cutmix")
-    import mixtrain.parts as parts
+    import mixtrain.train.parts as parts
     calls = {"train": 0, "eval": 0}
-    real_evaluate, real_forward = parts.evaluate, Mixer.forward
+    real_evaluate, real_forward = parts.evaluate, Mixer.mixed_forward
     in_eval = [False]
 
     def counting_forward(self, *args, **kwargs):
@@ -348,7 +339,7 @@ def test_evaluation_never_mixes(tmp_path, monkeypatch):
         finally:
             in_eval[0] = False
 
-    monkeypatch.setattr(Mixer, "forward", counting_forward)
+    monkeypatch.setattr(Mixer, "mixed_forward", counting_forward)
     monkeypatch.setattr(parts, "evaluate", flagged_evaluate)
     fit(cfg, tmp_path / "run")
     assert calls["train"] > 0 and calls["eval"] == 0
@@ -375,7 +366,7 @@ def test_preview_writes_a_captioned_grid(tmp_path):
 
 
 def test_caption_names_both_sources_and_their_weights():
-    from mixtrain.preview import caption
+    from mixtrain.mixing.preview import caption
 
     target = torch.tensor([0.05, 0.65, 0.05, 0.25])
     assert caption(target, ["ant", "bee", "cat", "dog"]) == ["bee 0.65", "dog 0.25"]

@@ -5,7 +5,7 @@ import torch
 
 from helpers import make_config
 from mixtrain.models import create_model
-from mixtrain.optim import create_optimizer, create_scheduler, param_groups
+from mixtrain.train.optim import create_optimizer, create_scheduler, param_groups
 
 
 def lrs(cfg, steps_per_epoch):

@@ -11,9 +11,9 @@ from helpers import TINY, make_config, make_image_folder
 from mixtrain import load_model
 from mixtrain.cli import main
 from mixtrain.data import LoaderOptions, open_split
-from mixtrain.engine import fit
-from mixtrain.evaluation import predict as eval_predict
-from mixtrain.inference import CALIBRATION_FILE, sha256_of
+from mixtrain.train.engine import fit
+from mixtrain.evaluate.evaluation import predict as eval_predict
+from mixtrain.inference.predict import CALIBRATION_FILE, sha256_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

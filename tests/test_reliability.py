@@ -15,15 +15,15 @@ import torch
 from PIL import Image
 
 from helpers import TINY, make_config, make_image_folder, run_cli
-from mixtrain import checkpoint
+from mixtrain.train import checkpoint
 from mixtrain.config import MixupConfig
 from mixtrain.data import build_data
-from mixtrain.checkpoint import EpochProgress
-from mixtrain.engine import Step, Tally, fit, train_step
-from mixtrain.precision import Precision
+from mixtrain.train.checkpoint import EpochProgress
+from mixtrain.train.engine import Step, Tally, fit, train_step
+from mixtrain.train.precision import Precision
 from mixtrain.errors import MixtrainError, RunStopped
 from mixtrain.mixing import Mixer
-from mixtrain.monitor import reconcile_metrics
+from mixtrain.train.monitor import reconcile_metrics
 
 # 30 steps per epoch, a step checkpoint every 5: long enough to be stopped inside an epoch.
 SLOW = ["model=resnet20", "optim.lr=0.02", "trainer.epochs=3", "trainer.batch_size=4", "trainer.eval_batch_size=64",
@@ -214,7 +214,7 @@ def test_skip_leaves_the_weights_of_a_non_finite_step_untouched():
 
 def test_on_nan_stop_names_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
-    import mixtrain.training as engine
+    import mixtrain.train.training as engine
     monkeypatch.setattr(engine, "create_loss", lambda cfg: NaNAt({8}))  # 6 steps per epoch: epoch 1, step 2
     cfg = make_config(*folder_args(tmp_path / "data"), "dataset.image_size=16", *TINY, "trainer.epochs=3",
                       "trainer.batch_size=4")
@@ -228,7 +228,7 @@ def test_on_nan_stop_names_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp
 
 def test_on_nan_skip_stops_after_too_many(tmp_path, monkeypatch):
     make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
-    import mixtrain.training as engine
+    import mixtrain.train.training as engine
     monkeypatch.setattr(engine, "create_loss", lambda cfg: NaNAt({1, 2, 4}))
     cfg = make_config(*folder_args(tmp_path / "data"), "dataset.image_size=16", *TINY, "trainer.batch_size=4",
                       "trainer.on_nan=skip", "trainer.nan_skip_limit=2")

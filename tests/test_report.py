@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from helpers import TINY, compose_config, make_config, make_image_folder
 from mixtrain.cli import main
 from mixtrain.config import OBJECTIVES, asdict, to_object
-from mixtrain.report import differing_keys, group_runs, report
-from mixtrain.runs import collect, process_alive
+from mixtrain.runs.report import differing_keys, group_runs, report
+from mixtrain.runs.dirs import collect, process_alive
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,7 +209,7 @@ def test_reliability_diagram_png_and_tensorboard_image_of_the_final_evaluation(t
     make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
     cfg = make_config("dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true",
                       "dataset.image_size=16", *TINY, "trainer.epochs=2")
-    from mixtrain.engine import fit
+    from mixtrain.train.engine import fit
 
     summary = fit(cfg, tmp_path / "run")
     assert set(OBJECTIVES) <= set(summary) and all(isinstance(summary[k], float) for k in OBJECTIVES)
@@ -225,8 +225,8 @@ def test_reliability_diagram_png_and_tensorboard_image_of_the_final_evaluation(t
 
 
 def test_reliability_figure_draws_the_bins_and_titles_the_ece():
-    from mixtrain.metrics import calibration_bins, ece_from_bins
-    from mixtrain.plots import _pyplot, reliability_figure
+    from mixtrain.evaluate.metrics import calibration_bins, ece_from_bins
+    from mixtrain.runs.plots import _pyplot, reliability_figure
 
     # Confidences 0.95 (2 right, 2 wrong) and 0.55 (1 right, 0 wrong), 15 bins.
     conf = torch.tensor([0.95, 0.95, 0.95, 0.95, 0.55])

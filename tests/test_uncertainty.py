@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from helpers import TINY, make_config, make_image_folder
-from mixtrain.bootstrap import bootstrap_intervals, paired_differences
-from mixtrain.calibration import calibratability, fit_temperature, heldout_indices
+from mixtrain.evaluate.bootstrap import bootstrap_intervals, paired_differences
+from mixtrain.evaluate.calibration import calibratability, fit_temperature, heldout_indices
 from mixtrain.cli import main
 from mixtrain.config import RegMixupConfig
-from mixtrain.engine import fit
-from mixtrain.losses import create_loss
-from mixtrain.metrics import classwise_calibration_error, debiased_calibration_error, expected_calibration_error
+from mixtrain.train.engine import fit
+from mixtrain.mixing.losses import create_loss
+from mixtrain.evaluate.metrics import classwise_calibration_error, debiased_calibration_error, expected_calibration_error
 from mixtrain.mixing import MixPlan, RegMixupMixer
 
 
@@ -119,7 +119,7 @@ def test_regmixup_loss_is_clean_ce_plus_eta_times_mixed_ce_in_one_forward_pass()
     images, labels = torch.randn(6, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
     calls = []
     model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    logits, targets = mixer.forward(model, images.clone(), labels, epoch=0)
+    logits, targets = mixer.mixed_forward(model, images.clone(), labels, epoch=0)
     assert calls == [12]  # clean and mixed halves in one batch
     loss = create_loss(cfg)(logits, targets)
 
@@ -132,7 +132,7 @@ def test_regmixup_loss_is_clean_ce_plus_eta_times_mixed_ce_in_one_forward_pass()
 
 
 def test_regmixup_trains_and_counts_accuracy_on_the_clean_half(tmp_path):
-    from mixtrain.engine import hits
+    from mixtrain.train.engine import hits
 
     logits = torch.tensor([[5.0, 0.0]] * 4)
     targets = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])  # clean rows right, mixed rows wrong

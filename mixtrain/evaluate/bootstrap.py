@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from mixtrain.metrics import ECE_BINS, bin_index
+from mixtrain.evaluate.metrics import ECE_BINS, bin_index
 
 METRICS = ("acc1", "nll", "brier", "ece")
 LEVEL = 0.95

@@ -15,7 +15,7 @@ from typing import Dict, Tuple
 import torch
 
 from mixtrain.errors import MixtrainError
-from mixtrain.metrics import (ClassificationMeter, adaptive_calibration_error, calibration_bins,
+from mixtrain.evaluate.metrics import (ClassificationMeter, adaptive_calibration_error, calibration_bins,
                               classwise_calibration_error, debiased_calibration_error)
 
 # T outside this range means the held-out data carries no usable signal (or the model
@@ -110,6 +110,6 @@ def calibratability(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -
 
 
 def reliability_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The ECE bin sums of ``logits`` (what :func:`mixtrain.plots.reliability_figure` draws)."""
+    """The ECE bin sums of ``logits`` (what :func:`mixtrain.runs.plots.reliability_figure` draws)."""
     confidences, predictions = logits.float().softmax(dim=1).max(dim=1)
     return calibration_bins(confidences, predictions.eq(labels))

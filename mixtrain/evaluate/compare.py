@@ -45,7 +45,7 @@ def split_arguments(args: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def existing_eval(arg: str) -> Optional[Path]:
     """The ``eval.json`` an argument points at (the file, or a dir holding it and no checkpoint)."""
-    from mixtrain.evaluation import EVAL_FILE
+    from mixtrain.evaluate.evaluation import EVAL_FILE
 
     path = Path(arg).expanduser()
     if path.is_file() and path.suffix == ".json":
@@ -66,7 +66,7 @@ def _get(report: Dict[str, Any], *keys) -> Optional[float]:
 
 def comparison_rows(reports: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, Optional[str], List[Optional[float]]]]:
     """``(label, format, better, values per report)`` for every metric any report has."""
-    from mixtrain.evaluation import METRIC_ROWS, eps_label
+    from mixtrain.evaluate.tables import METRIC_ROWS, eps_label
 
     better = {"acc1": HIGHER, "acc5": HIGHER}
     rows: List[Tuple[str, str, Optional[str], List[Optional[float]]]] = []
@@ -96,7 +96,7 @@ def best_marks(values: Sequence[Optional[float]], direction: Optional[str]) -> L
     return [v is not None and v == best for v in values]
 
 
-# Rows whose difference is tested by a paired bootstrap on the same images (mixtrain.bootstrap).
+# Rows whose difference is tested by a paired bootstrap on the same images (mixtrain.evaluate.bootstrap).
 PAIRED = {"top-1 (%)": "acc1", "NLL": "nll", "Brier": "brier", "ECE (15 bins)": "ece"}
 
 
@@ -107,7 +107,7 @@ def paired_tests(reports: Sequence[Dict[str, Any]], logits: Sequence[Optional[tu
     ``holds`` is whether the 95% interval of the difference excludes zero; runs are paired
     only when both saved their predictions on the same images in the same order.
     """
-    from mixtrain.bootstrap import paired_differences
+    from mixtrain.evaluate.bootstrap import paired_differences
 
     tests: Dict[str, Tuple[bool, str]] = {}
     for label, fmt, direction, values in comparison_rows(reports):
@@ -166,7 +166,7 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
     from hydra import compose, initialize_config_dir
 
     from mixtrain.config import config_dir, describe_config_error, to_object
-    from mixtrain.evaluation import (LOGITS_FILE, dataset_override_keys, eval_overrides, evaluate_checkpoint,
+    from mixtrain.evaluate.evaluation import (LOGITS_FILE, dataset_override_keys, eval_overrides, evaluate_checkpoint,
                                      load_logits, quote_override)
 
     console = console or Console(width=None if Console().is_terminal else 120)

@@ -21,7 +21,7 @@ from typing import Any, Dict
 import torch
 
 from mixtrain.errors import MixtrainError
-from mixtrain.inference import LoadedModel, load_model
+from mixtrain.inference.predict import LoadedModel, load_model
 
 TOLERANCE = 1e-4
 FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torchscript": "model.pt"}

@@ -113,10 +113,10 @@ def saved_class_names(dataset, num_classes: int) -> List[str]:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "raw") -> LoadedModel:
     """A checkpoint (file or run dir) as a :class:`LoadedModel`, for scripts: ``mixtrain.load_model(path)``."""
-    from mixtrain import checkpoint
+    from mixtrain.train import checkpoint
     from mixtrain.config import config_from_dict
     from mixtrain.data import eval_image_transform, image_size
-    from mixtrain.evaluation import build_model, resolve_checkpoint
+    from mixtrain.evaluate.evaluation import build_model, resolve_checkpoint
 
     ckpt = resolve_checkpoint(path).resolve()
     state = checkpoint.load(ckpt)
@@ -214,7 +214,7 @@ class Writer:
 def predict(cfg, out_stream=None) -> Dict[str, Any]:
     """``mixtrain predict``: classify ``cfg.inputs``; write ``cfg.out`` and, for unreadable files, ``<out>_errors.csv``."""
     from mixtrain.data import resolve_workers
-    from mixtrain.precision import resolve_device
+    from mixtrain.train.precision import resolve_device
 
     out_stream = out_stream or sys.stdout
     out = Path(os.path.expanduser(cfg.out))

@@ -225,7 +225,7 @@ def unstarted_jobs(sweep_dir: Path, started: Sequence[Path]) -> List[Run]:
     try:
         hydra = OmegaConf.load(path).hydra
         target = str(OmegaConf.select(hydra, "sweeper._target_", default=""))
-        subdir = str(hydra.sweep._get_node("subdir")._value())
+        subdir = str(OmegaConf.to_container(hydra.sweep, resolve=False)["subdir"])
         task_overrides = [str(o) for o in hydra.overrides.task]
     except Exception:  # not a multirun.yaml we can read: report the runs that exist
         return []
@@ -234,12 +234,13 @@ def unstarted_jobs(sweep_dir: Path, started: Sequence[Path]) -> List[Run]:
     if (not target.endswith("BasicSweeper") or subdir != "${hydra.job.num}"
             or OmegaConf.select(hydra, "sweeper.params", default=None)):
         return []
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mixtrain.config.overrides import sweep_jobs
 
     try:
         parsed = OverridesParser.create().parse_overrides(task_overrides)
-        jobs = [job for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None) for job in batch]
+        jobs = sweep_jobs(parsed)
     except Exception:
         return []
     started_names = {p.name for p in started if p.parent == sweep_dir}

@@ -1,6 +1,6 @@
 """``mixtrain report PATH...``: runs and sweeps as one table, two CSV files and a plot.
 
-Runs (see :mod:`mixtrain.runs`) are grouped by the config values that differ between
+Runs (see :mod:`mixtrain.runs.dirs`) are grouped by the config values that differ between
 them, the seed aside, and each group gets the mean and sample std over its completed
 runs of best and final top-1, final ECE and NLL. A run that did not complete is
 counted in its group and listed with its status, never dropped.
@@ -14,10 +14,10 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from mixtrain.errors import MixtrainError
-from mixtrain.runs import COMPLETED, METRICS, STATUSES, Run, collect
+from mixtrain.runs.dirs import COMPLETED, METRICS, STATUSES, Run, collect
 
 # Column header and number format of each of runs.METRICS.
 METRIC_COLUMNS = {"best_val_acc1": ("best top-1", "{:.2f}"), "final_val_acc1": ("final top-1", "{:.2f}"),
@@ -62,8 +62,8 @@ class Group:
         runs that saved them (``val_logits.pt``): images from every seed, resampled together."""
         import torch
 
-        from mixtrain.bootstrap import bootstrap_intervals
-        from mixtrain.evaluation import LOGITS_FILE, load_logits
+        from mixtrain.evaluate.bootstrap import bootstrap_intervals
+        from mixtrain.evaluate.evaluation import LOGITS_FILE, load_logits
 
         saved = [p for p in (load_logits(r.path / LOGITS_FILE) for r in self.completed) if p is not None]
         if not saved:
@@ -227,86 +227,11 @@ def write_runs_csv(path: Path, runs: Sequence[Run], keys: Sequence[str], roots: 
     return path
 
 
-def plot_axis(groups: Sequence[Group], keys: Sequence[str]) -> Optional[str]:
-    """The key on the x axis: a mixing alpha if one differs, else the first numeric key."""
-    def numeric(key: str) -> bool:
-        values = [g.values[keys.index(key)] for g in groups if g.values[keys.index(key)] != MISSING_VALUE]
-        return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-    candidates = [k for k in keys if numeric(k)]
-    alphas = [k for k in candidates if k.rsplit(".", 1)[-1].endswith("alpha")]
-    return (alphas or candidates or [None])[0]
-
-
-def write_plot(path: Path, groups: Sequence[Group], keys: Sequence[str]) -> Optional[Path]:
-    """Top-1, ECE and ECE after temperature scaling against the swept value (a mixing alpha if one was swept), one line per
-    value of the other differing keys, error bars = std across seeds."""
-    from mixtrain.plots import _pyplot
-
-    groups = [g for g in groups if g.completed]
-    if not groups:
-        return None
-    plt = _pyplot()
-    x_key = plot_axis(groups, keys)
-    other = [k for k in keys if k != x_key]
-    lines: Dict[str, List[Group]] = {}
-    for group in groups:
-        label = ", ".join(f"{k}={format_value(group.values[keys.index(k)])}" for k in other) or "all runs"
-        lines.setdefault(label, []).append(group)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
-    panels = [(axes[0], ("final_val_acc1", "best_val_acc1"), "top-1 accuracy (%)"),
-              (axes[1], ("final_val_ece",), "ECE (15 bins)"),
-              (axes[2], ("final_val_ece_ts",), "ECE after temperature scaling")]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    categories = [", ".join(format_value(v) for v in g.values) or "all" for g in groups]
-    for i, (label, members) in enumerate(lines.items()):
-        color = colors[i % len(colors)]
-        for ax, metrics, _ in panels:
-            for metric in metrics:
-                best = metric == "best_val_acc1"
-                name = f"{label} ({'best' if best else 'final'})" if len(metrics) > 1 else label
-                style = dict(color=color, linestyle="--" if best else "-", marker="s" if best else "o",
-                             alpha=0.6 if best else 1.0, capsize=3, label=name)
-                if x_key is None:
-                    xs = [categories.index(", ".join(format_value(v) for v in g.values) or "all") for g in members]
-                    points = [(x, *g.stats(metric)) for x, g in zip(xs, members)]
-                else:
-                    at = keys.index(x_key)
-                    # A group without the x key (augment=none beside a mixup alpha sweep) is a baseline band.
-                    for g in members:
-                        if g.values[at] == MISSING_VALUE:
-                            mean, std = g.stats(metric)
-                            ax.axhline(mean, color=color, linestyle=style["linestyle"], alpha=style["alpha"], label=name)
-                            if not math.isnan(std):
-                                ax.axhspan(mean - std, mean + std, color=color, alpha=0.12)
-                    points = sorted((g.values[at], *g.stats(metric)) for g in members if g.values[at] != MISSING_VALUE)
-                if points:
-                    xs, means, stds = zip(*points)
-                    ax.errorbar(xs, means, yerr=[0.0 if math.isnan(s) else s for s in stds], **style)
-    for ax, _, ylabel in panels:
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if x_key is None:
-            ax.set_xticks(range(len(categories)), categories, rotation=20, ha="right")
-            ax.set_xlabel(", ".join(keys) or "runs")
-        else:
-            ax.set_xlabel(x_key)
-            ticks = sorted({g.values[keys.index(x_key)] for g in groups} - {MISSING_VALUE})
-            if len(ticks) <= 12:
-                ax.set_xticks(ticks, [format_value(t) for t in ticks])
-    axes[0].legend(fontsize=8)
-    seeds = sorted({g.seeds for g in groups})
-    fig.suptitle(f"mean over {'/'.join(map(str, seeds))} seed(s) per point; error bars: ±1 std across seeds",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def report(paths: Sequence[Path], out_dir: Path, console=None) -> Dict[str, Any]:
     """Print the tables; write ``report.csv``, ``runs.csv`` and ``report.png`` into ``out_dir``."""
     from rich.console import Console
+
+    from mixtrain.runs.plots import write_plot
 
     console = console or Console(width=None if Console().is_terminal else 160)
     paths = [Path(p).expanduser() for p in paths]

@@ -4,7 +4,7 @@ A checkpoint is a plain dict of tensors and Python values (so ``torch.load(...,
 weights_only=True)`` reads it and a file from someone else can never run code):
 model, optimizer, scheduler and AMP scaler states; where the run is (epoch, step and
 the running sums of the epoch in progress); every RNG state (torch CPU and CUDA, the
-mixer's generator; the data order needs none, it is a function of seed and epoch);
+mixer's generator state; the data order needs none, it is a function of seed and epoch);
 the resolved config; and the metrics so far.
 """
 
@@ -90,12 +90,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str
 # --------------------------------------------------------------------------- run state
 
 
-def rank_state(mixer_generator: torch.Generator, state: TrainState) -> Dict[str, Any]:
+def rank_state(mixer: Any, state: TrainState) -> Dict[str, Any]:
     """What differs between ranks and must be restored per rank: RNG streams, the epoch's sums."""
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "mixer": mixer_generator.get_state(),
+        "mixer": mixer.state_dict(),
         "progress": asdict(state.progress),
     }
 
@@ -115,7 +115,7 @@ def snapshot(objects: Dict[str, Any], config: Dict[str, Any], classes: List[str]
     }
 
 
-def restore(saved: Dict[str, Any], objects: Dict[str, Any], mixer_generator: torch.Generator, rank: int = 0,
+def restore(saved: Dict[str, Any], objects: Dict[str, Any], mixer: Any, rank: int = 0,
             world_size: int = 1) -> Tuple[TrainState, List[dict]]:
     """Load every state from ``saved`` into the live objects; return the run state and history."""
     try:
@@ -135,7 +135,7 @@ def restore(saved: Dict[str, Any], objects: Dict[str, Any], mixer_generator: tor
     torch.set_rng_state(mine["torch"])
     if mine["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(mine["cuda"])
-    mixer_generator.set_state(mine["mixer"])
+    mixer.load_state_dict(mine["mixer"])
     known = {f.name for f in fields(TrainState)}
     state = {k: v for k, v in saved["state"].items() if k in known}
     return TrainState(**{**state, "progress": EpochProgress(**mine["progress"])}), list(saved["history"])

@@ -3,7 +3,7 @@
 - :func:`train_step` is one optimizer step: batch in, :class:`StepOutput` out, every value a
   tensor on the device. It reads nothing back to the host (the fp16 GradScaler aside,
   which checks its gradients itself), so the host can queue steps ahead of a GPU.
-- :class:`Trainer` runs steps and calls its parts (:mod:`mixtrain.parts`) at named moments:
+- :class:`Trainer` runs steps and calls its parts (:mod:`mixtrain.train.parts`) at named moments:
   ``step_end`` after every step (device work only: EMA), ``sync`` at each sync point (every
   ``trainer.log_every`` and ``checkpoint_every_steps`` steps and at the epoch's end: the only
   place the host reads device values: NaN policy, stop signals, progress, step
@@ -23,12 +23,12 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from mixtrain import distributed
-from mixtrain.checkpoint import EpochProgress
-from mixtrain.losses import Loss
-from mixtrain.metrics import ClassificationMeter
+from mixtrain.train import distributed
+from mixtrain.train.checkpoint import EpochProgress
+from mixtrain.mixing.losses import Loss
+from mixtrain.evaluate.metrics import ClassificationMeter
 from mixtrain.mixing import Mixer
-from mixtrain.precision import Precision
+from mixtrain.train.precision import Precision
 
 # A step the fp16 GradScaler skips does not call optimizer.step(), and the schedule steps
 # anyway (it counts batches); torch then warns as if the two calls were out of order.
@@ -76,7 +76,7 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epo
     optimizer.zero_grad(set_to_none=True)
     if step.accum_steps == 1:
         with step.precision.autocast():
-            logits, targets = step.mixer.forward(model, images, labels, epoch)
+            logits, targets = step.mixer.mixed_forward(model, images, labels, epoch)
             loss = step.loss_fn(logits, targets)
         scaler.scale(loss).backward()
         loss, correct = loss.detach(), hits(logits, targets, labels.shape[0])
@@ -186,7 +186,7 @@ class Part:
 class Trainer:
     """Runs epochs of steps and calls its parts; everything else lives in the parts."""
 
-    run: Any  # mixtrain.training.Training: config, data, model, optimizer, state, monitor, ...
+    run: Any  # mixtrain.train.training.Training: config, data, model, optimizer, state, monitor, ...
     parts: List[Part] = field(default_factory=list)
     stop_requested: Callable[[], bool] = lambda: False
 
@@ -282,6 +282,6 @@ def fit(cfg, run_dir: Path, monitor=None) -> Dict[str, Any]:
     loss) and :class:`~mixtrain.errors.MixtrainError` for bad input; ``summary.json`` says
     which, in any case. Under torchrun every rank calls it; only rank 0 writes anything.
     """
-    from mixtrain.training import Training
+    from mixtrain.train.training import Training
 
     return Training(cfg, Path(run_dir), monitor).train()

@@ -1,4 +1,4 @@
-"""The parts of a training run: small classes the :class:`~mixtrain.engine.Trainer` calls in order.
+"""The parts of a training run: small classes the :class:`~mixtrain.train.engine.Trainer` calls in order.
 
 Each reads alone: what it does at a sync point, at the end of an epoch (``epoch_end``:
 measuring; ``eval_end``: the record is final) and when the run stops.
@@ -13,13 +13,13 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from mixtrain import distributed
-from mixtrain.bootstrap import bootstrap_intervals
-from mixtrain.calibration import calibratability
-from mixtrain.engine import Part, Trainer, evaluate
+from mixtrain.train import distributed
+from mixtrain.evaluate.bootstrap import bootstrap_intervals
+from mixtrain.evaluate.calibration import calibratability
+from mixtrain.train.engine import Part, Trainer, evaluate
 from mixtrain.errors import RunStopped
-from mixtrain.evaluation import LOGITS_FILE, save_logits
-from mixtrain.plots import reliability_image, save_reliability_diagram
+from mixtrain.evaluate.evaluation import LOGITS_FILE, save_logits
+from mixtrain.runs.plots import reliability_image, save_reliability_diagram
 
 # --------------------------------------------------------------------------- stopping
 

@@ -2,7 +2,7 @@
 
 :class:`Training` builds everything ``fit`` needs (restoring it from a checkpoint when
 resuming), saves and reports the run, and hands the loop to the
-:class:`~mixtrain.engine.Trainer` with its parts.
+:class:`~mixtrain.train.engine.Trainer` with its parts.
 """
 
 from __future__ import annotations
@@ -18,21 +18,21 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from mixtrain import checkpoint, distributed
-from mixtrain.checkpoint import TrainState
+from mixtrain.train import checkpoint, distributed
+from mixtrain.train.checkpoint import TrainState
 from mixtrain.config import ManifoldConfig, MixConfig, TrainConfig, asdict
 from mixtrain.data import Data, build_data, image_size
-from mixtrain.engine import Step, Trainer
+from mixtrain.train.engine import Step, Trainer
 from mixtrain.errors import MixtrainError, RunStopped
 from mixtrain.files import RUN_FILES, write_json_atomic
-from mixtrain.losses import create_loss
+from mixtrain.mixing.losses import create_loss
 from mixtrain.mixing import create_mixer, target_entropy
 from mixtrain.models import create_model
-from mixtrain.monitor import RunMonitor, reconcile_metrics
-from mixtrain.optim import create_optimizer, create_scheduler, scaled_lr
-from mixtrain.parts import Checkpoints, Ema, Evaluation, NanPolicy, Records, StopOnSignal, StopRequest
-from mixtrain.precision import resolve_device, resolve_precision
-from mixtrain.preview import mixed_batch_grid
+from mixtrain.train.monitor import RunMonitor, reconcile_metrics
+from mixtrain.train.optim import create_optimizer, create_scheduler, scaled_lr
+from mixtrain.train.parts import Checkpoints, Ema, Evaluation, NanPolicy, Records, StopOnSignal, StopRequest
+from mixtrain.train.precision import resolve_device, resolve_precision
+from mixtrain.mixing.preview import mixed_batch_grid
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -96,7 +96,7 @@ class Training:
         self.state, self.history, self.resume_note = TrainState(), [], None
         if saved is not None:
             self.resume_note = checkpoint.check_resumable(saved, self.config, self.data.num_classes, Path(cfg.resume))
-            self.state, self.history = checkpoint.restore(saved, self.stateful(), self.mixer.generator, ctx.rank,
+            self.state, self.history = checkpoint.restore(saved, self.stateful(), self.mixer, ctx.rank,
                                                           ctx.world_size)
             if ctx.is_main:
                 reconcile_metrics(run_dir / "metrics.jsonl", self.history)
@@ -140,7 +140,7 @@ class Training:
         """A checkpoint (every rank takes part: each one's RNG state goes in it; rank 0 writes)."""
         if not self.cfg.trainer.checkpoint:
             return
-        ranks = distributed.gather_objects(checkpoint.rank_state(self.mixer.generator, self.state))
+        ranks = distributed.gather_objects(checkpoint.rank_state(self.mixer, self.state))
         if self.ctx.is_main:
             checkpoint.save_atomic(checkpoint.snapshot(self.stateful(), self.config, self.data.classes,
                                                        self.state, self.history, ranks), self.run_dir / name)

@@ -1,0 +1,128 @@
+"""Config checks and errors: the range checks the schemas call, and one line for every
+composition error (the key, what is wrong, the likeliest fix)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from typing import Any, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mixtrain.errors import MixtrainError
+
+
+def require(ok: bool, key: str, message: str, value: Any) -> None:
+    if not ok:
+        raise MixtrainError(f"{key} {message} (got {value!r})")
+
+
+def choice(value: str, choices: tuple, key: str) -> None:
+    require(value in choices, key, f"must be one of {', '.join(choices)}", value)
+
+
+def probability(value: float, key: str) -> None:
+    require(0.0 <= value <= 1.0, key, "must be a probability in [0, 1]", value)
+
+
+def at_least(value: float, low: float, key: str) -> None:
+    require(value >= low, key, f"must be >= {low}", value)
+
+
+def to_object(cfg: DictConfig) -> Any:
+    """Resolve and validate a composed config; return the dataclass tree."""
+    check_no_extra_keys(cfg)
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as ex:
+        raise MixtrainError(describe_config_error(ex, cfg)) from None
+
+
+def _child(cfg: DictConfig, key: str) -> Optional[DictConfig]:
+    """The config node under ``key`` if it is a config (not missing, None or an interpolation), else None."""
+    if OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key):
+        return None
+    child = cfg[key]
+    return child if isinstance(child, DictConfig) else None
+
+
+def _leaf_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
+    keys = []
+    for k in cfg.keys():
+        child = _child(cfg, k)
+        keys.extend(_leaf_keys(child, f"{prefix}{k}.") if child is not None else [f"{prefix}{k}"])
+    return keys
+
+
+def _unknown_key(key: str, cfg: Optional[DictConfig]) -> str:
+    """'unknown config key' plus the likeliest fix: a near name beside it, or the same name elsewhere."""
+    message = f"unknown config key '{key}'"
+    if cfg is None:
+        return message
+    parent, _, leaf = key.rpartition(".")
+    keys = [k for k in _leaf_keys(cfg) if k != key]
+    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.7)
+    if close:
+        return f"{message}; did you mean {parent + '.' if parent else ''}{close[0]}?"
+    elsewhere = [k for k in keys if k.rpartition(".")[2] == leaf]
+    if elsewhere:
+        return f"{message}; did you mean {elsewhere[0]}?"
+    from mixtrain.config.store import SCHEMAS
+
+    owners = [f"{parent}={schema.name}" for schema in SCHEMAS.get(parent, {}).values()
+              if leaf in {f.name for f in dataclasses.fields(schema)} and schema.name != MISSING]
+    if owners:
+        return f"{message}: it belongs to {' / '.join(owners)}"
+    if siblings:
+        return f"{message} ({parent or 'the top level'} has: {', '.join(siblings)})"
+    return message
+
+
+def check_no_extra_keys(cfg: DictConfig, root: Optional[DictConfig] = None, prefix: str = "") -> None:
+    """Reject keys that a schema does not declare (``+key=value`` gets past Hydra's struct mode)."""
+    root = cfg if root is None else root
+    schema = OmegaConf.get_type(cfg)
+    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for k in cfg.keys():
+        if declared is not None and k not in declared:
+            raise MixtrainError(_unknown_key(f"{prefix}{k}", root))
+        child = _child(cfg, k)
+        if child is not None:
+            check_no_extra_keys(child, root, f"{prefix}{k}.")
+
+
+def describe_config_error(ex: BaseException, cfg: Optional[DictConfig] = None) -> str:
+    """One line for a Hydra/OmegaConf composition error: the key, what is wrong, the fix."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(ex, MissingConfigException) and ex.options is not None and ex.missing_cfg_file:
+        group, _, name = str(ex.missing_cfg_file).rpartition("/")
+        plugins = " (Hydra's launcher and sweeper plugins: pip install \"mixtrain[launchers]\")" if group.startswith("hydra/") else ""
+        return f"unknown {group} '{name}': choose one of {', '.join(sorted(ex.options))}{plugins}"
+    if isinstance(ex, OverrideParseException):
+        return f"cannot parse override '{ex.override}': {ex.message.splitlines()[0]}"
+    cause = ex
+    while not isinstance(cause, OmegaConfBaseException) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+    if not isinstance(cause, OmegaConfBaseException):
+        if "Could not override '" in first or "Could not append to config" in first:
+            key = first.split("'")[1]
+            return _unknown_key(key, cfg)
+        return first
+    key = cause.full_key or ""
+    msg = (cause.msg or str(cause)).strip().splitlines()[0]
+    kind = type(cause).__name__
+    if kind in ("ConfigKeyError", "ConfigAttributeError") or "not in struct" in msg or "not in '" in msg:
+        return _unknown_key(key, cfg)
+    if kind == "MissingMandatoryValue":
+        return f"{key} is required: pass {key}=..."
+    return f"{key}: {msg}" if key else msg
+
+
+def debug_enabled() -> bool:
+    """Whether errors should keep their traceback (MIXTRAIN_DEBUG=1)."""
+    return os.environ.get("MIXTRAIN_DEBUG", "") not in ("", "0")

@@ -1,0 +1,47 @@
+"""Hydra's command line, read with public APIs only: its flags, and the jobs of a sweep.
+
+``hydra.main`` reads ``sys.argv`` itself; mixtrain reads it first, to validate the config
+(every job of a sweep) before Hydra starts, so a bad value stops everything with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import OrderedDict
+from itertools import product
+from typing import List
+
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def hydra_args_parser() -> argparse.ArgumentParser:
+    """The flags of a ``@hydra.main`` app's command line (Hydra 1.3's), and its overrides."""
+    parser = argparse.ArgumentParser(add_help=False, prog="mixtrain")
+    parser.add_argument("overrides", nargs="*")
+    for flags in (("--help", "-h"), ("--hydra-help",), ("--resolve",), ("--run", "-r"), ("--multirun", "-m"),
+                  ("--shell-completion", "-sc"), ("--version",)):
+        parser.add_argument(*flags, action="store_true")
+    parser.add_argument("--cfg", "-c", choices=["job", "hydra", "all"])
+    for flags in (("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn"), ("--config-dir", "-cd"),
+                  ("--experimental-rerun",)):
+        parser.add_argument(*flags)
+    parser.add_argument("--info", "-i", const="all", nargs="?", choices=INFO_CHOICES)
+    return parser
+
+
+def sweep_jobs(overrides: list) -> List[List[str]]:
+    """The jobs of a sweep, each a list of ``key=value`` overrides, in the order (and so with the
+    job numbers) of Hydra's basic sweeper: the cartesian product over keys in the order they
+    first appear, a later override of a key replacing an earlier one.
+
+    ``overrides`` are parsed Hydra ``Override`` objects whose sweeps are all discrete
+    (choice, range, glob); a range/interval sweep is for a sweeper plugin.
+    """
+    choices: "OrderedDict[str, List[str]]" = OrderedDict()
+    for override in overrides:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in product(*choices.values())]

@@ -1,0 +1,2 @@
+"""Evaluation: metrics, calibration and temperature scaling, bootstrap intervals, FGSM
+robustness, and the `eval` and `compare` commands."""

@@ -1,0 +1,26 @@
+"""RegMixup (Pinto et al. 2022): train on the clean batch and on its Mixup together."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from mixtrain.mixing.mixup import Mixer
+
+
+class RegMixupMixer(Mixer):
+    """The clean batch and its Mixup go through the model as one batch of ``2B`` rows, clean first.
+
+    Its loss ``CE(clean) + eta * CE(mixed)`` is then the plain soft-target cross-entropy (a
+    mean over the 2B rows) with the clean targets scaled by 2 and the mixed ones by
+    ``2 * eta``: the cross-entropy is linear in its targets, so no loss needs to know
+    where the halves split. Scaling leaves each row's argmax alone, and training accuracy
+    is counted on the first ``B`` rows, the clean ones.
+    """
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not self.active(epoch):
+            return images, self.targets(labels)
+        mixed, mixed_targets = super().__call__(images.clone(), labels, epoch)
+        return torch.cat([images, mixed]), torch.cat([2.0 * self.targets(labels), 2.0 * self.cfg.eta * mixed_targets])
