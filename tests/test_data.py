@@ -152,3 +152,29 @@ def test_folder_errors_name_the_problem(tmp_path):
         cfg = make_config("dataset=imagefolder", f"dataset.root={root}", *TINY)
         with pytest.raises(MixtrainError, match=pattern):
             build_data(cfg.dataset, cfg.trainer, torch.device("cpu"), seed=0)
+
+
+def test_subset_folder_links_the_first_images_of_each_class_and_the_whole_val_split(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from mixtrain.data import LoaderOptions, open_split
+    from mixtrain.config import FolderConfig
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "subset_folder.py"
+    spec = importlib.util.spec_from_file_location("subset_folder", script)
+    subset_folder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(subset_folder)
+    make_image_folder(tmp_path / "full", per_class=6, val_per_class=3, size=8, splits=("train", "test"))
+    assert subset_folder.main([str(tmp_path / "full"), str(tmp_path / "sub"), "--per-class", "4"]) == 0
+    for name in ("ant", "bee", "cat"):
+        linked = sorted(p.name for p in (tmp_path / "sub" / "train" / name).iterdir())
+        assert linked == ["0000.png", "0001.png", "0002.png", "0003.png"]
+        assert all((tmp_path / "sub" / "train" / name / f).is_symlink() for f in linked)
+    cfg = FolderConfig(root=str(tmp_path / "sub"), val_split="test", cache=True, image_size=8)
+    train = open_split(cfg, "train", True, LoaderOptions(4, "cpu", 0, False, 0))
+    val = open_split(cfg, "test", False, LoaderOptions(4, "cpu", 0, False, 0))
+    assert (train.loader.num_samples, val.loader.num_samples) == (12, 9)
+    # A second call never overwrites: one line, exit code 2.
+    assert subset_folder.main([str(tmp_path / "full"), str(tmp_path / "sub"), "--per-class", "2"]) == 2
+    assert "exists" in capsys.readouterr().err
