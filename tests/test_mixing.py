@@ -14,8 +14,9 @@ from helpers import TINY, make_config, make_image_folder
 from mixtrain.config import CutmixConfig, ManifoldConfig, MixupConfig, SwitchConfig
 from mixtrain.train.engine import fit
 from mixtrain.mixing.losses import binary_cross_entropy, create_loss
-from mixtrain.mixing import (MixPlan, Mixer, box_lam, create_mixer, cutmix_boxes, mix_images, mix_targets,
+from mixtrain.mixing import (MixPlan, MixSpec, Mixer, box_lam, create_mixer, cutmix_boxes, mix_images, mix_targets,
                              one_hot, stages_of)
+from mixtrain.mixing.plans import draw_many, draw_one
 from mixtrain.models import create_model
 
 MODES = ["batch", "pair", "elem"]
@@ -383,3 +384,16 @@ def test_run_logs_the_mixed_batch_to_tensorboard(tmp_path):
     events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
     events.Reload()
     assert "mixing/batch" in events.Tags()["images"]
+
+
+@pytest.mark.parametrize("spec", [
+    MixSpec(mixup_alpha=1.0), MixSpec(cutmix_alpha=1.0), MixSpec(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5),
+    MixSpec(cutmix_alpha=0.4, minmax=(0.2, 0.8)), MixSpec(cutmix_alpha=1.0, correct_lam=False, prob=0.6),
+    MixSpec(mixup_alpha=0.2, symmetric=True, prob=0.5), MixSpec(prob=0.0)])
+def test_the_batch_draw_in_scalars_equals_one_draw_of_the_vector_rule(spec):
+    # Batch mode draws with Python scalars (cheaper per step); the rule must be the same, number for number.
+    one, many = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(300):
+        lam, cutmix, box = draw_one(spec, one, 13, 17)
+        lams, kinds, boxes = draw_many(spec, many, 1, 13, 17)
+        assert (lam, cutmix, box) == (float(lams[0]), bool(kinds[0]), tuple(boxes[0].tolist()))
