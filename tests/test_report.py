@@ -261,3 +261,14 @@ def test_runs_of_one_sweep_are_compared_on_hydra_configs_resolved_alike(tmp_path
     assert [r.status for r in runs] == ["completed", "crashed"]
     assert {r.params["dataset.root"] for r in runs} == {"/default/cifar10-jpeg"}
     assert differing_keys(runs) == []
+
+
+def test_an_eval_dir_inside_a_run_is_not_a_run(tmp_path):
+    from mixtrain.runs.dirs import find_run_dirs
+
+    run = tmp_path / "study" / "erm" / "s0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "summary.json").write_text('{"status": "completed"}')
+    (run / "eval" / ".hydra").mkdir(parents=True)  # `mixtrain eval ... hydra.run.dir=RUN/eval`
+    (run / "eval" / "eval.json").write_text("{}")
+    assert find_run_dirs(tmp_path / "study") == [run]

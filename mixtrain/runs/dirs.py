@@ -52,8 +52,8 @@ class Run:
 def is_run_dir(path: Path) -> bool:
     if (path / "summary.json").is_file() or (path / "metrics.jsonl").is_file():
         return True
-    # `mixtrain preview` writes .hydra/ too; its dir holds preview.png and is not a run.
-    return (path / ".hydra").is_dir() and not (path / "preview.png").is_file()
+    # `mixtrain preview` and `mixtrain eval` write .hydra/ too; their dirs (preview.png, eval.json) are not runs.
+    return (path / ".hydra").is_dir() and not any((path / name).is_file() for name in ("preview.png", "eval.json"))
 
 
 def natural_key(path: Path) -> Tuple:
