@@ -7,6 +7,7 @@ their own config or take plain arguments.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import signal
@@ -17,7 +18,8 @@ from typing import Callable, Dict, List, Optional
 
 from mixtrain.train import distributed
 from mixtrain.config import config_dir, debug_enabled, describe_config_error, register_configs, to_object
-from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped
+from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped, fail, say
+from mixtrain.files import claim_dir
 from mixtrain.runs.launch import run_hydra_command
 
 USAGE = """usage: mixtrain <command> [overrides]
@@ -36,44 +38,60 @@ commands:
   report    summarize runs and sweeps   mixtrain report outputs/multirun/<date>/<time> [--out DIR]
 
 `mixtrain <command> --help` shows the config groups and the composed config;
-`mixtrain train --cfg job` prints the config a run would use.
+`mixtrain train --cfg job` prints the config a run would use; `mixtrain --version`.
+train, preview and eval take every flag of a Hydra app (-cd DIR, -cn NAME, -m, --cfg, -sc, ...).
 """
-
-
-def say(message: str) -> None:
-    """One line on stderr (from rank 0 only, under torchrun)."""
-    if distributed.context().is_main:
-        sys.stderr.write(f"mixtrain: {message}\n")
-
-
-def fail(message: str) -> int:
-    say(f"error: {message}")
-    return EXIT_USAGE
 
 
 # --------------------------------------------------------------------------- commands
 
 
-def _train_task(cfg) -> float:
+def task(function: Callable) -> Callable:
+    """A Hydra task that marks what escapes it: a bug keeps its traceback, while an error of
+    Hydra's own front end (a bad override) becomes one line."""
+    @functools.wraps(function)
+    def run(cfg):
+        try:
+            return function(cfg)
+        except Exception as ex:
+            ex.raised_by_task = True
+            raise
+
+    return run
+
+
+def output_dir() -> Path:
+    """This job's dir, which this process holds (the Guard claimed it; a sweep's job claims its own)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    if distributed.context().is_main and not claim_dir(out):
+        raise MixtrainError(f"{out} is being written by another mixtrain process: pick another hydra.run.dir")
+    return out
+
+
+def in_sweep() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@task
+def _train_task(cfg) -> float:
     from mixtrain.train.engine import fit
 
     try:
-        summary = fit(to_object(cfg), Path(HydraConfig.get().runtime.output_dir))
-    except MixtrainError as ex:
-        if debug_enabled():
-            raise
-        raise SystemExit(fail(str(ex))) from None
+        summary = fit(to_object(cfg), output_dir())
     except RunStopped as ex:
-        if debug_enabled():
-            raise
-        say(str(ex))
         # A diverged job of a sweep is recorded (summary.json says failed) and the sweep goes
         # on; a signal stops everything.
-        if ex.exit_code > 128 or HydraConfig.get().mode != RunMode.MULTIRUN:
+        if not in_sweep():
+            raise
+        if ex.exit_code > 128:
+            say(str(ex))
             raise SystemExit(ex.exit_code) from None
+        say(str(ex))
         return float("nan")
     return objective_value(summary, cfg.objective, ema=cfg.trainer.ema.enabled and cfg.trainer.ema.select_best)
 
@@ -93,27 +111,22 @@ def objective_value(summary: dict, key: str, ema: bool = False) -> float:
     return float(value)
 
 
+@task
 def _preview_task(cfg) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     from mixtrain.data import LoaderOptions, open_split, resolve_workers
     from mixtrain.train.precision import resolve_device
     from mixtrain.mixing.preview import mixed_batch_grid, write_png
 
-    try:
-        run = to_object(cfg)
-        options = LoaderOptions(run.trainer.batch_size, resolve_device(run.trainer.device),
-                                resolve_workers(run.trainer.num_workers), run.trainer.channels_last, run.seed)
-        train = open_split(run.dataset, "train", True, options)
-        grid = mixed_batch_grid(train.loader, train.classes, run.augment, run.dataset, run.trainer.epochs, run.seed)
-    except MixtrainError as ex:
-        if debug_enabled():
-            raise
-        raise SystemExit(fail(str(ex))) from None
-    path = write_png(grid, Path(HydraConfig.get().runtime.output_dir) / "preview.png")
-    print(path)
+    run = to_object(cfg)
+    out = output_dir()
+    options = LoaderOptions(run.trainer.batch_size, resolve_device(run.trainer.device),
+                            resolve_workers(run.trainer.num_workers), run.trainer.channels_last, run.seed)
+    train = open_split(run.dataset, "train", True, options)
+    grid = mixed_batch_grid(train.loader, train.classes, run.augment, run.dataset, run.trainer.epochs, run.seed)
+    print(write_png(grid, out / "preview.png"))
 
 
+@task
 def _eval_task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from rich.console import Console
@@ -121,16 +134,10 @@ def _eval_task(cfg) -> None:
     from mixtrain.evaluate.evaluation import dataset_override_keys, evaluate_checkpoint
     from mixtrain.evaluate.tables import print_report
 
-    hydra_cfg = HydraConfig.get()
-    out_dir = Path(hydra_cfg.runtime.output_dir)
+    out = output_dir()
     console = Console(width=None if Console().is_terminal else 120)
-    try:
-        report = evaluate_checkpoint(to_object(cfg), out_dir, dataset_override_keys(hydra_cfg.overrides.task), console)
-    except MixtrainError as ex:
-        if debug_enabled():
-            raise
-        raise SystemExit(fail(str(ex))) from None
-    print_report(report, out_dir, console)
+    keys = dataset_override_keys(HydraConfig.get().overrides.task)
+    print_report(evaluate_checkpoint(to_object(cfg), out, keys, console), out, console)
 
 
 def composed_command(config_name: str, module: str, function: str) -> Callable[[List[str]], int]:
@@ -169,11 +176,55 @@ COMMANDS: Dict[str, Callable[[List[str]], int]] = {
 }
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    import mixtrain
+
+    parts = []
+    for name in ("hydra-core", "omegaconf", "torch", "torchvision", "timm"):
+        try:
+            parts.append(f"{name} {installed(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} not installed")
+    return f"mixtrain {mixtrain.__version__} ({', '.join(parts)})"
+
+
+HYDRA_COMMANDS = ("train", "preview", "eval")
+
+
+def complete(args: List[str]) -> int:
+    """``mixtrain -sc query=SHELL``, as the script of ``mixtrain train -sc install=bash`` calls it:
+    the command names while the first word is typed, then Hydra's completion of that command's
+    config (its line passed on without the command word)."""
+    import os
+    import re
+
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    typing_command = len(words) < 2 or (len(words) == 2 and not line.endswith(" "))
+    if typing_command:
+        prefix = words[1] if len(words) == 2 else ""
+        print(" ".join(c for c in COMMANDS if c.startswith(prefix)))
+        return 0
+    command = words[1]
+    if command not in HYDRA_COMMANDS:
+        return 0
+    os.environ["COMP_LINE"] = re.sub(rf"^(\s*\S+)\s+{re.escape(command)}", r"\1", line, count=1)
+    return COMMANDS[command](["--shell-completion", *args])
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
         return 0 if argv else EXIT_USAGE
+    if argv[0] in ("--version", "-V"):
+        print(version())
+        return 0
+    if argv[0] in ("-sc", "--shell-completion"):
+        register_configs()
+        return complete(argv[1:])
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
         return fail(f"unknown command '{command}': use one of {', '.join(COMMANDS)} (see `mixtrain --help`)")
@@ -184,6 +235,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if debug_enabled():
             traceback.print_exc()
         return fail(str(ex))
+    except RunStopped as ex:  # a run that stopped on purpose (Guard off: Hydra re-raised it)
+        say(str(ex))
+        return ex.exit_code
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, still without a traceback
         if debug_enabled():
             traceback.print_exc()

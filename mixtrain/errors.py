@@ -8,6 +8,9 @@ Neither prints a traceback unless ``MIXTRAIN_DEBUG=1``. Anything else that escap
 bug in mixtrain.
 """
 
+import os
+import sys
+
 EXIT_USAGE = 2
 
 
@@ -21,3 +24,16 @@ class RunStopped(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def say(message: str) -> None:
+    """One line on stderr, from the first process only under torchrun (its RANK)."""
+    if os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(f"mixtrain: {message}\n")
+        sys.stderr.flush()
+
+
+def fail(message: str) -> int:
+    """Say ``error: message``; the exit code of bad input."""
+    say(f"error: {message}")
+    return EXIT_USAGE

@@ -42,3 +42,65 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2))
+
+
+# --------------------------------------------------------------------------- one writer per dir
+
+# What a command leaves in a dir it wrote: a dir holding any of these belongs to that command.
+RECORDS = (".hydra", *RUN_FILES, "eval.json", "preview.png", "multirun.yaml")
+
+_held: dict = {}  # resolved dir -> fd of the dir, flock'ed for the life of this process
+
+
+def records_in(path: Path) -> list:
+    """The records of :data:`RECORDS` that ``path`` holds."""
+    return [name for name in RECORDS if (path / name).exists()]
+
+
+def claim_dir(path: Path) -> bool:
+    """Make ``path`` (and its parents) and take its exclusive lock for the life of this process.
+
+    The lock is ``flock`` on the directory itself (no lock file to leave behind): the kernel
+    releases it when the process ends, however it ends, so a killed run never blocks its
+    resume. Returns False when another process holds it; True when this one does (again).
+    """
+    import fcntl
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve())
+    if key in _held:
+        return True
+    fd = os.open(key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _held[key] = fd
+    return True
+
+
+def release_dir(path: Path) -> None:
+    """Let go of the lock on ``path`` (a dir this process claimed and then did not use)."""
+    fd = _held.pop(str(Path(path).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def release_claims() -> None:
+    """Let go of every lock this process holds (tests; a process ending lets go by itself)."""
+    for fd in _held.values():
+        os.close(fd)
+    _held.clear()
+
+
+def forget_inherited_claims(_worker_id: int = 0) -> None:
+    """In a forked child (a DataLoader worker): close the copies of the parent's lock fds, so
+    that the lock goes with the parent, not with a worker that outlives it by a few seconds."""
+    for fd in _held.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()

@@ -20,3 +20,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _release_run_dirs():
+    """Runs made in the test process lock their dirs for the life of the process: let go after each test."""
+    yield
+    from mixtrain.files import release_claims
+
+    release_claims()

@@ -96,3 +96,24 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run([sys.executable, "-m", "mixtrain", *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+EVENTS: list = []  # what Recorder callbacks saw, in order
+
+
+class Recorder:
+    """A Hydra callback (``_target_: helpers.Recorder``) that records each event as ``name.event``."""
+
+    def __init__(self, name: str, raise_on: str = "") -> None:
+        self.name, self.raise_on = name, raise_on
+
+    def __getattr__(self, event: str):
+        if not event.startswith("on_"):
+            raise AttributeError(event)
+
+        def record(**kwargs):
+            EVENTS.append(f"{self.name}.{event}")
+            if event == self.raise_on:
+                raise RuntimeError(f"{self.name} fails in {event}")
+
+        return record

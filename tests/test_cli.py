@@ -132,21 +132,3 @@ def test_sweep_jobs_follow_hydras_basic_sweeper_order():
     # the last key varying fastest: job numbers match the basic sweeper's job dirs.
     assert sweep_jobs(parsed) == [["a=5", "b=x", "c=0", "d='p,q'"], ["a=5", "b=x", "c=1", "d='p,q'"],
                                   ["a=6", "b=x", "c=0", "d='p,q'"], ["a=6", "b=x", "c=1", "d='p,q'"]]
-
-
-def test_a_single_run_composes_its_config_once(tmp_path, monkeypatch):
-    # ConfigLoaderImpl is Hydra's private loader: the package never touches it; this test counts on it.
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
-    calls = []
-    real = ConfigLoaderImpl.load_configuration
-    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration",
-                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
-    make_image_folder(tmp_path / "data", per_class=4, val_per_class=2, size=8)
-    code = main(["train", "dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true",
-                 "dataset.image_size=8", *TINY, "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-                 f"hydra.run.dir={tmp_path / 'run'}"])
-    assert code == 0 and (tmp_path / "run" / "summary.json").is_file()
-    assert len(calls) == 1
-    saved = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
-    assert "dataset.image_size=8" in saved and (tmp_path / "run" / ".hydra" / "config.yaml").is_file()

@@ -11,10 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from helpers import TINY, class_image, make_cifar10_folder, make_config, make_image_folder
 from mixtrain.cli import main
-from mixtrain.config import SCHEMAS, recipes_dir, register_configs
+from mixtrain.config import SCHEMAS, recipes_dir
 from mixtrain.data import build_data
 from mixtrain.train.engine import fit
-from mixtrain.errors import MixtrainError
 from mixtrain.config.recipes import list_recipes, read_header
 
 RECIPES = sorted(path.stem for path in recipes_dir().glob("*.yaml"))
@@ -234,16 +233,19 @@ def test_recipe_config_errors_are_one_line(capsys, tmp_path):
     assert "dataset.auto_augment needs dataset.cache=false" in capsys.readouterr().err
 
 
-def test_a_glob_sweep_over_every_recipe_is_validated_job_by_job(monkeypatch):
-    # `mixtrain train -m 'recipe=glob(*)' ...`: each recipe is composed and checked before any job runs.
+def test_a_glob_sweep_over_every_recipe_is_validated_job_by_job(monkeypatch, capsys, tmp_path):
+    # `mixtrain train -m 'recipe=glob(*)' ...`: each recipe is composed and checked before any job runs
+    # (dataset=imagefolder: in multirun mode Hydra composes the fixed part first, as any Hydra app does).
     import mixtrain.runs.launch as launch
 
-    register_configs()
     checked = []
     real = launch.to_object
     monkeypatch.setattr(launch, "to_object", lambda cfg: checked.append(cfg.model.name) or real(cfg))
-    launch.check_overrides("train", ["recipe=glob(*,exclude=mini_*)", "dataset.root=/data"], multirun=True)
+    monkeypatch.setattr(launch, "claim_dir", lambda path: False)  # then refuse the sweep dir: no job runs
+    sweep = tmp_path / "sweep"
+    assert main(["train", "-m", "recipe=glob(*,exclude=mini_*)", "dataset=imagefolder", "dataset.root=/data", f"hydra.sweep.dir={sweep}"]) == 2
+    assert "is being written by another mixtrain sweep" in capsys.readouterr().err and not sweep.exists()
     assert len(checked) == len(RECIPES) - len(BUNDLED)
     assert {"preact_resnet18", "resnet20", "resnet56", "resnet50", "deit_small_patch16_224"} == set(checked)
-    with pytest.raises(MixtrainError, match="the sweep has no jobs"):
-        launch.check_overrides("train", ["recipe=glob(nothing*)"], multirun=True)
+    assert main(["train", "-m", "recipe=glob(nothing*)", f"hydra.sweep.dir={sweep}"]) == 2
+    assert "the sweep has no jobs" in capsys.readouterr().err

@@ -76,9 +76,10 @@ def _unknown_key(key: str, cfg: Optional[DictConfig]) -> str:
               if leaf in {f.name for f in dataclasses.fields(schema)} and schema.name != MISSING]
     if owners:
         return f"{message}: it belongs to {' / '.join(owners)}"
+    strict = "; the schemas are strict, so `+key=` cannot add a key (README: Your own configs)"
     if siblings:
-        return f"{message} ({parent or 'the top level'} has: {', '.join(siblings)})"
-    return message
+        return f"{message} ({parent or 'the top level'} has: {', '.join(siblings)}){strict}"
+    return message + strict
 
 
 def check_no_extra_keys(cfg: DictConfig, root: Optional[DictConfig] = None, prefix: str = "") -> None:
@@ -112,7 +113,8 @@ def describe_config_error(ex: BaseException, cfg: Optional[DictConfig] = None) -
         if "Could not override '" in first or "Could not append to config" in first:
             key = first.split("'")[1]
             return _unknown_key(key, cfg)
-        return first
+        # Hydra's own hints follow on the next lines ("... add --multirun to your command line"): keep them.
+        return "; ".join(line.strip() for line in str(ex).strip().splitlines() if line.strip())
     key = cause.full_key or ""
     msg = (cause.msg or str(cause)).strip().splitlines()[0]
     kind = type(cause).__name__

@@ -37,6 +37,7 @@ from torchvision.transforms import v2
 from mixtrain.data.device_loader import epoch_generator, normalize, normalizer
 from mixtrain.data.sampling import epoch_positions, repeated
 from mixtrain.errors import MixtrainError
+from mixtrain.files import forget_inherited_claims
 
 IGNORE_LABEL = -1  # an evaluation sample that stands in for an unreadable file (dropped from its batch)
 # What PIL raises for a broken, truncated, non-image or too-large file (DecompressionBombError
@@ -274,6 +275,8 @@ class FolderLoader:
             pin_memory=self.device.type == "cuda", drop_last=train, persistent_workers=options.num_workers > 0,
             # Workers' base seeds come from here, not from the process's global stream.
             generator=torch.Generator().manual_seed(options.seed),
+            # A worker outliving a killed run must not keep its run dir locked.
+            worker_init_fn=forget_inherited_claims,
         )
         self.scale, self.shift = normalizer(mean, std, self.device)
         self.unreadable: Set[str] = set()  # files replaced so far (reported once by the run)

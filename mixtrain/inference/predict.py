@@ -181,8 +181,10 @@ class ImageFiles(torch.utils.data.Dataset):
 def predict_batches(loaded: LoadedModel, paths: Sequence[str], batch_size: int, workers: int, calibrated: bool,
                     tta: str) -> Iterator[Tuple[List[str], torch.Tensor, List[Tuple[str, str]]]]:
     """``(paths, probabilities, errors)`` batch by batch: memory stays constant whatever the number of images."""
+    from mixtrain.files import forget_inherited_claims
+
     loader = torch.utils.data.DataLoader(ImageFiles(paths, loaded.transform, loaded.image_size), batch_size=batch_size,
-                                         num_workers=workers, shuffle=False)
+                                         num_workers=workers, shuffle=False, worker_init_fn=forget_inherited_claims)
     for images, index, errors in loader:
         ok = torch.tensor([not e for e in errors])
         failed = [(paths[int(i)], e) for i, e in zip(index, errors) if e]

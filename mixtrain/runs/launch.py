@@ -1,10 +1,16 @@
-"""How a Hydra command becomes a run: read its command line, compose and validate its config
-(every job of a sweep) before anything is written, guard the run dir, and run the task once
-on that config as Hydra's run mode does. A sweep and Hydra's informational flags go through
-``hydra.main``.
+"""How a Hydra command becomes a run: mixtrain hands the command line to Hydra whole.
 
-Hydra has no subcommands, so each command (``train``, ``preview``, ``eval``) is a task
-function run here with that command's overrides.
+``mixtrain train|preview|eval ARGS`` is ``hydra.main`` on ARGS, as any ``@hydra.main`` app:
+every flag (``-cd``, ``-cn``, ``-m``, ``--cfg``, ``-sc``, ``--version``, ...), every mode,
+search path, sweeper, launcher and callback is Hydra's own. mixtrain adds one Hydra callback,
+:class:`Guard` (registered under ``hydra.callbacks.mixtrain`` in ``conf/train.yaml`` and
+``conf/eval.yaml``), which checks each job where Hydra has composed it and before Hydra writes
+a file: the config (one line and exit 2 when it is wrong), then the run dir, which it makes and
+locks for the life of the process (one writer per dir). Before a sweep of Hydra's basic
+sweeper starts, every job is composed (Hydra's own config loader) and checked; for other
+sweepers, the fixed part of the config.
+
+Hydra has no subcommands, so each command is a task function with a config of its own.
 """
 
 from __future__ import annotations
@@ -13,129 +19,278 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from mixtrain.config import SCHEMAS, config_dir, describe_config_error, to_object
+from hydra.experimental.callback import Callback
+
+from mixtrain.config import config_dir, debug_enabled, describe_config_error, to_object
 from mixtrain.config.overrides import hydra_args_parser, sweep_jobs
-from mixtrain.errors import EXIT_USAGE, MixtrainError
-from mixtrain.files import RUN_FILES
+from mixtrain.errors import MixtrainError, RunStopped, fail, say
+from mixtrain.files import RUN_FILES, claim_dir, records_in, release_dir
 from mixtrain.train import distributed
 
+# The command whose task this process runs (set by :func:`run_hydra_command`); a Hydra app
+# that composes mixtrain's configs by itself is checked as `train`.
+COMMAND = "train"
 
-def _hydra_args(args: List[str]):
-    return hydra_args_parser().parse_args(args)
+
+# --------------------------------------------------------------------------- the command line
 
 
-def check_overrides(config_name: str, overrides: List[str], multirun: bool) -> list:
-    """Compose and validate the config (each job of a sweep); raise MixtrainError if bad.
+def run_hydra_command(command: str, task: Callable, config_name: str, args: List[str]) -> int:
+    """Run ``task`` as ``hydra.main`` does with ``args``; return the exit code.
 
-    Returns the composed configs, each with its ``hydra`` node, one per job.
+    Before Hydra starts, two commands rewrite their own overrides (what a user would type
+    anyway): ``train resume=RUN`` continues RUN with its original overrides, config name and
+    config dir; ``eval dataset.key=...`` names the checkpoint's dataset first.
     """
+    global COMMAND
+    parsed = hydra_args_parser().parse_args(args)
+    if runs_a_job(parsed):
+        args = {"train": resume_args, "eval": eval_args}.get(command, lambda a, p: a)(args, parsed)
+        if command == "preview" and not any(o.startswith("hydra.run.dir=") for o in parsed.overrides):
+            args = [*args, "hydra.run.dir=outputs/preview/${now:%Y-%m-%d}/${now:%H-%M-%S}"]
+    COMMAND = command
+    try:
+        with hydra_argv(args), full_errors():
+            hydra_main(task, config_name)()
+    except SystemExit as ex:  # Hydra's own exits (--help, --version), and the Guard's one-line refusals
+        return ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
+    except (MixtrainError, RunStopped):
+        raise
+    except Exception as ex:
+        if getattr(ex, "raised_by_task", False):  # a bug in mixtrain: keep its traceback
+            raise
+        # Hydra's front end refused the command line (an override, a config, a flag).
+        raise MixtrainError(describe_config_error(ex, hint_config(config_name, parsed))) from None
+    return 0
+
+
+def runs_a_job(parsed) -> bool:
+    """Whether the command line runs the task (not --help, --cfg, --info, -sc, a rerun)."""
+    return not (parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
+                or parsed.version or parsed.experimental_rerun)
+
+
+def hydra_main(task: Callable, config_name: str) -> Callable:
+    import hydra
+
+    return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
+
+
+@contextmanager
+def hydra_argv(args: List[str]):
+    """``sys.argv`` as Hydra reads it; ``mixtrain`` as the program (shell completion binds to it)."""
+    saved = sys.argv
+    sys.argv = ["mixtrain", *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@contextmanager
+def full_errors():
+    """Hydra prints a composition error itself and exits 1 unless HYDRA_FULL_ERROR is set; set,
+    the error reaches mixtrain, which says it in one line with exit code 2."""
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+def hint_config(config_name: str, parsed):
+    """The config with only the group choices of the command line, composed the way Hydra did (its
+    config name and dir), to suggest keys that exist; None when it does not compose."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import open_dict
 
-    with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=f"check_{config_name}"):
-        jobs = [overrides]
-        if multirun:
-            # With the config loader, a glob sweep (recipe='glob(*)') expands to the group's options.
-            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-            try:
-                parsed = parser.parse_overrides(overrides)
-            except Exception as ex:  # a malformed override
-                raise MixtrainError(describe_config_error(ex)) from None
-            if all(not o.is_sweep_override() or o.is_discrete_sweep() for o in parsed):
-                jobs = sweep_jobs(parsed)
-            else:  # a range/interval sweep for a sweeper plugin: check the fixed part only
-                jobs = [[o.input_line for o in parsed if not o.is_sweep_override()]]
-            if not jobs:
-                raise MixtrainError("the sweep has no jobs (a glob(...) that matches no option?): "
-                                    "check the group's options with `mixtrain train --help`")
-        composed = []
-        for job in jobs:
-            try:
-                cfg = compose(config_name, overrides=job, return_hydra_config=True)
-            except Exception as ex:  # Hydra and OmegaConf raise many types; all are config errors here
-                raise MixtrainError(describe_config_error(ex, _base_config(config_name, job))) from None
-            job = cfg.copy()
-            with open_dict(job):
-                del job["hydra"]
-            to_object(job)
-            composed.append(cfg)
-    return composed
+    from mixtrain.config import SCHEMAS
 
-
-def _base_config(config_name: str, overrides: List[str]):
-    """The config with only the group choices of ``overrides`` (to suggest keys that exist)."""
-    from hydra import compose
-
-    groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in (*SCHEMAS, "trainer", "recipe")]
+    groups = [o for o in parsed.overrides if o.split("=", 1)[0].lstrip("+~") in (*SCHEMAS, "trainer", "recipe")]
+    if parsed.config_dir:
+        groups.append(f"hydra.searchpath=[file://{Path(parsed.config_dir).resolve()}]")
+    GlobalHydra.instance().clear()
     try:
-        return compose(config_name, overrides=groups)
-    except Exception:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            return compose(parsed.config_name or config_name, overrides=groups)
+    except Exception:  # only a hint: the error itself is said whatever happens here
         return None
 
 
-def resume_overrides(overrides: List[str]) -> List[str]:
-    """For ``resume=PATH``: the original run's overrides first, and Hydra pointed at its dir.
+def resume_args(args: List[str], parsed) -> List[str]:
+    """For ``resume=PATH``: the original run's overrides first, then the new ones, and Hydra
+    pointed at the run's own dir; its config name and dir unless given again.
 
-    The run continues in its own directory; Hydra's files for this invocation go to
-    ``.hydra/resume-<time>`` so the original ``.hydra/`` stays as it was.
+    The run continues in its directory; Hydra's files for this invocation go to
+    ``.hydra/resume-<time>``, so the original ``.hydra/`` stays as it was.
     """
     from omegaconf import OmegaConf
 
+    from mixtrain.evaluate.evaluation import override_value
     from mixtrain.train.checkpoint import checkpoint_path
 
-    given = [o for o in overrides if o.startswith("resume=")]
+    given = [o for o in parsed.overrides if o.startswith("resume=")]
     if not given:
-        return overrides
-    ckpt = checkpoint_path(given[-1].split("=", 1)[1]).resolve()
+        return args
+    ckpt = checkpoint_path(override_value(given[-1])).resolve()
     run_dir = ckpt.parent
-    original_file = run_dir / ".hydra" / "overrides.yaml"
-    original = [str(o) for o in OmegaConf.load(original_file)] if original_file.is_file() else []
+    hydra_dir = run_dir / ".hydra"
+    original = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")] if (hydra_dir / "overrides.yaml").is_file() else []
     original = [o for o in original if not o.startswith(("resume=", "hydra."))]
-    rest = [o for o in overrides if not o.startswith("resume=")]
+    flags = [a for a in args if a not in parsed.overrides]
+    if (hydra_dir / "hydra.yaml").is_file() and not (parsed.config_name or parsed.config_dir):
+        saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
+        flags += ["--config-name", str(saved.job.config_name)]
+        flags += [f"--config-dir={s.path}" for s in saved.runtime.config_sources if s.provider == "command-line"]
+    rest = [o for o in parsed.overrides if not o.startswith("resume=")]
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    return [*original, *rest, f"resume={ckpt}", f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume-{stamp}"]
+    return [*flags, *original, *rest, f"resume={quote(ckpt)}", f"hydra.run.dir={quote(run_dir)}",
+            f"hydra.output_subdir=.hydra/resume-{stamp}"]
 
 
-def join_torchrun(composed: list, multirun: bool) -> bool:
-    """Join the torchrun process group; return whether this is rank 0 (the rank that writes
-    Hydra's files and logs). Every rank uses rank 0's run dir: see :func:`fixed_run_dir`."""
-    if multirun:
-        raise MixtrainError("torchrun runs one training job; run sweeps with a Hydra launcher "
-                            "(hydra/launcher=joblib or submitit_slurm), each job on its own GPUs")
-    return distributed.init(composed[0].trainer.device).is_main
+def eval_args(args: List[str], parsed) -> List[str]:
+    from mixtrain.evaluate.evaluation import eval_overrides
+
+    rewritten = eval_overrides(list(parsed.overrides))
+    return [a for a in args if a not in parsed.overrides] + rewritten
 
 
-def fixed_run_dir(hydra_node) -> Path:
-    """The run dir, resolved once: Hydra resolves ``${now:...}`` again in every process (and a
-    second later it may name another dir), so the command passes this one to Hydra. Under
-    torchrun rank 0 resolves it and sends it to the others."""
+def quote(value) -> str:
+    """A value as a quoted Hydra override value (paths may hold spaces, '=', ',' or brackets)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# --------------------------------------------------------------------------- the Guard
+
+
+class Guard(Callback):
+    """mixtrain's checks, at the points Hydra's run and multirun modes call callbacks.
+
+    A refusal says one line and exits 2 (a callback's exception would only be a warning in
+    Hydra): before Hydra writes anything for a job that does not validate or whose dir is taken,
+    and after a job whose task refused its input (taking back what Hydra wrote for it).
+    """
+
+    def __init__(self) -> None:
+        self.created: Optional[Path] = None  # the topmost folder this run made for its run dir
+        self.run_dir: Optional[Path] = None
+
+    def on_run_start(self, config, config_name: Optional[str] = None, **kwargs) -> None:
+        with refusals():
+            self.run_dir, self.created = prepare_run(config, COMMAND)
+
+    def on_run_end(self, config, job_return=None, **kwargs) -> None:
+        error = getattr(job_return, "_return_value", None)
+        if not isinstance(error, (MixtrainError, RunStopped)):
+            return
+        if debug_enabled():
+            import traceback
+
+            traceback.print_exception(error)
+        if isinstance(error, RunStopped):
+            say(str(error))
+            raise SystemExit(error.exit_code)
+        if self.run_dir is not None and distributed.context().is_main:
+            remove_hydra_files(self.run_dir, self.created, config)
+        raise SystemExit(fail(str(error)))
+
+    def on_multirun_start(self, config, config_name: Optional[str] = None, **kwargs) -> None:
+        with refusals():
+            check_sweep(config, COMMAND)
+
+
+@contextmanager
+def refusals():
+    """A refusal exits 2 with its one line; anything else is a bug in mixtrain: its traceback, exit 1
+    (Hydra would turn a callback's exception into a warning and go on unchecked)."""
+    try:
+        yield
+    except MixtrainError as ex:
+        raise SystemExit(fail(str(ex))) from None
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        raise SystemExit(1) from None
+
+
+def task_config(cfg):
+    """The config a task receives: ``cfg`` without its ``hydra`` node."""
+    from omegaconf import open_dict, read_write
+
+    job = cfg.copy()
+    with read_write(job), open_dict(job):
+        del job["hydra"]
+    return job
+
+
+@contextmanager
+def hydra_config_of(cfg, output_dir: Path):
+    """``${hydra:...}`` resolves against ``cfg`` inside (as in the job), output dir included."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(Path(output_dir).absolute())
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = saved
+
+
+def check_job(cfg, output_dir: Path, base=None) -> None:
+    """Validate one composed job (with its ``hydra`` node) as its task will see it."""
+    with hydra_config_of(cfg, output_dir):
+        try:
+            to_object(task_config(cfg))
+        except MixtrainError:
+            raise
+        except Exception as ex:  # an interpolation that does not resolve, ...
+            raise MixtrainError(describe_config_error(ex, base)) from None
+
+
+def prepare_run(cfg, command: str):
+    """Check the job, then make and lock its run dir (rank 0; every rank uses rank 0's dir).
+
+    Returns ``(run_dir, created)``: ``created`` is the topmost folder made for it (None if the
+    dir existed). Under torchrun this joins the process group (``train``).
+    """
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    declared = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
+    check_job(cfg, Path(str(cfg.hydra.run.dir)))
+    resuming = command == "train" and OmegaConf.select(cfg, "resume") is not None
     ctx = distributed.context()
-    run_dir = str(hydra_node.run.dir) if ctx.is_main else None
-    return Path(distributed.broadcast_object(run_dir))
-
-
-# The files that show a command has already written into a dir.
-OUTPUTS = {"train": RUN_FILES, "eval": ("eval.json",), "preview": ("preview.png",)}
-
-
-def check_run_dir(run_dir: Path, command: str, resuming: bool) -> None:
-    """Refuse, before Hydra writes a file, a run dir that holds results or cannot be written."""
-    taken = [name for name in OUTPUTS[command] if (run_dir / name).exists()]
-    if taken and not resuming:
-        fix = f", or continue it with resume={run_dir}" if command == "train" else ""
-        raise MixtrainError(f"{run_dir} already holds {'a run' if command == 'train' else taken[0]}: "
-                            f"pick another hydra.run.dir{fix}")
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        why = "is not a directory" if not existing.is_dir() else "is not writable"
-        raise MixtrainError(f"cannot write the run dir {run_dir}: {existing} {why}; pick another hydra.run.dir")
+    if command == "train" and distributed.launched_by_torchrun():
+        if cfg.hydra.mode is not None and str(cfg.hydra.mode).endswith("MULTIRUN"):
+            raise MixtrainError("torchrun runs one training job; run sweeps with a Hydra launcher "
+                                "(hydra/launcher=joblib or submitit_slurm), each job on its own GPUs")
+        ctx = distributed.init(str(cfg.trainer.device))
+    outcome = None
+    if ctx.is_main:
+        try:
+            outcome = ("ok", *claim_run_dir(Path(str(cfg.hydra.run.dir)), command, resuming, "${now:" in str(declared)))
+        except MixtrainError as ex:
+            outcome = ("refused", str(ex), None)
+    # Every rank takes rank 0's dir (Hydra resolves ${now:...} in each process) and its refusal.
+    status, run_dir, created = distributed.broadcast_object(outcome)
+    if status == "refused":
+        raise MixtrainError(run_dir)
+    with read_write(cfg.hydra), open_dict(cfg.hydra), read_write(cfg.hydra.run):
+        cfg.hydra.run.dir = str(run_dir)
+        if not ctx.is_main:  # ranks above 0 write no Hydra files
+            cfg.hydra.output_subdir = None
+    return Path(run_dir), created
 
 
 def first_missing(path: Path) -> Optional[Path]:
@@ -146,9 +301,60 @@ def first_missing(path: Path) -> Optional[Path]:
     return missing
 
 
-def remove_hydra_files(run_dir: Path, created: Optional[Path], subdir: Optional[Path]) -> None:
-    """After a refused command, take back what Hydra wrote for it: the folders it made (if they
-    hold nothing else), or in an existing run dir the Hydra subfolder it added."""
+def check_writable(path: Path, what: str, key: str) -> None:
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise MixtrainError(f"cannot write the {what} {path}: {existing} {why}; pick another {key}")
+
+
+def claim_run_dir(run_dir: Path, command: str, resuming: bool, timestamped: bool):
+    """Make and lock ``run_dir`` for ``command``; return ``(run_dir, created)``.
+
+    A command writes only into a dir it owns: a new one, or one that holds no other command's
+    records; ``train resume=`` into its own run, when no process is writing it. A dir named by
+    the time (the default) that another run took first gets a suffix instead: ``-1``, ``-2``, ...
+    """
+    check_writable(run_dir, "run dir", "hydra.run.dir")
+    candidates = [run_dir, *(Path(f"{run_dir}-{k}") for k in range(1, 100))] if timestamped else [run_dir]
+    for candidate in candidates:
+        created = first_missing(candidate)
+        if not claim_dir(candidate):
+            if timestamped and not resuming:
+                continue
+            raise MixtrainError(f"{candidate} is being written by another mixtrain process"
+                                f"{running_pid(candidate)}: wait for it to end (or stop it), or pick another "
+                                "hydra.run.dir")
+        held = records_in(candidate)
+        if held and timestamped and not resuming:
+            release_dir(candidate)
+            continue
+        if resuming:  # the dir of the checkpoint it continues (its records are the run's own)
+            return candidate, created
+        if held:
+            fix = f", or continue it with resume={candidate}" if command == "train" and "last.pt" in held else ""
+            kind = "a run" if any(name in held for name in RUN_FILES) else held[0]
+            raise MixtrainError(f"{candidate} already holds {kind}: pick another hydra.run.dir{fix}")
+        return candidate, created
+    raise MixtrainError(f"{run_dir} and its 99 suffixed names are all taken: pick another hydra.run.dir")
+
+
+def running_pid(run_dir: Path) -> str:
+    """`` (pid N on HOST)`` from the run's summary.json, when it says so."""
+    import json
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return f" (pid {summary['pid']} on {summary['host']})" if summary.get("status") == "running" else ""
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def remove_hydra_files(run_dir: Path, created: Optional[Path], cfg) -> None:
+    """After a task refused its input: take back what Hydra wrote for it, the folders this run
+    made (if they hold nothing else), or in an existing run dir the Hydra subfolder it added."""
     if created is not None:
         if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -156,101 +362,55 @@ def remove_hydra_files(run_dir: Path, created: Optional[Path], subdir: Optional[
             while folder != created.parent and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
                 folder = folder.parent
-    elif subdir is not None:
-        shutil.rmtree(subdir, ignore_errors=True)
+    elif cfg.hydra.output_subdir and str(cfg.hydra.output_subdir).startswith(".hydra/resume-"):
+        shutil.rmtree(run_dir / str(cfg.hydra.output_subdir), ignore_errors=True)
 
 
-def run_hydra_command(command: str, task: Callable, config_name: str, args: List[str]) -> int:
-    """Validate, then run: one job on the config composed to validate it; a sweep, or Hydra's
-    informational flags (``--help``, ``--cfg``, ``--info``), through ``hydra.main``."""
-    parsed = _hydra_args(args)
-    informational = parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion
-    overrides = list(parsed.overrides)
-    if not informational:
-        rewritten = {"train": resume_overrides, "eval": _eval_overrides}.get(command, lambda o: o)(overrides)
-        if rewritten is not overrides:
-            args = [a for a in args if a not in overrides] + rewritten
-            overrides = rewritten
-    if command == "preview" and not any(o.startswith("hydra.run.dir=") for o in overrides):
-        args = [*args, "hydra.run.dir=outputs/preview/${now:%Y-%m-%d}/${now:%H-%M-%S}"]
-        overrides = [*overrides, args[-1]]
-    if informational:
-        return run_hydra_main(task, config_name, command, args)
-    composed = check_overrides(config_name, overrides, parsed.multirun)
+# --------------------------------------------------------------------------- sweeps
+
+
+def check_sweep(cfg, command: str) -> None:
+    """Before a sweep starts: refuse a sweep dir that holds records; make and lock it; then check
+    every job of the basic sweeper (each composed by Hydra's config loader, as its launcher will),
+    or, for other sweepers (Optuna, ...), the fixed part of the config."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf, open_dict, read_write
+
     if command == "train" and distributed.launched_by_torchrun():
-        main_rank = join_torchrun(composed, parsed.multirun)
+        raise MixtrainError("torchrun runs one training job; run sweeps with a Hydra launcher "
+                            "(hydra/launcher=joblib or submitit_slurm), each job on its own GPUs")
+    sweep_dir = Path(str(cfg.hydra.sweep.dir))
+    check_writable(sweep_dir, "sweep dir", "hydra.sweep.dir")
+    loader = GlobalHydra.instance().config_loader()
+    sweeper = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default=""))
+    if sweeper.endswith("BasicSweeper"):
+        params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+        lines = [f"{key}={value}" for key, value in params.items()]
+        lines += OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False)
+        try:
+            parsed = OverridesParser.create(config_loader=loader).parse_overrides(lines)
+        except Exception as ex:  # a malformed override
+            raise MixtrainError(describe_config_error(ex)) from None
+        jobs = sweep_jobs(parsed)
+        if not jobs:
+            raise MixtrainError("the sweep has no jobs (a glob(...) that matches no option?): "
+                                "check the group's options with `mixtrain train --help`")
     else:
-        main_rank = True
-    if parsed.multirun or parsed.cfg:  # a sweep: Hydra's launcher composes each job again, in the job's process
-        return run_hydra_main(task, config_name, command, args)
-    return run_once(task, composed[0], command, main_rank, any(o.startswith("resume=") for o in overrides))
-
-
-def run_hydra_main(task: Callable, config_name: str, command: str, args: List[str]) -> int:
-    import hydra
-
-    main = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
-    saved = sys.argv
-    sys.argv = [f"mixtrain {command}", *args]
-    try:
-        main()
-    except SystemExit as ex:  # a task's one-line refusal, or Hydra's own exit
-        return ex.code if isinstance(ex.code, int) else 1
-    finally:
-        sys.argv = saved
-    return 0
-
-
-class JobCallbacks:
-    """The ``hydra.callbacks`` of a config (``hydra.experimental.callback.Callback`` objects),
-    called at the points Hydra's run mode calls them."""
-
-    def __init__(self, cfg) -> None:
-        from hydra.utils import instantiate
-
-        self.callbacks = [instantiate(node) for node in (cfg.hydra.callbacks or {}).values()]
-
-    def __getattr__(self, event: str) -> Callable:
-        if not event.startswith("on_"):
-            raise AttributeError(event)
-        return lambda **kwargs: [getattr(cb, event)(**kwargs) for cb in self.callbacks]
-
-
-def run_once(task: Callable, cfg, command: str, main_rank: bool, resuming: bool) -> int:
-    """Run ``task`` on ``cfg`` (composed once, with its ``hydra`` node) as Hydra's run mode does:
-    the run dir, ``.hydra/`` (rank 0 only), logging, callbacks. What Hydra wrote is taken back
-    if the command is refused."""
-    from hydra.core.utils import configure_log, run_job
-    from hydra.types import HydraContext, RunMode
-    from omegaconf import open_dict, read_write
-
-    run_dir = fixed_run_dir(cfg.hydra)
-    check_run_dir(run_dir, command, resuming)
-    created = first_missing(run_dir)
-    # What Hydra will make for its files in an existing run dir (resume: .hydra/resume-<time>).
-    subdir = first_missing(run_dir / str(cfg.hydra.output_subdir)) if cfg.hydra.output_subdir else None
-    with read_write(cfg), open_dict(cfg):
-        cfg.hydra.run.dir = str(run_dir)
-        cfg.hydra.mode = RunMode.RUN
-        if not main_rank:  # ranks above 0 write no Hydra files
-            cfg.hydra.output_subdir = None
-    if main_rank:
-        configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
-    callbacks = JobCallbacks(cfg)
-    try:
-        callbacks.on_run_start(config=cfg, config_name=cfg.hydra.job.config_name)
-        ret = run_job(task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
-                      hydra_context=HydraContext(config_loader=None, callbacks=callbacks), configure_logging=main_rank)
-        callbacks.on_run_end(config=cfg, config_name=cfg.hydra.job.config_name, job_return=ret)
-        ret.return_value  # re-raises what the task raised
-    except SystemExit as ex:  # a task's one-line refusal
-        if ex.code == EXIT_USAGE and main_rank:
-            remove_hydra_files(run_dir, created, subdir)
-        return ex.code if isinstance(ex.code, int) else 1
-    return 0
-
-
-def _eval_overrides(overrides: List[str]) -> List[str]:
-    from mixtrain.evaluate.evaluation import eval_overrides
-
-    return eval_overrides(overrides)
+        jobs = []
+        check_job(cfg, sweep_dir, cfg)
+    for num, job in enumerate(jobs):
+        try:
+            composed = loader.load_sweep_config(cfg, list(job))
+        except Exception as ex:  # Hydra and OmegaConf raise many types; all are config errors here
+            raise MixtrainError(describe_config_error(ex, cfg)) from None
+        with read_write(composed.hydra.job), open_dict(composed.hydra.job):
+            composed.hydra.job.num = composed.hydra.job.id = num
+        check_job(composed, sweep_dir / str(num), cfg)
+    if not claim_dir(sweep_dir):
+        raise MixtrainError(f"{sweep_dir} is being written by another mixtrain sweep: wait for it to end, "
+                            "or pick another hydra.sweep.dir")
+    taken = records_in(sweep_dir) + [p.name for p in sweep_dir.iterdir() if p.is_dir() and records_in(p)]
+    if taken:
+        raise MixtrainError(f"{sweep_dir} already holds a sweep ({', '.join(sorted(taken)[:3])}): pick another "
+                            "hydra.sweep.dir")
