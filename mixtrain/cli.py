@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 from mixtrain.train import distributed
 from mixtrain.config import config_dir, debug_enabled, describe_config_error, register_configs, to_object
 from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped, fail, say
-from mixtrain.files import claim_dir
+from mixtrain.files import claim_dir, release_claims
 from mixtrain.runs.launch import run_hydra_command
 
 USAGE = """usage: mixtrain <command> [overrides]
@@ -245,6 +245,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 128 + signal.SIGINT
     finally:
         distributed.shutdown()
+        release_claims()  # the command is over: its dirs are free (a process ending frees them anyway)
 
 
 def entry_point() -> None:

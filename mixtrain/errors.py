@@ -37,3 +37,11 @@ def fail(message: str) -> int:
     """Say ``error: message``; the exit code of bad input."""
     say(f"error: {message}")
     return EXIT_USAGE
+
+
+def resume_command(run_dir) -> str:
+    """``mixtrain train resume=RUN``, quoted for the shell where the path needs it (mixtrain reads
+    the path whole, so a ``,`` or ``[]`` in it needs no Hydra quoting)."""
+    import shlex
+
+    return f"mixtrain train {shlex.quote(f'resume={run_dir}')}"

@@ -17,15 +17,36 @@ from typing import IO, Callable
 RUN_FILES = ("summary.json", "metrics.jsonl", "last.pt")
 
 
-def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes its file 0600; a result is shared as the user's umask says (0644 under 022).
+FILE_MODE = 0o666 & ~_umask()
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
+
+
+def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False, overwrite: bool = True) -> None:
+    """Write ``path`` through a temp file: readers see the old file or the new one, never half.
+
+    ``overwrite=False`` puts the file in place only if none exists (a hard link: atomic too), and
+    raises FileExistsError otherwise. A temp file left by a killed writer is an orphan that
+    :func:`remove_orphan_temps` clears when the dir is claimed again.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -34,6 +55,14 @@ def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False) 
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def remove_orphan_temps(folder: Path) -> None:
+    """Delete the temp files of :func:`write_atomic` in ``folder``: call it only while holding the
+    folder's claim, when no other writer can be using one."""
+    for tmp in Path(folder).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -78,6 +107,7 @@ def claim_dir(path: Path) -> bool:
         os.close(fd)
         return False
     _held[key] = fd
+    remove_orphan_temps(path)  # left by a writer that was killed: nobody else can be writing here now
     return True
 
 

@@ -53,7 +53,7 @@ log "study end"
 DOCS=${DOCS:-docs/evidence}
 mkdir -p "$DOCS"
 for part in mini subset10k; do
-  if [ -d "$OUT/$part" ]; then mkdir -p "$DOCS/$part"; mixtrain report "$OUT/$part" --out "$DOCS/$part" > "$DOCS/$part/report.txt"; fi
+  if [ -d "$OUT/$part" ]; then mkdir -p "$DOCS/$part"; mixtrain report "$OUT/$part" --out "$DOCS/$part" --overwrite > "$DOCS/$part/report.txt"; fi
 done
 compare() {  # compare NAME RUN...
   local name=$1; shift

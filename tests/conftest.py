@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -6,6 +7,12 @@ import torch
 
 # Let tests import helpers.py as a plain module.
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Under pytest-xdist (-n 2 on 2 cores) each worker, and each process it starts, computes on one
+# thread: two workers of two threads each would fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

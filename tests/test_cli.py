@@ -53,6 +53,15 @@ def test_every_config_group_option_composes_and_validates(group, option):
     ("augment=manifold model=timm model.name=resnet18", "augment=manifold mixes hidden states between stages"),
     ("trainer.on_nan=ignore", "trainer.on_nan must be one of stop, skip"),
     ("dataset=imagefolder dataset.root=/x dataset.on_bad_image=warn", "dataset.on_bad_image must be one of skip, error"),
+    # issue 22: non-finite numbers, seeds NumPy cannot take, device names torch cannot parse
+    ("augment=mixup augment.alpha=inf", "augment.alpha must be a finite number (got inf)"),
+    ("augment=switch augment.cutmix_alpha=inf", "augment.cutmix_alpha must be a finite number (got inf)"),
+    ("augment=switch augment.mixup_alpha=nan", "augment.mixup_alpha must be a finite number (got nan)"),
+    ("optim.lr=inf", "optim.lr must be a finite number (got inf)"),
+    ("seed=4294967296", "seed must be < 2**32 (NumPy's seeds are 32-bit) (got 4294967296)"),
+    ("seed=1180591620717411303424", "seed must be < 2**32"),
+    ("trainer.device=cuda:x", "trainer.device must be auto, cpu, cuda or cuda:N (N = 0, 1, ...) (got 'cuda:x')"),
+    ("trainer.device=cuda:-1", "trainer.device must be auto, cpu, cuda or cuda:N"),
 ])
 def test_config_errors_are_one_line_and_exit_2(override, message, capsys, tmp_path):
     code = main(["train", *override.split(), f"hydra.run.dir={tmp_path / 'run'}"])

@@ -133,7 +133,6 @@ ROWS = [
     ("--info searchpath", ["-cd", "{cd}", "--info", "searchpath"], "out"),
     ("--info defaults", ["-cd", "{cd}", "-cn", "my_train", "--info", "defaults"], "out"),
     ("--version", ["--version"], "out"),
-    ("--help lists a user's options", ["-cd", "{cd}", "--help"], "out"),
 ]
 
 

@@ -13,7 +13,7 @@ from mixtrain.cli import main
 from mixtrain.data import LoaderOptions, open_split
 from mixtrain.train.engine import fit
 from mixtrain.evaluate.evaluation import predict as eval_predict
-from mixtrain.inference.predict import CALIBRATION_FILE, sha256_of
+from mixtrain.inference.predict import calibration_path, sha256_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +36,8 @@ def read_rows(path):
 
 
 def test_calibrate_stores_the_temperature_with_the_model(run):
-    saved = json.loads((run / "run" / CALIBRATION_FILE).read_text())
+    saved = json.loads(calibration_path(run / "run" / "last.pt").read_text())
+    assert calibration_path(run / "run" / "last.pt").name == "last.calibration.json"
     report = json.loads((run / "ev" / "eval.json").read_text())
     assert saved["temperature"] == report["temperature"]["value"] and "val images" in saved["fit_on"]
     assert saved["ece_before"] == report["temperature"]["before"]["ece"]

@@ -4,9 +4,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY, make_config, make_image_folder, run_cli
+from helpers import SLOW, TINY, folder_args, make_config, make_image_folder, position, run_cli, start, wait_until_inside
 from mixtrain.train import checkpoint
 from mixtrain.config import MixupConfig
 from mixtrain.data import build_data
@@ -24,47 +21,6 @@ from mixtrain.train.precision import Precision
 from mixtrain.errors import MixtrainError, RunStopped
 from mixtrain.mixing import Mixer
 from mixtrain.train.monitor import reconcile_metrics
-
-# 30 steps per epoch, a step checkpoint every 5: long enough to be stopped inside an epoch.
-SLOW = ["model=resnet20", "optim.lr=0.02", "trainer.epochs=3", "trainer.batch_size=4", "trainer.eval_batch_size=64",
-        "trainer.device=cpu", "trainer.num_workers=0", "dataset.image_size=16", "trainer.checkpoint_every_steps=5"]
-
-
-def folder_args(root: Path, cache: bool = True) -> list:
-    return ["dataset=imagefolder", f"dataset.root={root}", f"dataset.cache={str(cache).lower()}"]
-
-
-def start(args, cwd) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-m", "mixtrain", "train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def position(run: Path) -> tuple:
-    """(epoch, step) of the run's last.pt, or (-1, -1) before there is one."""
-    try:
-        state = checkpoint.load(run / "last.pt")["state"]
-    except MixtrainError:
-        return -1, -1
-    return state["epoch"], state["step"]
-
-
-def wait_until_inside(run: Path, proc: subprocess.Popen, epoch: int = 1, timeout=300.0) -> None:
-    """Until a step checkpoint of ``epoch`` is on disk (so the process is in the middle of it)."""
-    deadline, last_mtime = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended too early: {proc.stderr.read()}")
-        path = run / "last.pt"
-        mtime = path.stat().st_mtime_ns if path.exists() else None
-        if mtime != last_mtime:
-            last_mtime = mtime
-            at_epoch, step = position(run)
-            if at_epoch == epoch and step >= 5:
-                return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
 
 def final_weights(run: Path) -> dict:
     return checkpoint.load(run / "last.pt")["model"]

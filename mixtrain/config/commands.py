@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from mixtrain.config.errors import at_least, choice, require
+from mixtrain.config.errors import at_least, choice, require, valid_device, valid_seed
 
 
 @dataclass
@@ -33,7 +33,7 @@ class EvalConfig:
     weights: str = "raw"  # raw: the trained weights | ema: the EMA weights (runs with trainer.ema.enabled)
     # Bootstrap resamples of the evaluated images for the 95% intervals (0: none), drawn from `seed`.
     bootstrap: int = 1000
-    # Store the fitted temperature with the model: calibration.json beside the checkpoint, which
+    # Store the fitted temperature with the model: <checkpoint>.calibration.json beside it, which
     # `mixtrain predict` and `mixtrain export` read.
     calibrate: bool = False
     tta: str = "none"  # none | flip: average the softmax of each image and its mirror image
@@ -53,9 +53,8 @@ class EvalConfig:
         require(all(0.0 <= e <= 255.0 for e in self.fgsm_eps), "fgsm_eps",
                  "must be pixel levels in [0, 255] (8 means 8/255)", list(self.fgsm_eps))
         at_least(self.batch_size, 1, "batch_size")
-        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-                 "device", "must be auto, cpu, cuda or cuda:N", self.device)
-        at_least(self.seed, 0, "seed")
+        valid_device(self.device, "device")
+        valid_seed(self.seed, "seed")
 
 
 @dataclass
@@ -66,7 +65,7 @@ class PredictConfig:
     inputs: str = MISSING  # an image, a folder (recursive), a glob, or a text file of paths
     out: str = "preds.csv"  # .csv, or .jsonl for JSON lines; unreadable files go to <out>_errors.csv
     topk: int = 5
-    calibrated: Optional[bool] = None  # None: true when the checkpoint has a calibration.json
+    calibrated: Optional[bool] = None  # None: true when the checkpoint has a <checkpoint>.calibration.json
     tta: str = "none"  # none | flip: average the softmax of each image and its mirror image
     batch_size: int = 64
     device: str = "auto"
@@ -79,8 +78,7 @@ class PredictConfig:
         choice(self.tta, ("none", "flip"), "tta")
         at_least(self.batch_size, 1, "batch_size")
         choice(self.weights, ("raw", "ema"), "weights")
-        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-                 "device", "must be auto, cpu, cuda or cuda:N", self.device)
+        valid_device(self.device, "device")
 
 
 @dataclass

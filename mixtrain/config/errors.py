@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from typing import Any, List, Optional
 
@@ -31,9 +32,45 @@ def at_least(value: float, low: float, key: str) -> None:
     require(value >= low, key, f"must be >= {low}", value)
 
 
+def valid_device(value: str, key: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (N a device index)."""
+    index = value[len("cuda:"):] if value.startswith("cuda:") else None
+    require(value in ("auto", "cpu", "cuda") or (index is not None and index.isdecimal()), key,
+            "must be auto, cpu, cuda or cuda:N (N = 0, 1, ...)", value)
+
+
+def valid_seed(value: int, key: str) -> None:
+    # NumPy's legacy seeding (timm's RandAugment draws from it) takes 32-bit seeds.
+    at_least(value, 0, key)
+    require(value < 2**32, key, "must be < 2**32 (NumPy's seeds are 32-bit)", value)
+
+
+def _leaves(tree: Any, prefix: str = ""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _leaves(v, f"{prefix[:-1]}[{i}].")
+    else:
+        yield prefix[:-1], tree
+
+
+def check_finite(cfg: DictConfig) -> None:
+    """Refuse inf and NaN wherever a number is read (NumPy's Beta(inf, inf) is NaN: nothing would mix)."""
+    try:
+        tree = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return  # to_object says what is wrong
+    for key, value in _leaves(tree):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MixtrainError(f"{key} must be a finite number (got {value})")
+
+
 def to_object(cfg: DictConfig) -> Any:
     """Resolve and validate a composed config; return the dataclass tree."""
     check_no_extra_keys(cfg)
+    check_finite(cfg)
     try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as ex:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from mixtrain.config.augment import AugmentConfig, ManifoldConfig
-from mixtrain.config.errors import at_least, choice, probability, require
+from mixtrain.config.errors import at_least, choice, probability, require, valid_device, valid_seed
 from mixtrain.errors import MixtrainError
 
 
@@ -220,8 +220,7 @@ class TrainerConfig:
         at_least(self.epochs, 1, "trainer.epochs")
         at_least(self.batch_size, 1, "trainer.batch_size")
         at_least(self.eval_batch_size, 1, "trainer.eval_batch_size")
-        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-                 "trainer.device", "must be auto, cpu, cuda or cuda:N", self.device)
+        valid_device(self.device, "trainer.device")
         if self.amp is None:  # configs saved before amp=auto
             self.amp = "auto"
         require(self.amp in ("auto", True, False), "trainer.amp", "must be auto, true or false", self.amp)
@@ -269,7 +268,7 @@ class TrainConfig:
     objective: str = "best_val_acc1"
 
     def __post_init__(self) -> None:
-        at_least(self.seed, 0, "seed")
+        valid_seed(self.seed, "seed")
         choice(self.objective, OBJECTIVES, "objective")
         if isinstance(self.augment, AugmentConfig):
             require(self.augment.disable_epochs <= self.trainer.epochs, "augment.disable_epochs",

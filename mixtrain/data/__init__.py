@@ -199,6 +199,9 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
     val = open_split(cfg, "val", False, LoaderOptions(trainer.eval_batch_size // world_size,
                                                       max_batches=trainer.limit_val_batches, **common))
     check_same_classes(train.classes, val.classes)
+    if len(train.classes) < 2:
+        raise MixtrainError(f"the data has {len(train.classes)} class ({', '.join(train.classes)}): a classifier "
+                            "needs at least 2 (each a folder of images under the split)")
     check_bad_images(cfg, (train, val))
     return Data(train.loader, val.loader, train.classes, train.skipped + val.skipped, train.labels_changed,
                 train.stored_size)

@@ -53,7 +53,24 @@ def load_rgb(path: str) -> Image.Image:
         with open(path, "rb") as f:
             image = Image.open(f)
             image.load()
-            return image.convert("RGB")
+            return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode PIL reads. PIL's own ``convert("RGB")`` clips 16-bit grey (mode
+    ``I;16``, or ``I`` from a 16-bit file) at 255, so most of such an image turns white: its top
+    8 bits are kept instead. A float image (mode ``F``) has no range to scale from: it is refused
+    (and counted and named as unreadable, as a broken file is)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.asarray(image, dtype=np.int64)
+        top = int(pixels.max()) if pixels.size else 0
+        if pixels.min(initial=0) < 0 or top > 65535:
+            raise ValueError(f"a 32-bit integer image (mode {image.mode}, values up to {top}): save it with 8 or 16 bits")
+        shift = 8 if image.mode.startswith("I;16") or top > 255 else 0  # mode I holding 0..255 is 8-bit data
+        return Image.fromarray((pixels >> shift).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        raise ValueError("a 32-bit float image (mode F): save it with 8 or 16 bits per channel")
+    return image.convert("RGB")
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ absolute difference is printed and must be below 1e-4.
 
 from __future__ import annotations
 
-import json
+import io
 import warnings
 from pathlib import Path
 from typing import Any, Dict
@@ -21,6 +21,7 @@ from typing import Any, Dict
 import torch
 
 from mixtrain.errors import MixtrainError
+from mixtrain.files import write_atomic, write_json_atomic
 from mixtrain.inference.predict import LoadedModel, load_model
 
 TOLERANCE = 1e-4
@@ -54,36 +55,37 @@ def export(cfg, say=print) -> Dict[str, Any]:
     loaded = load_model(cfg.checkpoint, "cpu", cfg.weights)
     out = Path(cfg.out).expanduser() if cfg.out else loaded.checkpoint.parent / f"export-{cfg.format}"
     target = out / FILES[cfg.format]
+    if out.exists() and not out.is_dir():
+        raise MixtrainError(f"out={out} is a file: out names a directory to write {FILES[cfg.format]} and "
+                            "config.json into")
     if (target.exists() or (out / "config.json").exists()) and not cfg.overwrite:
         raise MixtrainError(f"{out} already holds an export: pick another out=, or pass overwrite=true")
-    out.mkdir(parents=True, exist_ok=True)
     model, x = loaded.model.eval().to(memory_format=torch.contiguous_format), sample_batch(loaded)
     with torch.inference_mode():
         reference = model(x)
     result: Dict[str, Any] = {"format": cfg.format, "file": str(target), "temperature": loaded.temperature}
+    # Built and checked in memory, then written whole (the one atomic writer): a killed export
+    # leaves no file that a loader cannot read and a rerun would refuse.
     if cfg.format == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(target))
+        data = save({k: v.contiguous() for k, v in model.state_dict().items()})
     elif cfg.format == "torchscript":
+        buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates TorchScript; it still loads anywhere
-            traced = torch.jit.trace(model, x)
-            traced.save(str(target))
+            torch.jit.save(torch.jit.trace(model, x), buffer)
+            data = buffer.getvalue()
             with torch.inference_mode():
-                result["max_abs_diff"] = check("torchscript", torch.jit.load(str(target))(x), reference, say)
+                result["max_abs_diff"] = check("torchscript", torch.jit.load(io.BytesIO(data))(x), reference, say)
     else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated, not gone
-            torch.onnx.export(model, (x,), str(target), dynamo=False, input_names=["images"],
-                              output_names=["logits"], opset_version=cfg.opset,
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        data = onnx_bytes(model, x, cfg.opset)
         try:
             import onnxruntime
         except ImportError:
             say("onnxruntime is not installed: the ONNX file was not checked (pip install \"mixtrain[export]\")")
         else:
-            session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
             bigger = torch.cat([x, x.flip(-1), x])  # another batch size: the batch axis is dynamic
             with torch.inference_mode():
                 want = model(bigger)
@@ -93,6 +95,28 @@ def export(cfg, say=print) -> Dict[str, Any]:
               "label_names": loaded.classes, "pretrained_cfg": pretrained_cfg(loaded),
               "temperature": loaded.temperature, "weights": cfg.weights, "format": cfg.format,
               "file": FILES[cfg.format], "checkpoint": str(loaded.checkpoint)}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as ex:
+        raise MixtrainError(f"cannot make out={out} ({ex.strerror}): pick another out=") from None
+    write_atomic(target, lambda f: f.write(data), binary=True)
+    write_json_atomic(out / "config.json", config)
     say(f"wrote {target} and {out / 'config.json'} (temperature {loaded.temperature:.4f})")
     return result
+
+
+def onnx_bytes(model, x: torch.Tensor, opset) -> bytes:
+    """The model as ONNX (dynamic batch axis), or one line naming the opset the exporter refused."""
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated, not gone
+            torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["images"], output_names=["logits"],
+                              opset_version=opset, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    except Exception as ex:  # the exporter raises ValueError, RuntimeError, its own errors ...
+        first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+        fix = "drop opset= (the exporter's default) or pick one it supports" if opset is not None else \
+            "export format=safetensors or torchscript instead"
+        raise MixtrainError(f"the ONNX exporter refused this model{f' at opset {opset}' if opset else ''} "
+                            f"({first[:200]}): {fix}") from None
+    return buffer.getvalue()

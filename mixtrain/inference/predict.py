@@ -1,7 +1,7 @@
 """Using a trained model: ``load_model``, the stored temperature, and ``mixtrain predict``.
 
 ``mixtrain eval ... calibrate=true`` stores the fitted temperature with the model, as
-``calibration.json`` in the checkpoint's run dir; ``predict`` and ``export`` read it.
+``<checkpoint>.calibration.json`` beside the checkpoint (``best.calibration.json``); ``predict`` and ``export`` read it.
 Preprocessing is the checkpoint's own evaluation transform (:func:`mixtrain.data.eval_image_transform`),
 the code evaluation itself runs.
 """
@@ -24,7 +24,12 @@ from torch import nn
 
 from mixtrain.errors import MixtrainError
 
-CALIBRATION_FILE = "calibration.json"
+LEGACY_CALIBRATION_FILE = "calibration.json"  # one per run dir, before each checkpoint had its own
+
+
+def calibration_path(checkpoint_path: Path) -> Path:
+    """Where a checkpoint's temperature is stored: ``best.calibration.json`` beside ``best.pt``."""
+    return checkpoint_path.with_name(f"{checkpoint_path.stem}.calibration.json")
 
 
 def sha256_of(path: Path) -> str:
@@ -36,10 +41,16 @@ def sha256_of(path: Path) -> str:
 
 
 def write_calibration(checkpoint_path: Path, temperature: Dict[str, Any]) -> Path:
-    """``calibration.json`` beside the checkpoint: T, where it was fitted, ECE before/after, the checkpoint's sha256."""
-    from mixtrain.files import write_json_atomic
+    """``<checkpoint>.calibration.json``: T, where it was fitted, ECE before/after, the checkpoint's sha256.
 
-    path = checkpoint_path.parent / CALIBRATION_FILE
+    It goes into the checkpoint's run dir, so this takes that dir's lock: never while a
+    training process writes it."""
+    from mixtrain.files import claim_dir, write_json_atomic
+
+    if not claim_dir(checkpoint_path.parent):
+        raise MixtrainError(f"{checkpoint_path.parent} is being written by a running mixtrain process: calibrate "
+                            "after it ends (its checkpoints still change)")
+    path = calibration_path(checkpoint_path)
     write_json_atomic(path, {"temperature": temperature["value"], "fit_on": temperature["fit_on"],
                              "ece_before": temperature["before"]["ece"], "ece_after": temperature["after"]["ece"],
                              "checkpoint": checkpoint_path.name, "checkpoint_sha256": sha256_of(checkpoint_path)})
@@ -48,14 +59,16 @@ def write_calibration(checkpoint_path: Path, temperature: Dict[str, Any]) -> Pat
 
 def read_calibration(checkpoint_path: Path) -> Optional[Dict[str, Any]]:
     """The stored calibration of this checkpoint, or None (absent, or fitted on another checkpoint file)."""
-    path = checkpoint_path.parent / CALIBRATION_FILE
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if saved.get("checkpoint_sha256") != sha256_of(checkpoint_path):
-        return None
-    return saved
+    digest = None
+    for path in (calibration_path(checkpoint_path), checkpoint_path.parent / LEGACY_CALIBRATION_FILE):
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        digest = digest or sha256_of(checkpoint_path)
+        if isinstance(saved, dict) and saved.get("checkpoint_sha256") == digest:
+            return saved
+    return None
 
 
 @dataclass
@@ -146,14 +159,23 @@ def list_inputs(inputs: str) -> List[str]:
         return found
     if path.is_file():
         if path.suffix.lower() in (".txt", ".lst"):
-            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as ex:
+                raise MixtrainError(f"{path} is not UTF-8 text (byte {ex.start}): save the list of paths as "
+                                    "UTF-8, one path per line") from None
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
             if not lines:
                 raise MixtrainError(f"{path} lists no paths: one image path per line")
             return lines
         return [str(path)]
     matches = sorted(glob.glob(os.path.expanduser(inputs), recursive=True))
     if any(c in inputs for c in "*?[") and matches:
-        return [m for m in matches if Path(m).is_file()]
+        files = [m for m in matches if Path(m).is_file()]
+        if not files:
+            raise MixtrainError(f"inputs={inputs} matches {len(matches)} folder(s) and no file: end the glob in a "
+                                "file pattern (e.g. DIR/**/*.jpg), or pass the folder itself")
+        return files
     raise MixtrainError(f"inputs={inputs} does not exist: pass an image, a folder, a glob or a text file of paths")
 
 
@@ -193,13 +215,15 @@ def predict_batches(loaded: LoadedModel, paths: Sequence[str], batch_size: int, 
         yield good, probs.cpu(), failed
 
 
-class Writer:
-    """Rows of top-k predictions to CSV, or JSON lines when the name ends in ``.jsonl``."""
+OUT_FORMATS = (".csv", ".jsonl")
 
-    def __init__(self, path: Path, topk: int) -> None:
-        self.jsonl = path.suffix == ".jsonl"
-        self.file = open(path, "w", newline="")
-        self.csv = None if self.jsonl else csv.writer(self.file)
+
+class Writer:
+    """Rows of top-k predictions to CSV, or JSON lines when the name ends in ``.jsonl``, into an open file."""
+
+    def __init__(self, file, jsonl: bool, topk: int) -> None:
+        self.file, self.jsonl = file, jsonl
+        self.csv = None if jsonl else csv.writer(file)
         if self.csv:
             self.csv.writerow(["path", *[f"{kind}{k + 1}" for k in range(topk) for kind in ("class", "prob")]])
 
@@ -209,51 +233,77 @@ class Writer:
         else:
             self.csv.writerow([path, *[v for pair in zip(classes, (f"{p:.6f}" for p in probs)) for v in pair]])
 
-    def close(self) -> None:
-        self.file.close()
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an ``out=`` that cannot take the predictions."""
+    if out.is_dir():
+        raise MixtrainError(f"out={out} is a directory: name a file in it, e.g. out={out / 'preds.csv'}")
+    if out.suffix.lower() not in OUT_FORMATS:
+        raise MixtrainError(f"out={out} must end in .csv or .jsonl (JSON lines): pick one of those names")
+    if out.exists() and not overwrite:
+        raise MixtrainError(f"{out} exists: pick another out=, or pass overwrite=true")
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise MixtrainError(f"cannot write out={out}: {existing} {why}; pick another out=")
 
 
 def predict(cfg, out_stream=None) -> Dict[str, Any]:
-    """``mixtrain predict``: classify ``cfg.inputs``; write ``cfg.out`` and, for unreadable files, ``<out>_errors.csv``."""
+    """``mixtrain predict``: classify ``cfg.inputs``; write ``cfg.out`` and, for unreadable files, ``<out>_errors.csv``.
+
+    Both files are written whole or not at all (the one atomic writer): a killed run leaves
+    no partial file to refuse on the next one.
+    """
     from mixtrain.data import resolve_workers
+    from mixtrain.files import write_atomic
     from mixtrain.train.precision import resolve_device
 
     out_stream = out_stream or sys.stdout
     out = Path(os.path.expanduser(cfg.out))
     errors_path = out.with_name(f"{out.stem}_errors.csv")
-    for path in (out, errors_path):
-        if path.exists() and not cfg.overwrite:
-            raise MixtrainError(f"{path} exists: pick another out=, or pass overwrite=true")
+    check_out(out, cfg.overwrite)
     paths = list_inputs(cfg.inputs)
     loaded = load_model(cfg.checkpoint, resolve_device(cfg.device), cfg.weights)
     calibrated = cfg.calibrated if cfg.calibrated is not None else loaded.temperature != 1.0
     if calibrated and loaded.temperature == 1.0 and read_calibration(loaded.checkpoint) is None:
-        raise MixtrainError(f"calibrated=true but {loaded.checkpoint.parent / CALIBRATION_FILE} is absent or belongs "
+        raise MixtrainError(f"calibrated=true but {calibration_path(loaded.checkpoint)} is absent or belongs "
                             "to another checkpoint: run mixtrain eval checkpoint=... calibrate=true first")
     t = loaded.temperature if calibrated else 1.0
-    print(f"mixtrain predict: temperature T={t:.4f} ({'calibrated, ' + CALIBRATION_FILE if calibrated else 'raw softmax'})"
+    print(f"mixtrain predict: temperature T={t:.4f} ({'calibrated, ' + calibration_path(loaded.checkpoint).name if calibrated else 'raw softmax'})"
           f" | {len(paths)} inputs | {loaded.config.model.name}, {len(loaded.classes)} classes, {loaded.image_size} px",
           file=out_stream, flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer, topk = Writer(out, min(cfg.topk, len(loaded.classes))), min(cfg.topk, len(loaded.classes))
+    topk = min(cfg.topk, len(loaded.classes))
     failed: List[Tuple[str, str]] = []
-    done, start, last = 0, time.perf_counter(), 0.0
-    for good, probs, bad in predict_batches(loaded, paths, cfg.batch_size, resolve_workers(cfg.num_workers),
-                                             calibrated, cfg.tta):
-        failed += bad
-        if good:
-            values, indices = probs.topk(topk, dim=1)
-            for path, v, i in zip(good, values.tolist(), indices.tolist()):
-                writer.write(path, [loaded.classes[k] for k in i], v)
-        done += len(good) + len(bad)
-        now = time.perf_counter()
-        if now - last > 5 or done == len(paths):
-            last = now
-            print(f"{done}/{len(paths)} images, {done / max(now - start, 1e-9):.0f} img/s", file=out_stream, flush=True)
-    writer.close()
+    start = time.perf_counter()
+
+    def write_predictions(file) -> None:
+        writer, done, last = Writer(file, out.suffix.lower() == ".jsonl", topk), 0, 0.0
+        for good, probs, bad in predict_batches(loaded, paths, cfg.batch_size, resolve_workers(cfg.num_workers),
+                                                 calibrated, cfg.tta):
+            failed.extend(bad)
+            if good:
+                values, indices = probs.topk(topk, dim=1)
+                for path, v, i in zip(good, values.tolist(), indices.tolist()):
+                    writer.write(path, [loaded.classes[k] for k in i], v)
+            done += len(good) + len(bad)
+            now = time.perf_counter()
+            if now - last > 5 or done == len(paths):
+                last = now
+                print(f"{done}/{len(paths)} images, {done / max(now - start, 1e-9):.0f} img/s", file=out_stream,
+                      flush=True)
+
+    try:
+        write_atomic(out, write_predictions, overwrite=cfg.overwrite)
+    except FileExistsError:  # another predict wrote it meanwhile
+        raise MixtrainError(f"{out} was written by another process meanwhile: pick another out=, or pass "
+                            "overwrite=true") from None
     if failed:
-        with open(errors_path, "w", newline="") as f:
-            csv.writer(f).writerows([("path", "reason"), *failed])
+        write_atomic(errors_path, lambda f: csv.writer(f).writerows([("path", "reason"), *failed]))
+    else:
+        errors_path.unlink(missing_ok=True)  # a list from an earlier run of this out= would be stale
     classified = len(paths) - len(failed)
     seconds = time.perf_counter() - start
     print(f"classified {classified} of {len(paths)} images in {seconds:.1f}s ({classified / max(seconds, 1e-9):.0f} "

@@ -57,7 +57,8 @@ def is_run_dir(path: Path) -> bool:
 
 
 def natural_key(path: Path) -> Tuple:
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
+    # isdecimal, not isdigit: "²" is a digit that int() refuses.
+    return tuple((0, int(p), "") if p.isdecimal() else (1, 0, p) for p in path.parts)
 
 
 def find_run_dirs(root: Path) -> List[Path]:
@@ -72,7 +73,7 @@ def find_run_dirs(root: Path) -> List[Path]:
 
 
 def read_json(path: Path) -> Optional[dict]:
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         data = json.load(f)
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
@@ -83,7 +84,8 @@ def read_metrics(path: Path) -> List[dict]:
     """The epoch records of ``metrics.jsonl``; a line cut short by a crash is skipped."""
     records = []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        # A byte that is not UTF-8 spoils its line, not the file.
+        for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
@@ -203,8 +205,11 @@ def load_run(run_dir: Path) -> Run:
     if evaluated:
         run.last_val_acc1 = float(evaluated[-1]["val_acc1"])
     if summary:
-        run.epochs_done = max(run.epochs_done, int(summary.get("epochs") or 0))
-        run.metrics = {m: float(summary[m]) for m in METRICS if isinstance(summary.get(m), (int, float))}
+        epochs = summary.get("epochs")
+        if isinstance(epochs, (int, float)) and math.isfinite(epochs):  # a hand-edited "three" or 1e999 is no count
+            run.epochs_done = max(run.epochs_done, int(epochs))
+        run.metrics = {m: float(summary[m]) for m in METRICS
+                       if isinstance(summary.get(m), (int, float)) and not isinstance(summary.get(m), bool)}
     return run
 
 

@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 
 from mixtrain.config import config_dir, debug_enabled, describe_config_error, to_object
 from mixtrain.config.overrides import hydra_args_parser, sweep_jobs
-from mixtrain.errors import MixtrainError, RunStopped, fail, say
+from mixtrain.errors import MixtrainError, RunStopped, fail, resume_command, say
 from mixtrain.files import RUN_FILES, claim_dir, records_in, release_dir
 from mixtrain.train import distributed
 
@@ -140,7 +140,11 @@ def resume_args(args: List[str], parsed) -> List[str]:
     given = [o for o in parsed.overrides if o.startswith("resume=")]
     if not given:
         return args
-    ckpt = checkpoint_path(override_value(given[-1])).resolve()
+    try:
+        value = override_value(given[-1])
+    except MixtrainError:  # a path with ',' or '[]' that Hydra would read as a sweep or a list: it is a path
+        value = None
+    ckpt = checkpoint_path(value if isinstance(value, str) else given[-1].split("=", 1)[1]).resolve()
     run_dir = ckpt.parent
     hydra_dir = run_dir / ".hydra"
     original = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")] if (hydra_dir / "overrides.yaml").is_file() else []
@@ -334,7 +338,7 @@ def claim_run_dir(run_dir: Path, command: str, resuming: bool, timestamped: bool
         if resuming:  # the dir of the checkpoint it continues (its records are the run's own)
             return candidate, created
         if held:
-            fix = f", or continue it with resume={candidate}" if command == "train" and "last.pt" in held else ""
+            fix = f", or continue it with {resume_command(candidate)}" if command == "train" and "last.pt" in held else ""
             kind = "a run" if any(name in held for name in RUN_FILES) else held[0]
             raise MixtrainError(f"{candidate} already holds {kind}: pick another hydra.run.dir{fix}")
         return candidate, created

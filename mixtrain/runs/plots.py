@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from mixtrain.evaluate.metrics import ece_from_bins
+from mixtrain.files import write_atomic
 from mixtrain.runs.report import MISSING_VALUE, Group, format_value
 
 
@@ -167,6 +168,6 @@ def write_plot(path: Path, groups: Sequence[Group], keys: Sequence[str]) -> Opti
     fig.suptitle(f"mean over {'/'.join(map(str, seeds))} seed(s) per point; error bars: ±1 std across seeds",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    write_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
     plt.close(fig)
     return path

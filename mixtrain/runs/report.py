@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from mixtrain.errors import MixtrainError
+from mixtrain.files import claim_dir, write_atomic
 from mixtrain.runs.dirs import COMPLETED, METRICS, STATUSES, Run, collect
 
 # Column header and number format of each of runs.METRICS.
@@ -198,36 +199,61 @@ def incomplete_table(runs: Sequence[Run], keys: Sequence[str], roots: Sequence[P
 
 
 def write_group_csv(path: Path, groups: Sequence[Group], keys: Sequence[str]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*keys, "seeds", *[f"{s.replace(' ', '_')}_runs" for s in STATUSES],
-                         *[f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")],
-                         *[f"pooled_{m}_{end}" for m in POOLED for end in ("low", "high")]])
-        for group in groups:
-            counts = group.status_counts()
-            stats = [v for m in METRICS for v in group.stats(m)]
-            interval = group.pooled_intervals()
-            writer.writerow([*(format_value(v) for v in group.values),
-                             group.seeds,
-                             *[counts.get(s, 0) for s in STATUSES],
-                             *["" if math.isnan(v) else repr(v) for v in stats],
-                             *[repr(v) for m in POOLED for v in interval.get(m, ["", ""])]])
+    write_atomic(path, lambda f: _write_group_rows(f, groups, keys))
     return path
+
+
+def _write_group_rows(f, groups: Sequence[Group], keys: Sequence[str]) -> None:
+    writer = csv.writer(f)
+    writer.writerow([*keys, "seeds", *[f"{s.replace(' ', '_')}_runs" for s in STATUSES],
+                     *[f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")],
+                     *[f"pooled_{m}_{end}" for m in POOLED for end in ("low", "high")]])
+    for group in groups:
+        counts = group.status_counts()
+        stats = [v for m in METRICS for v in group.stats(m)]
+        interval = group.pooled_intervals()
+        writer.writerow([*(format_value(v) for v in group.values),
+                         group.seeds,
+                         *[counts.get(s, 0) for s in STATUSES],
+                         *["" if math.isnan(v) else repr(v) for v in stats],
+                         *[repr(v) for m in POOLED for v in interval.get(m, ["", ""])]])
 
 
 def write_runs_csv(path: Path, runs: Sequence[Run], keys: Sequence[str], roots: Sequence[Path]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["run", *keys, "seed", "status", "epochs_done", "epochs", *METRICS, "last_val_acc1", "detail"])
-        for run in runs:
-            writer.writerow([_display_path(run.path, roots), *(format_value(run.params.get(k, MISSING_VALUE)) for k in keys),
-                             run.seed, run.status, run.epochs_done, run.epochs_total,
-                             *[repr(run.metrics[m]) if m in run.metrics else "" for m in METRICS],
-                             "" if math.isnan(run.last_val_acc1) else repr(run.last_val_acc1), run.detail])
+    write_atomic(path, lambda f: _write_run_rows(f, runs, keys, roots))
     return path
 
 
-def report(paths: Sequence[Path], out_dir: Path, console=None) -> Dict[str, Any]:
+def _write_run_rows(f, runs: Sequence[Run], keys: Sequence[str], roots: Sequence[Path]) -> None:
+    writer = csv.writer(f)
+    writer.writerow(["run", *keys, "seed", "status", "epochs_done", "epochs", *METRICS, "last_val_acc1", "detail"])
+    for run in runs:
+        writer.writerow([_display_path(run.path, roots), *(format_value(run.params.get(k, MISSING_VALUE)) for k in keys),
+                         run.seed, run.status, run.epochs_done, run.epochs_total,
+                         *[repr(run.metrics[m]) if m in run.metrics else "" for m in METRICS],
+                         "" if math.isnan(run.last_val_acc1) else repr(run.last_val_acc1), run.detail])
+
+
+OUTPUTS = ("report.csv", "runs.csv", "report.png")
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Take ``out_dir`` for the report's files: lock it (never while a run or sweep writes it) and
+    refuse to replace an earlier report unless asked."""
+    found = [name for name in OUTPUTS if (out_dir / name).exists()]
+    if found and not overwrite:
+        raise MixtrainError(f"{out_dir} already holds {found[0]}: pass --overwrite to replace the report, or "
+                            "--out another dir")
+    try:
+        claimed = claim_dir(out_dir)
+    except OSError as ex:
+        raise MixtrainError(f"cannot write the report into {out_dir} ({ex.strerror}): pass --out DIR") from None
+    if not claimed:
+        raise MixtrainError(f"{out_dir} is being written by a running mixtrain process: pass --out DIR to report "
+                            "on it while it runs")
+
+
+def report(paths: Sequence[Path], out_dir: Path, console=None, overwrite: bool = False) -> Dict[str, Any]:
     """Print the tables; write ``report.csv``, ``runs.csv`` and ``report.png`` into ``out_dir``."""
     from rich.console import Console
 
@@ -239,6 +265,7 @@ def report(paths: Sequence[Path], out_dir: Path, console=None) -> Dict[str, Any]
     if not runs:
         raise MixtrainError(f"no runs under {', '.join(map(str, paths))}: expected run directories with "
                             "summary.json, metrics.jsonl or .hydra/ (e.g. outputs/multirun/<date>/<time>)")
+    check_out_dir(out_dir, overwrite)
     keys = differing_keys(runs)
     groups = group_runs(runs, keys)
     roots = [p.resolve() for p in paths] + [Path.cwd()]
@@ -246,7 +273,6 @@ def report(paths: Sequence[Path], out_dir: Path, console=None) -> Dict[str, Any]
     incomplete = [r for r in runs if r.status != COMPLETED]
     if incomplete:
         console.print(incomplete_table(incomplete, keys, roots))
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = {
         "report.csv": write_group_csv(out_dir / "report.csv", groups, keys),
         "runs.csv": write_runs_csv(out_dir / "runs.csv", runs, keys, roots),
@@ -257,13 +283,14 @@ def report(paths: Sequence[Path], out_dir: Path, console=None) -> Dict[str, Any]
     return {"runs": runs, "keys": keys, "groups": groups, **written}
 
 
-USAGE = """usage: mixtrain report PATH... [--out DIR]
+USAGE = """usage: mixtrain report PATH... [--out DIR] [--overwrite]
 
 Summarize run directories and sweep directories (outputs/multirun/<date>/<time>):
 a table grouped by the config values that differ (mean ± std over seeds of best and
 final top-1, final ECE and NLL), report.csv (one row per group), runs.csv (one row per
 run, with its status) and report.png (top-1 and ECE against the swept alpha).
---out DIR  where to write the files (default: PATH when there is one, else .)
+--out DIR     where to write the files (default: PATH when there is one, else .)
+--overwrite   replace the files of an earlier report there
 """
 
 
@@ -272,11 +299,12 @@ def main(args: Sequence[str]) -> int:
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> None:  # one line and exit 2, as every mixtrain error
-            raise MixtrainError(f"{message} (usage: mixtrain report PATH... [--out DIR])")
+            raise MixtrainError(f"{message} (usage: mixtrain report PATH... [--out DIR] [--overwrite])")
 
     parser = Parser(prog="mixtrain report", usage=USAGE, add_help=False)
     parser.add_argument("paths", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("-h", "--help", action="store_true")
     parsed = parser.parse_args(list(args))
     if parsed.help:
@@ -285,5 +313,5 @@ def main(args: Sequence[str]) -> int:
     if not parsed.paths:
         raise MixtrainError("give at least one run or sweep directory: mixtrain report outputs/multirun/<date>/<time>")
     out = parsed.out or (parsed.paths[0] if len(parsed.paths) == 1 else Path("."))
-    report(parsed.paths, out.expanduser())
+    report(parsed.paths, out.expanduser(), overwrite=parsed.overwrite)
     return 0

@@ -44,6 +44,7 @@ class TrainState:
     best_epoch: int = -1
     kept: List[List[float]] = field(default_factory=list)  # [score, epoch] of the keep_best checkpoints, best first
     nan_skips: int = 0
+    wall_time: float = 0.0  # seconds the run took in earlier processes, up to this checkpoint (resumes add up)
     consecutive_skips: int = 0  # steps skipped in a row (fp16: by the GradScaler)
     progress: EpochProgress = field(default_factory=EpochProgress)
 
@@ -162,7 +163,7 @@ def _flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
-def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], num_classes: int, path: Path) -> Optional[str]:
+def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequence[str], path: Path) -> Optional[str]:
     """Refuse, naming the key, any change that alters the run's meaning; allow ``trainer.epochs``
     to grow, and return the line that says what that does to the schedule (else None)."""
     from mixtrain.config import asdict as config_asdict, config_from_dict
@@ -176,9 +177,15 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], num_classes: 
                 f"cannot resume {path}: {key} is {new.get(key)!r} but the checkpoint has {old.get(key)!r}; "
                 "drop that override, or start a new run"
             )
-    if saved["num_classes"] != num_classes:
-        raise MixtrainError(f"cannot resume {path}: the data has {num_classes} classes but the checkpoint has "
+    if saved["num_classes"] != len(classes):
+        raise MixtrainError(f"cannot resume {path}: the data has {len(classes)} classes but the checkpoint has "
                             f"{saved['num_classes']}; resume on the same dataset, or start a new run")
+    named = saved.get("classes")
+    if named and list(named) != list(classes):
+        changed = [f"{a!r} -> {b!r}" for a, b in zip(named, classes) if a != b]
+        raise MixtrainError(f"cannot resume {path}: the data's classes differ from the checkpoint's ({len(changed)} "
+                            f"of {len(classes)}: {', '.join(changed[:3])}); resume on the same dataset, or start a "
+                            "new run")
     before, after = old["trainer.epochs"], new["trainer.epochs"]
     if after < before:
         raise MixtrainError(f"cannot resume {path}: trainer.epochs is {after} but the run was set for {before}; "

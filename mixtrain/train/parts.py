@@ -17,18 +17,23 @@ from mixtrain.train import distributed
 from mixtrain.evaluate.bootstrap import bootstrap_intervals
 from mixtrain.evaluate.calibration import calibratability
 from mixtrain.train.engine import Part, Trainer, evaluate
-from mixtrain.errors import RunStopped
+from mixtrain.errors import RunStopped, resume_command
 from mixtrain.evaluate.evaluation import LOGITS_FILE, save_logits
 from mixtrain.runs.plots import reliability_image, save_reliability_diagram
 
 # --------------------------------------------------------------------------- stopping
 
 
-class StopRequest:
-    """SIGINT / SIGTERM ask the run to stop at the next sync point, with a checkpoint.
+# SIGHUP: the terminal or SSH connection that started the run closed.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    A second signal stops at once (the default behaviour). Handlers can only be set from
-    the main thread; elsewhere (e.g. a launcher's worker thread) signals keep their default.
+
+class StopRequest:
+    """SIGINT, SIGTERM and SIGHUP ask the run to stop at the next sync point, with a checkpoint.
+
+    A second signal stops at once, as an interruption (exit 128 + signal, ``interrupted``), without
+    a new checkpoint. Handlers can only be set from the main thread; elsewhere (e.g. a launcher's
+    worker thread) signals keep their default.
     """
 
     def __init__(self) -> None:
@@ -37,14 +42,15 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
             self.__exit__()
-            raise KeyboardInterrupt
+            raise RunStopped(f"stopped at once by a second {signal.Signals(signum).name}; the last checkpoint is "
+                             "kept", exit_code=128 + signum)
         self.signum = signum
 
     def __exit__(self, *exc) -> None:
@@ -68,9 +74,12 @@ class StopOnSignal(Part):
         run = trainer.run
         run.save("last.pt")
         signum = self.request.signum or signal.SIGTERM  # only another rank was signalled: torchrun sends SIGTERM
-        raise RunStopped(f"stopped by {signal.Signals(signum).name} at epoch {run.state.epoch}, step {run.state.step}; "
-                         f"checkpoint {run.run_dir / 'last.pt'}; continue with: mixtrain train resume={run.run_dir}",
-                         exit_code=128 + signum)
+        where = f"at epoch {run.state.epoch}, step {run.state.step}"
+        if run.cfg.trainer.checkpoint:
+            saved = f"checkpoint {run.run_dir / 'last.pt'}; continue with: {resume_command(run.run_dir)}"
+        else:
+            saved = "no checkpoint (trainer.checkpoint=false): this run cannot be continued"
+        raise RunStopped(f"stopped by {signal.Signals(signum).name} {where}; {saved}", exit_code=128 + signum)
 
 
 # --------------------------------------------------------------------------- non-finite losses

@@ -7,6 +7,7 @@ resuming), saves and reports the run, and hands the loop to the
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -23,7 +24,7 @@ from mixtrain.train.checkpoint import TrainState
 from mixtrain.config import ManifoldConfig, MixConfig, TrainConfig, asdict
 from mixtrain.data import Data, build_data, image_size
 from mixtrain.train.engine import Step, Trainer
-from mixtrain.errors import MixtrainError, RunStopped
+from mixtrain.errors import MixtrainError, RunStopped, resume_command
 from mixtrain.files import RUN_FILES, write_json_atomic
 from mixtrain.mixing.losses import create_loss
 from mixtrain.mixing import create_mixer, target_entropy
@@ -67,7 +68,7 @@ class Training:
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             if saved is None and holds_run(run_dir):
-                problem = f"{run_dir} already holds a run: pick another hydra.run.dir, or continue it with resume={run_dir}"
+                problem = f"{run_dir} already holds a run: pick another hydra.run.dir, or continue it with {resume_command(run_dir)}"
         problem = distributed.broadcast_object(problem)  # every rank stops with the same line
         if problem:
             raise MixtrainError(problem)
@@ -93,11 +94,12 @@ class Training:
             self.ema = ModelEmaV3(self.model, decay=trainer.ema.decay, use_warmup=trainer.ema.warmup,
                                   exclude_buffers=True)
         self.config = asdict(cfg)
-        self.state, self.history, self.resume_note = TrainState(), [], None
+        self.state, self.history, self.resume_note, self.wall_before = TrainState(), [], None, 0.0
         if saved is not None:
-            self.resume_note = checkpoint.check_resumable(saved, self.config, self.data.num_classes, Path(cfg.resume))
+            self.resume_note = checkpoint.check_resumable(saved, self.config, self.data.classes, Path(cfg.resume))
             self.state, self.history = checkpoint.restore(saved, self.stateful(), self.mixer, ctx.rank,
                                                           ctx.world_size)
+            self.wall_before = self.state.wall_time
             if ctx.is_main:
                 reconcile_metrics(run_dir / "metrics.jsonl", self.history)
             if self.resume_note:
@@ -114,6 +116,10 @@ class Training:
             self.monitor.optional_columns.add("ema_val_acc1")
         self.resumed = saved is not None
 
+    def wall_time(self) -> float:
+        """Seconds of this run so far, the processes before a resume included (up to their checkpoint)."""
+        return self.wall_before + time.perf_counter() - self.t_start
+
     def stateful(self) -> Dict[str, Any]:
         """The objects a checkpoint holds the state of, by name."""
         objects = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
@@ -125,14 +131,14 @@ class Training:
     # ---- records
 
     def summary(self) -> Dict[str, Any]:
-        return summarize(self.history, self.state, time.perf_counter() - self.t_start, self.data,
+        return summarize(self.history, self.state, self.wall_time(), self.data,
                          self.cfg.dataset.label_noise)
 
     def write_status(self, status: str, **fields: Any) -> None:
         """``summary.json``: ``running`` (with pid and host, so a dead run can be told apart),
         then ``completed``, ``failed`` or ``interrupted``."""
         if self.ctx.is_main:
-            write_json_atomic(self.run_dir / "summary.json", {
+            write_summary(self.run_dir / "summary.json", {
                 "status": status, **self.summary(), **fields, "pid": os.getpid(), "host": socket.gethostname(),
                 "world_size": self.ctx.world_size, "config": self.config})
 
@@ -140,10 +146,18 @@ class Training:
         """A checkpoint (every rank takes part: each one's RNG state goes in it; rank 0 writes)."""
         if not self.cfg.trainer.checkpoint:
             return
+        self.state.wall_time = self.wall_time()
         ranks = distributed.gather_objects(checkpoint.rank_state(self.mixer, self.state))
         if self.ctx.is_main:
-            checkpoint.save_atomic(checkpoint.snapshot(self.stateful(), self.config, self.data.classes,
-                                                       self.state, self.history, ranks), self.run_dir / name)
+            path = self.run_dir / name
+            try:
+                checkpoint.save_atomic(checkpoint.snapshot(self.stateful(), self.config, self.data.classes,
+                                                           self.state, self.history, ranks), path)
+            except OSError as ex:  # a full disk, a dir made read-only under the run, ...
+                kept = f"; continue from the last one with {resume_command(self.run_dir)}" \
+                    if (self.run_dir / "last.pt").is_file() else ""
+                raise RunStopped(f"cannot write the checkpoint {path} ({ex.strerror or ex}): free space or fix the "
+                                 f"dir's permissions{kept}") from None
 
     def warn_unreadable(self) -> None:
         """Say once per run that unreadable image files are being skipped, with the first few."""
@@ -220,6 +234,12 @@ class Training:
             self.write_status("interrupted" if ex.exit_code > 128 else "failed", error=str(ex))
             monitor.close()
             raise
+        except OSError as ex:  # the disk under the run: full, gone read-only, unmounted
+            stopped = RunStopped(f"I/O error on {ex.filename or self.run_dir} ({ex.strerror or ex}): free space or "
+                                 f"fix the dir, then continue with {resume_command(self.run_dir)}")
+            self.write_status("failed", error=str(stopped))
+            monitor.close()
+            raise stopped from None
         except BaseException as ex:
             self.write_status("failed", error=f"{type(ex).__name__}: {ex}"[:500])
             monitor.close()
@@ -228,7 +248,7 @@ class Training:
         summary = {"status": "completed", **self.summary(), "world_size": self.ctx.world_size,
                    "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "config": self.config}
         if self.ctx.is_main:
-            write_json_atomic(self.run_dir / "summary.json", summary)
+            write_summary(self.run_dir / "summary.json", summary)
         if not summary["ranks_in_sync"]:
             monitor.warn_once("sync", f"the ranks' final weights differ: {digests}")
         ema = f", EMA {summary['final_ema_val_acc1']:.2f}" if self.ema is not None else ""
@@ -240,6 +260,18 @@ class Training:
         monitor.close()
         distributed.barrier()  # no rank leaves before rank 0 has written the run's files
         return summary
+
+
+def write_summary(path: Path, summary: Dict[str, Any]) -> None:
+    """``summary.json``, atomically; where the dir no longer takes a new file (made read-only under
+    the run), in place, so that it still tells how the run ended; else nothing more to do."""
+    try:
+        write_json_atomic(path, summary)
+    except OSError:
+        try:
+            path.write_text(json.dumps(summary, indent=2))
+        except OSError:
+            pass
 
 
 def summarize(history: List[dict], state: TrainState, wall_time: float, data: Data,
