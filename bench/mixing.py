@@ -24,7 +24,7 @@ import torch
 from timm.data import Mixup
 from torchvision.transforms import v2
 
-from mixtrain.config import CutmixConfig, MixupConfig, SwitchConfig
+from mixtrain.mixing import CutmixConfig, MixupConfig, SwitchConfig
 from mixtrain.mixing import Mixer
 from mixtrain.models.cifar_resnet import resnet_cifar
 

@@ -32,8 +32,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from common import cifar10_jpeg_root, median, spread
-from mixtrain.config import (AugmentConfig, CifarModelConfig, CosineConfig, EmaConfig, FolderConfig, SGDConfig,
-                             TrainConfig, TrainerConfig)
+from mixtrain.config import AugmentConfig, CosineConfig, EmaConfig, SGDConfig, TrainConfig, TrainerConfig
+from mixtrain.models import CifarModelConfig
+from mixtrain.data import FolderConfig
 from mixtrain.train.engine import Part, Trainer
 from mixtrain.train.monitor import RunMonitor
 from mixtrain.train.training import Training

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mixtrain.config import config_dir, register_configs, to_object
-from mixtrain.train.engine import fit
+from mixtrain.config import config_dir, to_object
+from mixtrain.options import register_configs
+from mixtrain.train.training import fit
 from mixtrain.train.monitor import RunMonitor
 
 

@@ -16,11 +16,13 @@ import traceback
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from mixtrain.train import distributed
-from mixtrain.config import config_dir, debug_enabled, describe_config_error, register_configs, to_object
+from mixtrain.runtime import distributed
+from mixtrain.config import config_dir, debug_enabled, describe_config_error, to_object
+from mixtrain.options import register_configs
 from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped, fail, say
 from mixtrain.files import claim_dir, release_claims
 from mixtrain.runs.launch import run_hydra_command
+from mixtrain import layout
 
 USAGE = """usage: mixtrain <command> [overrides]
 
@@ -79,7 +81,7 @@ def in_sweep() -> bool:
 
 @task
 def _train_task(cfg) -> float:
-    from mixtrain.train.engine import fit
+    from mixtrain.train.training import fit
 
     try:
         summary = fit(to_object(cfg), output_dir())
@@ -114,7 +116,7 @@ def objective_value(summary: dict, key: str, ema: bool = False) -> float:
 @task
 def _preview_task(cfg) -> None:
     from mixtrain.data import LoaderOptions, open_split, resolve_workers
-    from mixtrain.train.precision import resolve_device
+    from mixtrain.runtime.precision import resolve_device
     from mixtrain.mixing.preview import mixed_batch_grid, write_png
 
     run = to_object(cfg)
@@ -123,7 +125,7 @@ def _preview_task(cfg) -> None:
                             resolve_workers(run.trainer.num_workers), run.trainer.channels_last, run.seed)
     train = open_split(run.dataset, "train", True, options)
     grid = mixed_batch_grid(train.loader, train.classes, run.augment, run.dataset, run.trainer.epochs, run.seed)
-    print(write_png(grid, out / "preview.png"))
+    print(write_png(grid, out / layout.PREVIEW))
 
 
 @task
@@ -168,10 +170,10 @@ COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": lambda args: run_hydra_command("train", _train_task, "train", args),
     "preview": lambda args: run_hydra_command("preview", _preview_task, "train", args),
     "eval": lambda args: run_hydra_command("eval", _eval_task, "eval", args),
-    "compare": plain_command("evaluate.compare"),  # composes one eval config per run itself
+    "compare": plain_command("runs.compare"),  # composes one eval config per run itself
     "predict": composed_command("predict", "inference.predict", "predict"),
     "export": composed_command("export", "inference.export", "export"),
-    "recipes": plain_command("config.recipes"),
+    "recipes": plain_command("runs.recipes"),
     "report": plain_command("runs.report"),
 }
 

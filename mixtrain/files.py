@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Callable
 
-# The files that show a training run has written into a dir (even one whose first epoch crashed).
-RUN_FILES = ("summary.json", "metrics.jsonl", "last.pt")
+from mixtrain.layout import RECORDS
+
 
 
 def _umask() -> int:
@@ -75,14 +75,11 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 # --------------------------------------------------------------------------- one writer per dir
 
-# What a command leaves in a dir it wrote: a dir holding any of these belongs to that command.
-RECORDS = (".hydra", *RUN_FILES, "eval.json", "preview.png", "multirun.yaml")
-
 _held: dict = {}  # resolved dir -> fd of the dir, flock'ed for the life of this process
 
 
 def records_in(path: Path) -> list:
-    """The records of :data:`RECORDS` that ``path`` holds."""
+    """The records of :data:`mixtrain.layout.RECORDS` that ``path`` holds."""
     return [name for name in RECORDS if (path / name).exists()]
 
 

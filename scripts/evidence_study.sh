@@ -58,7 +58,7 @@ done
 compare() {  # compare NAME RUN...
   local name=$1; shift
   local runs=(); for r in "$@"; do runs+=("$r/last.pt"); done
-  mixtrain compare "${runs[@]}" fgsm_eps=[2,8] hydra.run.dir="$OUT/compare_$name" > "$DOCS/compare_$name.txt"
+  mixtrain compare "${runs[@]}" fgsm_eps=[2,8] --out "$OUT/compare_$name" > "$DOCS/compare_$name.txt"
   cp "$OUT/compare_$name/compare.json" "$DOCS/compare_$name.json"
 }
 compare clean_s0 "$OUT"/mini/{erm,mixup02,mixup1,cutmix1}/s0

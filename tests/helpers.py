@@ -15,7 +15,8 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from mixtrain.config import config_dir, register_configs, to_object
+from mixtrain.config import config_dir, to_object
+from mixtrain.options import register_configs
 
 # Small, fast, CPU-only settings for runs made in tests.
 TINY = [
@@ -138,7 +139,7 @@ def start(args, cwd) -> subprocess.Popen:
 def position(run: Path) -> tuple:
     """(epoch, step) of the run's last.pt, or (-1, -1) before there is one."""
     from mixtrain.errors import MixtrainError
-    from mixtrain.train import checkpoint
+    from mixtrain.artifacts import checkpoint
 
     try:
         state = checkpoint.load(run / "last.pt")["state"]

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from helpers import TINY, make_config, make_image_folder, run_cli
-from mixtrain.train import checkpoint
+from mixtrain.artifacts import checkpoint
 from mixtrain.cli import main
 from mixtrain.data import build_data
-from mixtrain.train.engine import fit
+from mixtrain.train.training import fit
 from mixtrain.errors import MixtrainError
 
 

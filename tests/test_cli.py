@@ -50,7 +50,7 @@ def test_every_config_group_option_composes_and_validates(group, option):
     ("augment=mixup augment.disable_epochs=16", "augment.disable_epochs must be <= trainer.epochs (15)"),
     ("trainer.batch_size=-4", "trainer.batch_size must be >= 1"),
     ("trainer.epochs=2.5", "trainer.epochs: Value '2.5' of type 'float' could not be converted to Integer"),
-    ("augment=manifold model=timm model.name=resnet18", "augment=manifold mixes hidden states between stages"),
+    ("augment=manifold augment.layers=[0,4]", "augment.layers must be in 0..3 for resnet20 (3 stages)"),
     ("trainer.on_nan=ignore", "trainer.on_nan must be one of stop, skip"),
     ("dataset=imagefolder dataset.root=/x dataset.on_bad_image=warn", "dataset.on_bad_image must be one of skip, error"),
     # issue 22: non-finite numbers, seeds NumPy cannot take, device names torch cannot parse

@@ -20,7 +20,8 @@ from helpers import (SLOW, TINY, folder_args, make_config, make_image_folder, po
                      wait_until_inside)
 from mixtrain.cli import main
 from mixtrain.data import build_data
-from mixtrain.train.engine import fit
+from mixtrain.files import claim_dir, release_dir
+from mixtrain.train.training import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,14 +60,20 @@ def test_two_runs_started_at_once_into_one_dir_one_is_refused(data, tmp_path):
 
 def test_resume_of_a_live_run_is_refused_and_the_run_goes_on(data, tmp_path):
     run = tmp_path / "run"
-    proc = start([*folder_args(data), *SLOW, "trainer.epochs=6", f"hydra.run.dir={run}"], tmp_path)
+    # Far more epochs than the test needs: the run is alive whatever the load, until it is stopped below.
+    proc = start([*folder_args(data), *SLOW, "trainer.epochs=100", f"hydra.run.dir={run}"], tmp_path)
     wait_until_inside(run, proc, epoch=0)
-    second = run_cli("train", f"resume={run}", cwd=tmp_path)  # it starts while the first is in its epochs 1-3
+    second = run_cli("train", f"resume={run}", cwd=tmp_path)
     assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
     assert f"{run} is being written by another mixtrain process (pid {proc.pid} on" in second.stderr
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    assert epochs_of(run) == [0, 1, 2, 3, 4, 5]  # no epoch twice
     assert not list((run / ".hydra").glob("resume-*"))  # the refused resume wrote nothing
+    assert proc.poll() is None  # the first run goes on
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143, proc.stderr.read()
+    epochs = epochs_of(run)
+    assert epochs == list(range(len(epochs)))  # no epoch twice
+    assert claim_dir(run)  # the lock went with the process
+    release_dir(run)
 
 
 def test_runs_in_the_same_second_get_dirs_of_their_own(data, tmp_path):
@@ -179,7 +186,7 @@ def test_a_stop_without_checkpoints_says_so(data, tmp_path):
 
 
 def test_a_checkpoint_that_cannot_be_written_fails_the_run_in_one_line(data, tmp_path, monkeypatch, capsys):
-    import mixtrain.train.checkpoint as checkpoint
+    import mixtrain.artifacts.checkpoint as checkpoint
 
     real, calls = checkpoint.save_atomic, []
 
@@ -371,7 +378,7 @@ def test_export_refuses_a_file_and_an_opset_it_cannot_write(trained, tmp_path, c
 
 
 def test_each_checkpoint_keeps_its_own_calibration(trained, tmp_path):
-    from mixtrain.inference.predict import load_model
+    from mixtrain.artifacts.model import load_model
 
     run = trained / "run"
     for name in ("best.pt", "last.pt"):

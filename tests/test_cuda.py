@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from helpers import make_config, make_image_folder
-from mixtrain.train import checkpoint
+from mixtrain.artifacts import checkpoint
 from mixtrain.data.device_loader import DeviceLoader
-from mixtrain.train.engine import fit
+from mixtrain.train.training import fit
 from mixtrain.errors import RunStopped
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

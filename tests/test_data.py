@@ -7,6 +7,7 @@ from PIL import Image
 from helpers import TINY, make_cifar10_folder, make_config, make_image_folder
 from mixtrain.data import build_data
 from mixtrain.data.device_loader import DeviceLoader, epoch_generator
+from mixtrain.data.source import LoaderOptions
 from mixtrain.data.mini import load_mini
 from mixtrain.errors import MixtrainError
 
@@ -23,7 +24,7 @@ def reference_normalize(x):
 
 def test_train_batches_are_exact_crops_and_flips_of_the_padded_images():
     images, labels = uint8_images(37), torch.arange(37)
-    loader = DeviceLoader(images, labels, batch_size=8, mean=MEAN, std=STD, train=True, padding=2, seed=3)
+    loader = DeviceLoader(images, labels, MEAN, STD, train=True, options=LoaderOptions(8, seed=3), padding=2)
     loader.set_epoch(5)
     g = epoch_generator(3, 5)
     order = torch.randperm(37, generator=g)
@@ -46,7 +47,7 @@ def test_train_batches_are_exact_crops_and_flips_of_the_padded_images():
 
 def test_epochs_are_reproducible_and_differ():
     images, labels = uint8_images(64), torch.arange(64)
-    loader = DeviceLoader(images, labels, 16, MEAN, STD, train=True, seed=0)
+    loader = DeviceLoader(images, labels, MEAN, STD, train=True, options=LoaderOptions(16, seed=0))
     loader.set_epoch(1)
     first = [y for _, y in loader]
     again = [y for _, y in loader]
@@ -59,7 +60,7 @@ def test_epochs_are_reproducible_and_differ():
 
 def test_iter_from_resumes_mid_epoch_with_identical_batches():
     images, labels = uint8_images(64), torch.arange(64)
-    loader = DeviceLoader(images, labels, 8, MEAN, STD, train=True, seed=4)
+    loader = DeviceLoader(images, labels, MEAN, STD, train=True, options=LoaderOptions(8, seed=4))
     loader.set_epoch(3)
     full = list(loader)
     tail = list(loader.iter_from(5))
@@ -72,10 +73,10 @@ def test_ranks_take_disjoint_slices_and_eval_counts_each_sample_once():
     images, labels = uint8_images(51), torch.arange(51)
     seen_train, seen_eval = [], []
     for rank in range(2):
-        train = DeviceLoader(images, labels, 5, MEAN, STD, train=True, seed=1, rank=rank, world_size=2)
+        train = DeviceLoader(images, labels, MEAN, STD, train=True, options=LoaderOptions(5, seed=1, rank=rank, world_size=2))
         train.set_epoch(0)
         seen_train.append(torch.cat([y for _, y in train]).tolist())
-        val = DeviceLoader(images, labels, 4, MEAN, STD, train=False, rank=rank, world_size=2)
+        val = DeviceLoader(images, labels, MEAN, STD, train=False, options=LoaderOptions(4, rank=rank, world_size=2))
         seen_eval += torch.cat([y for _, y in val]).tolist()
     assert len(seen_train[0]) == len(seen_train[1]) == 25
     assert not set(seen_train[0]) & set(seen_train[1])
@@ -84,7 +85,7 @@ def test_ranks_take_disjoint_slices_and_eval_counts_each_sample_once():
 
 def test_eval_batches_are_unaugmented_and_channels_last_when_asked():
     images, labels = uint8_images(10), torch.arange(10)
-    loader = DeviceLoader(images, labels, 4, MEAN, STD, train=False, channels_last=True)
+    loader = DeviceLoader(images, labels, MEAN, STD, train=False, options=LoaderOptions(4, channels_last=True))
     x = torch.cat([x for x, _ in loader])
     torch.testing.assert_close(x, reference_normalize(images), rtol=0, atol=1e-6)
     assert next(iter(loader))[0].is_contiguous(memory_format=torch.channels_last)
@@ -92,7 +93,7 @@ def test_eval_batches_are_unaugmented_and_channels_last_when_asked():
 
 def test_batch_larger_than_dataset_is_a_clear_error():
     with pytest.raises(MixtrainError, match="trainer.batch_size"):
-        DeviceLoader(uint8_images(5), torch.arange(5), 8, MEAN, STD, train=True)
+        DeviceLoader(uint8_images(5), torch.arange(5), MEAN, STD, train=True, options=LoaderOptions(8))
 
 
 def test_bundled_mini_set_is_real_balanced_cifar10():
@@ -159,7 +160,7 @@ def test_subset_folder_links_the_first_images_of_each_class_and_the_whole_val_sp
     from pathlib import Path
 
     from mixtrain.data import LoaderOptions, open_split
-    from mixtrain.config import FolderConfig
+    from mixtrain.data import FolderConfig
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "subset_folder.py"
     spec = importlib.util.spec_from_file_location("subset_folder", script)

@@ -11,9 +11,10 @@ from PIL import Image
 
 from helpers import TINY, make_config, make_image_folder, run_cli
 from mixtrain.cli import main
-from mixtrain.data import LoaderOptions, build_data, open_split, resolve_workers, usable_cores
-from mixtrain.train.engine import fit
-from mixtrain.train.precision import Precision
+from mixtrain.data import LoaderOptions, build_data, open_split, resolve_workers
+from mixtrain.data.source import usable_cores
+from mixtrain.train.training import fit
+from mixtrain.runtime.precision import Precision
 from mixtrain.train.training import seed_everything
 from mixtrain.errors import MixtrainError, RunStopped
 
@@ -45,7 +46,7 @@ def test_eval_leaves_an_unreadable_val_image_out_of_every_metric(tmp_path, capsy
     out = capsys.readouterr().out
     assert out.count("left out 1 unreadable image(s)") == 1 and str(bad) in out
 
-    assert main(["compare", str(tmp_path / "run"), f"hydra.run.dir={tmp_path / 'cmp'}", "fgsm_eps=[]"]) == 0
+    assert main(["compare", str(tmp_path / "run"), "--out", str(tmp_path / 'cmp'), "fgsm_eps=[]"]) == 0
     assert read_json(tmp_path / "cmp" / "compare.json")["runs"][0]["report"]["dataset"]["samples"] == 14
 
 

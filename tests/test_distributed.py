@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from helpers import make_image_folder
-from mixtrain.train import checkpoint
+from mixtrain.artifacts import checkpoint
 from mixtrain.config import config_from_dict
 from mixtrain.data import build_data
 from mixtrain.train.engine import evaluate
-from mixtrain.train.precision import resolve_precision
+from mixtrain.runtime.precision import resolve_precision
 from mixtrain.models import create_model
 
 BASE = ["dataset=imagefolder", "dataset.image_size=16", "trainer.device=cpu", "trainer.epochs=2",

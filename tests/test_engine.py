@@ -9,15 +9,18 @@ import pytest
 import torch
 
 from helpers import TINY, make_config, make_image_folder
-from mixtrain.train import checkpoint
-from mixtrain.train.checkpoint import EpochProgress
+from mixtrain.artifacts import checkpoint
+from mixtrain.artifacts.checkpoint import EpochProgress
 from mixtrain.cli import main, objective_value
-from mixtrain.config import AugmentConfig, EmaConfig, MixupConfig
+from mixtrain.config import AugmentConfig
+from mixtrain.mixing import MixupConfig
 from mixtrain.data.device_loader import DeviceLoader
-from mixtrain.train.engine import Step, Tally, Trainer, fit, train_step
+from mixtrain.data.source import LoaderOptions
+from mixtrain.train.engine import Step, Tally, Trainer, train_step
+from mixtrain.train.training import fit
 from mixtrain.mixing.losses import create_loss
 from mixtrain.mixing import Mixer
-from mixtrain.train.precision import Precision
+from mixtrain.runtime.precision import Precision
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +50,7 @@ def mlp():
 def tiny_loader(batch=8, n=32):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 255, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
-    return DeviceLoader(images, torch.arange(n) % 3, batch, [0.5] * 3, [0.25] * 3, train=True, padding=0)
+    return DeviceLoader(images, torch.arange(n) % 3, [0.5] * 3, [0.25] * 3, train=True, options=LoaderOptions(batch), padding=0)
 
 
 # --------------------------------------------------------------------------- one sync point
@@ -198,18 +201,16 @@ def test_ema_follows_the_per_step_decay_and_copies_batchnorm_buffers():
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
     ema = ModelEmaV3(model, decay=0.9, exclude_buffers=True)
-    cfg = EmaConfig(enabled=True, decay=0.9, every=2)
-    run = SimpleNamespace(cfg=SimpleNamespace(trainer=SimpleNamespace(ema=cfg)), state=SimpleNamespace(global_step=0),
-                          ema=ema, model=model)
-    trainer = SimpleNamespace(run=run)
+    part = Ema(ema, model, every=2)
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=0))
     expected = [p.detach().clone() for p in model.parameters()]
     for step in range(1, 7):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(step)
         model.train()(torch.randn(8, 4))  # moves the BatchNorm running statistics
-        run.state.global_step = step
-        Ema().step_end(trainer, None)
+        trainer.state.global_step = step
+        part.step_end(trainer, None)
         if step % 2 == 0:
             decay = ema.get_decay(step // 2) ** 2  # 0 at the first update: the EMA starts as the weights
             expected = [decay * e + (1 - decay) * p.detach() for e, p in zip(expected, model.parameters())]
@@ -230,7 +231,7 @@ def test_ema_weights_are_evaluated_recorded_and_selectable(data_root, tmp_path, 
     assert "EMA acc" in capsys.readouterr().out
     best = checkpoint.load(run / "best.pt")
     best_epoch = max(range(3), key=lambda e: (records[e]["ema_val_acc1"], -e))
-    assert best["state"]["best_epoch"] == best_epoch  # best.pt follows the EMA weights
+    assert best["parts"]["checkpoints"]["best_epoch"] == best_epoch  # best.pt follows the EMA weights
     assert objective_value(summary, "best_val_acc1", ema=True) == summary["best_ema_val_acc1"]
 
     assert main(["eval", f"checkpoint={run / 'last.pt'}", "weights=ema", "fgsm_eps=[]",
@@ -248,7 +249,7 @@ def test_keep_best_keeps_the_k_best_epochs(data_root, tmp_path):
     records = metrics(run)
     ranked = sorted(range(4), key=lambda e: -records[e]["val_acc1"])  # stable: the earlier epoch wins a tie
     assert sorted(p.name for p in run.glob("epoch-*.pt")) == sorted(f"epoch-{e:03d}.pt" for e in ranked[:2])
-    assert checkpoint.load(run / "best.pt")["state"]["best_epoch"] == ranked[0]
+    assert checkpoint.load(run / "best.pt")["parts"]["checkpoints"]["best_epoch"] == ranked[0]
 
 
 def test_lr_steps_per_epoch_and_scales_from_a_base_batch(data_root, tmp_path, capsys):
@@ -318,7 +319,7 @@ def test_repeated_augmentation_is_timms_repeat_aug_sampler():
 def test_repeated_copies_share_a_batch_with_their_own_augmentation():
     images = torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1).expand(12, 3, 8, 8).contiguous() * 20
     images[:, :, :, :4] += 1  # left and right halves differ, so a flip shows
-    loader = DeviceLoader(images, torch.arange(12), 6, [0.0] * 3, [1.0] * 3, train=True, padding=2, repeats=3)
+    loader = DeviceLoader(images, torch.arange(12), [0.0] * 3, [1.0] * 3, train=True, options=LoaderOptions(6), padding=2, repeats=3)
     assert len(loader) == 2  # the epoch keeps the dataset's length
     for x, y in loader:
         ids, counts = y.unique(return_counts=True)

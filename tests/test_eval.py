@@ -7,11 +7,12 @@ import pytest
 from PIL import Image
 
 from helpers import TINY, compose_config, make_config, make_image_folder
-from mixtrain.train import checkpoint
+from mixtrain.artifacts import checkpoint
 from mixtrain.cli import main
-from mixtrain.evaluate.compare import best_marks
-from mixtrain.config import MixupConfig, asdict, recipes_dir, to_object
-from mixtrain.train.engine import fit
+from mixtrain.runs.compare import best_marks
+from mixtrain.config import asdict, recipes_dir, to_object
+from mixtrain.mixing import MixupConfig
+from mixtrain.train.training import fit
 from mixtrain.evaluate.evaluation import eval_dataset_config, eval_overrides
 
 
@@ -156,7 +157,7 @@ def test_compare_marks_the_better_value(trained, tmp_path, capsys):
 
     # An eval.json is read, not evaluated again.
     assert main(["compare", str(tmp_path / "cmp" / "run2"), str(tmp_path / "cmp" / "run1" / "eval.json"),
-                 f"hydra.run.dir={tmp_path / 'cmp2'}"]) == 0
+                 "--out", str(tmp_path / 'cmp2')]) == 0
     again = json.loads((tmp_path / "cmp2" / "compare.json").read_text())
     assert [r["report"] for r in again["runs"]] == [soft, erm]
     assert not (tmp_path / "cmp2" / "run1").exists()

@@ -25,9 +25,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 import mixtrain.cli as cli
-import mixtrain.train.engine as engine
+import mixtrain.train.training as training
 from helpers import EVENTS
-from mixtrain.config import config_dir, register_configs
+from mixtrain.config import config_dir
+from mixtrain.options import register_configs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_configs"  # the README's worked example
 # Test-only callbacks that record the order Hydra calls them in.
@@ -81,7 +82,7 @@ def mixtrain(args: List[str], monkeypatch) -> Outcome:
     seen = []
     real = cli.to_object
     monkeypatch.setattr(cli, "to_object", lambda cfg: seen.append(received(cfg)) or real(cfg))
-    monkeypatch.setattr(engine, "fit", lambda cfg, run_dir, monitor=None: {"status": "completed",
+    monkeypatch.setattr(training, "fit", lambda cfg, run_dir, monitor=None: {"status": "completed",
                                                                          "best_val_acc1": 50.0})
     return call(lambda: sys.exit(cli.main(["train", *args])), None, seen)
 

@@ -11,11 +11,11 @@ from timm.data import Mixup
 from timm.data.mixup import cutmix_bbox_and_lam
 
 from helpers import TINY, make_config, make_image_folder
-from mixtrain.config import CutmixConfig, ManifoldConfig, MixupConfig, SwitchConfig
-from mixtrain.train.engine import fit
+from mixtrain.mixing import CutmixConfig, ManifoldConfig, MixupConfig, SwitchConfig
+from mixtrain.train.training import fit
 from mixtrain.mixing.losses import binary_cross_entropy, create_loss
 from mixtrain.mixing import (MixPlan, MixSpec, Mixer, box_lam, create_mixer, cutmix_boxes, mix_images, mix_targets,
-                             one_hot, stages_of)
+                             one_hot, stage_modules)
 from mixtrain.mixing.plans import draw_many, draw_one
 from mixtrain.models import create_model
 
@@ -250,7 +250,7 @@ def test_manifold_mixes_the_hidden_state_after_the_chosen_stage(layer):
             hidden = mix_images(hidden, plan)
     torch.testing.assert_close(logits, model.head(hidden))
     torch.testing.assert_close(targets, mix_targets(one_hot(labels, 4), plan))
-    assert not any(stage._forward_hooks for stage in stages_of(model))  # the hook is gone
+    assert not any(stage._forward_hooks for stage in stage_modules(model))  # the hook is gone
 
 
 # --------------------------------------------------------------------------- in the training loop
@@ -266,10 +266,11 @@ def test_bce_loss_and_threshold():
 
 
 def test_training_accuracy_counts_the_dominant_mixed_label():
-    from mixtrain.train.checkpoint import EpochProgress
+    from mixtrain.artifacts.checkpoint import EpochProgress
     from mixtrain.data.device_loader import DeviceLoader
+    from mixtrain.data.source import LoaderOptions
     from mixtrain.train.engine import Step, Tally, train_step
-    from mixtrain.train.precision import Precision
+    from mixtrain.runtime.precision import Precision
 
     class Echo(torch.nn.Module):
         """Predicts whatever class its input's first pixel encodes."""
@@ -289,7 +290,7 @@ def test_training_accuracy_counts_the_dominant_mixed_label():
 
     labels = torch.arange(16) % 3
     images = F.one_hot(labels, 3).to(torch.uint8).view(16, 3, 1, 1).expand(16, 3, 4, 4).contiguous() * 255
-    loader = DeviceLoader(images, labels, 8, [0, 0, 0], [1, 1, 1], train=True, padding=0)
+    loader = DeviceLoader(images, labels, [0, 0, 0], [1, 1, 1], train=True, options=LoaderOptions(8), padding=0)
     model = Echo()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)

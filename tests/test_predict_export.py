@@ -11,9 +11,9 @@ from helpers import TINY, make_config, make_image_folder
 from mixtrain import load_model
 from mixtrain.cli import main
 from mixtrain.data import LoaderOptions, open_split
-from mixtrain.train.engine import fit
-from mixtrain.evaluate.evaluation import predict as eval_predict
-from mixtrain.inference.predict import calibration_path, sha256_of
+from mixtrain.train.training import fit
+from mixtrain.evaluate.evaluation import logits_of as eval_predict
+from mixtrain.artifacts.calibration import calibration_path, sha256_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,10 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from helpers import TINY, class_image, make_cifar10_folder, make_config, make_image_folder
 from mixtrain.cli import main
-from mixtrain.config import SCHEMAS, recipes_dir
+from mixtrain.config import recipes_dir
+from mixtrain.config.registry import REGISTRY as SCHEMAS
 from mixtrain.data import build_data
-from mixtrain.train.engine import fit
-from mixtrain.config.recipes import list_recipes, read_header
+from mixtrain.train.training import fit
+from mixtrain.runs.recipes import list_recipes, read_header
 
 RECIPES = sorted(path.stem for path in recipes_dir().glob("*.yaml"))
 # Recipes on the bundled set (the default dataset) take no dataset.root.
@@ -166,7 +167,7 @@ def test_recipes_command_lists_every_recipe(capsys):
     for recipe in list_recipes():
         assert recipe.name in out
     assert "78.1% top-1" in out and "Wightman et al. 2021" in out
-    assert "switch (mixup 0.1 / cutmix" in out  # the RSB A3 recipe's augment, as composed
+    assert "switch mixup a=0.1/cutmix" in out  # the RSB A3 recipe's augment, as composed
     assert main(["recipes", "extra"]) == 2
 
 

@@ -12,12 +12,13 @@ import torch
 from PIL import Image
 
 from helpers import SLOW, TINY, folder_args, make_config, make_image_folder, position, run_cli, start, wait_until_inside
-from mixtrain.train import checkpoint
-from mixtrain.config import MixupConfig
+from mixtrain.artifacts import checkpoint
+from mixtrain.mixing import MixupConfig
 from mixtrain.data import build_data
-from mixtrain.train.checkpoint import EpochProgress
-from mixtrain.train.engine import Step, Tally, fit, train_step
-from mixtrain.train.precision import Precision
+from mixtrain.artifacts.checkpoint import EpochProgress
+from mixtrain.train.engine import Step, Tally, train_step
+from mixtrain.train.training import fit
+from mixtrain.runtime.precision import Precision
 from mixtrain.errors import MixtrainError, RunStopped
 from mixtrain.mixing import Mixer
 from mixtrain.train.monitor import reconcile_metrics
@@ -151,7 +152,8 @@ def test_skip_leaves_the_weights_of_a_non_finite_step_untouched():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
     images = torch.randint(0, 255, (12, 3, 4, 4), dtype=torch.uint8)
     from mixtrain.data.device_loader import DeviceLoader
-    loader = DeviceLoader(images, torch.arange(12) % 3, 4, [0.5] * 3, [0.25] * 3, train=True, padding=0)
+    from mixtrain.data.source import LoaderOptions
+    loader = DeviceLoader(images, torch.arange(12) % 3, [0.5] * 3, [0.25] * 3, train=True, options=LoaderOptions(4), padding=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     precision = Precision("cpu", None, torch.amp.GradScaler("cpu", enabled=False))
     step = Step(opt, precision, Mixer(MixupConfig(alpha=0.0), 3, 1), NaNAt({1}))

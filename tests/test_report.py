@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 
 from helpers import TINY, compose_config, make_config, make_image_folder
 from mixtrain.cli import main
-from mixtrain.config import OBJECTIVES, asdict, to_object
+from mixtrain.config import asdict, to_object
+from mixtrain.layout import OBJECTIVES
 from mixtrain.runs.report import differing_keys, group_runs, report
 from mixtrain.runs.dirs import collect, process_alive
 
@@ -209,7 +210,7 @@ def test_reliability_diagram_png_and_tensorboard_image_of_the_final_evaluation(t
     make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
     cfg = make_config("dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true",
                       "dataset.image_size=16", *TINY, "trainer.epochs=2")
-    from mixtrain.train.engine import fit
+    from mixtrain.train.training import fit
 
     summary = fit(cfg, tmp_path / "run")
     assert set(OBJECTIVES) <= set(summary) and all(isinstance(summary[k], float) for k in OBJECTIVES)
@@ -226,7 +227,7 @@ def test_reliability_diagram_png_and_tensorboard_image_of_the_final_evaluation(t
 
 def test_reliability_figure_draws_the_bins_and_titles_the_ece():
     from mixtrain.evaluate.metrics import calibration_bins, ece_from_bins
-    from mixtrain.runs.plots import _pyplot, reliability_figure
+    from mixtrain.evaluate.reliability import pyplot, reliability_figure
 
     # Confidences 0.95 (2 right, 2 wrong) and 0.55 (1 right, 0 wrong), 15 bins.
     conf = torch.tensor([0.95, 0.95, 0.95, 0.95, 0.55])
@@ -243,7 +244,7 @@ def test_reliability_figure_draws_the_bins_and_titles_the_ece():
     assert sum(h > 0 for h in heights) == 2
     gap_bars = ax.containers[1]  # drawn only for bins with samples, from accuracy to confidence
     assert sorted((round(b.get_y(), 4), round(b.get_height(), 4)) for b in gap_bars) == [(0.5, 0.45), (0.55, 0.45)]
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def test_runs_of_one_sweep_are_compared_on_hydra_configs_resolved_alike(tmp_path, monkeypatch):

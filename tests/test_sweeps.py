@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 
 from helpers import TINY, make_image_folder, run_cli
 from mixtrain.cli import objective_value
-from mixtrain.config import config_dir, register_configs
+from mixtrain.config import config_dir
+from mixtrain.options import register_configs
 
 # One training step and one evaluation per job: these tests are about the sweep machinery.
 ONE_STEP = [*TINY, "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.checkpoint=false"]

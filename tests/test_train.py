@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from helpers import TINY, make_cifar10_folder, make_config, make_image_folder
-from mixtrain.train import checkpoint
-from mixtrain.train.engine import fit
-from mixtrain.train.precision import resolve_precision
+from mixtrain.artifacts import checkpoint
+from mixtrain.train.training import fit
+from mixtrain.runtime.precision import resolve_precision
 from mixtrain.errors import MixtrainError
 from mixtrain.models import create_model
 
@@ -65,7 +65,7 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
 
 
 def test_precision_defaults_and_fp16_on_cpu(monkeypatch):
-    import mixtrain.train.precision as precision
+    import mixtrain.runtime.precision as precision
 
     cfg = make_config(*TINY)
     assert resolve_precision(cfg.trainer, torch.device("cpu")).dtype is None  # amp=false

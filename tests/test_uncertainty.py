@@ -11,8 +11,8 @@ from helpers import TINY, make_config, make_image_folder
 from mixtrain.evaluate.bootstrap import bootstrap_intervals, paired_differences
 from mixtrain.evaluate.calibration import calibratability, fit_temperature, heldout_indices
 from mixtrain.cli import main
-from mixtrain.config import RegMixupConfig
-from mixtrain.train.engine import fit
+from mixtrain.mixing import RegMixupConfig
+from mixtrain.train.training import fit
 from mixtrain.mixing.losses import create_loss
 from mixtrain.evaluate.metrics import classwise_calibration_error, debiased_calibration_error, expected_calibration_error
 from mixtrain.mixing import MixPlan, RegMixupMixer

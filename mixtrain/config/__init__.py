@@ -1,23 +1,28 @@
 """Typed config schemas: every key has one home, with its default and its checks.
 
-Each YAML option in ``conf/<group>/`` starts from one of these schemas (through the
-``/schema/<group>/<kind>`` entries of :mod:`mixtrain.config.store`), so a wrong type or an
-unknown key fails when Hydra composes the config. Range checks live in ``__post_init__``
-and run when :func:`to_object` turns the composed config into these dataclasses, before
-any work starts. Modules: ``dataset``, ``augment``, ``schemas`` (model, optim, sched,
-trainer, the train config), ``commands`` (eval, predict, export), ``store`` (conf/,
-recipes/, Hydra's ConfigStore), ``errors`` (checks and one-line errors), ``recipes``.
+Each YAML option in ``conf/<group>/`` starts from a schema in Hydra's ConfigStore
+(``/schema/<group>/<kind>``), so a wrong type or an unknown key fails when Hydra composes the
+config. Range checks live in ``__post_init__`` and run when :func:`to_object` turns the composed
+config into these dataclasses, before any work starts. Modules: ``registry`` (every kind of every
+group, registered by its module), ``dataset`` and ``augment`` (the bases of those groups' schemas;
+each kind's own schema lives with it in ``mixtrain/data``, ``mixtrain/models``, ``mixtrain/mixing``),
+``schemas`` (optim, sched, trainer, the train config), ``commands`` (eval, predict, export),
+``store`` (conf/, recipes/, the ConfigStore, saved configs), ``errors`` (checks and one-line
+errors), ``overrides`` (Hydra's command line).
 """
 
-from mixtrain.config.augment import (MIX_MODES, AugmentConfig, CutmixConfig, ManifoldConfig, MixConfig, MixupConfig,
-                                     RegMixupConfig, SwitchConfig)
+from mixtrain.config.augment import MIX_MODES, AugmentConfig, MixConfig
 from mixtrain.config.commands import EvalConfig, ExportConfig, PredictConfig, heldout_fraction
-from mixtrain.config.dataset import AUTO_AUGMENT_POLICIES, CifarConfig, DatasetConfig, FolderConfig, MiniConfig
+from mixtrain.config.dataset import AUTO_AUGMENT_POLICIES, DatasetConfig, StreamedConfig
 from mixtrain.config.errors import check_no_extra_keys, debug_enabled, describe_config_error, to_object
-from mixtrain.config.schemas import (CIFAR_MODEL_STAGES, CIFAR_MODELS, OBJECTIVES, AdamWConfig, CifarModelConfig,
-                                     CosineConfig, EmaConfig, LambConfig, MultiStepConfig, OptimConfig, SchedConfig,
-                                     SGDConfig, TimmModelConfig, TrainConfig, TrainerConfig)
-from mixtrain.config.store import (SCHEMAS, asdict, config_dir, config_from_dict, recipes_dir, register_configs,
-                                   schema_for)
+from mixtrain.config.registry import GROUPS, Entry, entry_of, options, register
+from mixtrain.config.schemas import (AdamWConfig, CosineConfig, EmaConfig, LambConfig, MultiStepConfig, OptimConfig,
+                                     SchedConfig, SGDConfig, TrainConfig, TrainerConfig)
+from mixtrain.config.store import asdict, config_dir, config_from_dict, recipes_dir, register_configs, schema_for
 
-__all__ = ["AUTO_AUGMENT_POLICIES", "AdamWConfig", "AugmentConfig", "CIFAR_MODELS", "CIFAR_MODEL_STAGES", "CifarConfig", "CifarModelConfig", "CosineConfig", "CutmixConfig", "DatasetConfig", "EmaConfig", "EvalConfig", "ExportConfig", "FolderConfig", "LambConfig", "MIX_MODES", "ManifoldConfig", "MiniConfig", "MixConfig", "MixupConfig", "MultiStepConfig", "OBJECTIVES", "OptimConfig", "PredictConfig", "RegMixupConfig", "SCHEMAS", "SGDConfig", "SchedConfig", "SwitchConfig", "TimmModelConfig", "TrainConfig", "TrainerConfig", "asdict", "check_no_extra_keys", "config_dir", "config_from_dict", "debug_enabled", "describe_config_error", "heldout_fraction", "recipes_dir", "register_configs", "schema_for", "to_object"]
+__all__ = ["AUTO_AUGMENT_POLICIES", "AdamWConfig", "AugmentConfig", "CosineConfig", "DatasetConfig", "EmaConfig",
+           "Entry", "EvalConfig", "ExportConfig", "GROUPS", "LambConfig", "MIX_MODES", "MixConfig",
+           "MultiStepConfig", "OptimConfig", "PredictConfig", "SGDConfig", "SchedConfig", "StreamedConfig",
+           "TrainConfig", "TrainerConfig", "asdict", "check_no_extra_keys", "config_dir", "config_from_dict",
+           "debug_enabled", "describe_config_error", "entry_of", "heldout_fraction", "options", "recipes_dir",
+           "register", "register_configs", "schema_for", "to_object"]

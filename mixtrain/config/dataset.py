@@ -1,4 +1,6 @@
-"""Dataset schemas: the CIFAR files, the bundled subset, ImageNet-style folders."""
+"""The bases of every dataset schema: what all sources have, and what every source that decodes
+images as it trains has. Each source's own schema lives in its module under ``mixtrain/data/``
+(its registry entry)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import List, Optional
 from omegaconf import MISSING
 
 from mixtrain.config.errors import at_least, choice, probability, require
+from mixtrain.errors import MixtrainError
 
 
 @dataclass
@@ -44,25 +47,23 @@ class DatasetConfig:
         at_least(self.random_erasing_count, 1, "dataset.random_erasing_count")
         at_least(self.repeated_aug, 1, "dataset.repeated_aug")
 
+    # The source's own answers (overridden by the sources that have other splits or sizes).
 
-@dataclass
-class CifarConfig(DatasetConfig):
-    """CIFAR-10/100 in torchvision's on-disk format (``<root>/cifar-10-batches-py``)."""
+    def split_name(self, split: str) -> str:
+        """What this source calls a split (``train``, ``val``, or another split's name)."""
+        if split in ("train", "val"):
+            return split
+        raise MixtrainError(f"dataset {self.name} has only the splits train and val (got {split!r}): "
+                            "use heldout=train, or a fraction such as heldout=0.5")
 
-    root: str = "${oc.env:MIXTRAIN_DATA,'~/.cache/mixtrain/data'}"
-    download: bool = True
+    def size(self, train: bool) -> Optional[int]:
+        """The side a split is read at; None: the images' own (CIFAR and the bundled set: 32 px)."""
+        return None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        choice(self.name, ("cifar10", "cifar100"), "dataset.name")
-
-
-@dataclass
-class MiniConfig(DatasetConfig):
-    """The real CIFAR-10 subset shipped inside the package (the offline default)."""
-
-    name: str = "cifar10_mini"
-    num_classes: Optional[int] = 10
+    @property
+    def streams(self) -> bool:
+        """Whether images are decoded as batches are made (else held on the device)."""
+        return False
 
 
 # First field of timm's auto-augment policy strings (timm.data.auto_augment).
@@ -70,13 +71,9 @@ AUTO_AUGMENT_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r",
 
 
 @dataclass
-class FolderConfig(DatasetConfig):
-    """An ImageNet-style folder: ``<root>/<train_split>/<class>/*.jpg`` and the same for val."""
+class StreamedConfig(DatasetConfig):
+    """Keys of every source that decodes its images as it trains (timm's create_transform)."""
 
-    name: str = "imagefolder"
-    root: str = MISSING
-    train_split: str = "train"
-    val_split: str = "val"
     image_size: int = 224  # train crop, and eval size unless eval_image_size is set
     # Eval size when it differs from training, e.g. ResNet Strikes Back A3 trains at 160
     # and tests at 224 (Touvron et al. 2019: a larger test size offsets the train/test
@@ -84,14 +81,11 @@ class FolderConfig(DatasetConfig):
     eval_image_size: Optional[int] = None
     crop_pct: float = 0.875  # eval: resize to eval size / crop_pct, then center crop
     scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
-    # timm's policy string for training images on the streaming path, applied after the
-    # crop and flip as in timm's create_transform: rand-m6-mstd0.5-inc1 (RandAugment),
-    # augmix-m5-w4-d2, original / v0 (AutoAugment). None: crop and flip only.
+    # timm's policy string for training images, applied after the crop and flip as in timm's
+    # create_transform: rand-m6-mstd0.5-inc1 (RandAugment), augmix-m5-w4-d2, original / v0
+    # (AutoAugment). None: crop and flip only.
     auto_augment: Optional[str] = None
-    # Decode every image once into a uint8 tensor on the device and augment there
-    # (crop with padding + flip, as for CIFAR). Meant for small images.
-    cache: bool = False
-    # An unreadable image file: skip it (warn once) | error (stop before training, listing them).
+    # An unreadable image: skip it (warn once) | error (stop before training, listing them).
     on_bad_image: str = "skip"
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -103,17 +97,18 @@ class FolderConfig(DatasetConfig):
             at_least(self.eval_image_size, 8, "dataset.eval_image_size")
         if self.auto_augment is not None:
             require(self.auto_augment.split("-")[0] in AUTO_AUGMENT_POLICIES, "dataset.auto_augment",
-                     f"must start with one of {', '.join(AUTO_AUGMENT_POLICIES)} (timm's policy strings)",
-                     self.auto_augment)
-            require(not self.cache, "dataset.auto_augment",
-                     "needs dataset.cache=false (the cached path augments on the device: crop and flip only)",
-                     self.auto_augment)
+                    f"must start with one of {', '.join(AUTO_AUGMENT_POLICIES)} (timm's policy strings)",
+                    self.auto_augment)
         require(0.0 < self.crop_pct <= 1.0, "dataset.crop_pct", "must be in (0, 1]", self.crop_pct)
-        require(
-            len(self.scale) == 2 and 0.0 < self.scale[0] <= self.scale[1] <= 1.0,
-            "dataset.scale", "must be [min, max] with 0 < min <= max <= 1", self.scale,
-        )
-        require(self.train_split != self.val_split, "dataset.val_split", "must differ from dataset.train_split", self.val_split)
+        require(len(self.scale) == 2 and 0.0 < self.scale[0] <= self.scale[1] <= 1.0,
+                "dataset.scale", "must be [min, max] with 0 < min <= max <= 1", self.scale)
         choice(self.on_bad_image, ("skip", "error"), "dataset.on_bad_image")
+
+    def size(self, train: bool) -> Optional[int]:
+        return self.image_size if train else (self.eval_image_size or self.image_size)
+
+    @property
+    def streams(self) -> bool:
+        return True
 
 

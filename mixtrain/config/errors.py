@@ -9,9 +9,10 @@ import math
 import os
 from typing import Any, List, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mixtrain.config.registry import REGISTRY
 from mixtrain.errors import MixtrainError
 
 
@@ -107,10 +108,8 @@ def _unknown_key(key: str, cfg: Optional[DictConfig]) -> str:
     elsewhere = [k for k in keys if k.rpartition(".")[2] == leaf]
     if elsewhere:
         return f"{message}; did you mean {elsewhere[0]}?"
-    from mixtrain.config.store import SCHEMAS
-
-    owners = [f"{parent}={schema.name}" for schema in SCHEMAS.get(parent, {}).values()
-              if leaf in {f.name for f in dataclasses.fields(schema)} and schema.name != MISSING]
+    owners = [f"{parent}={name}" for entry in REGISTRY.get(parent, {}).values()
+              if leaf in {f.name for f in dataclasses.fields(entry.schema)} for name in (entry.names or (entry.name,))]
     if owners:
         return f"{message}: it belongs to {' / '.join(owners)}"
     strict = "; the schemas are strict, so `+key=` cannot add a key (README: Your own configs)"

@@ -1,56 +1,23 @@
-"""Typed config schemas: every key has one home, here, with its default and its checks.
+"""Typed config schemas of the optimizer, the schedule, the trainer and the run as a whole.
 
-Each YAML option in ``conf/<group>/`` starts from one of these schemas (through the
-``/schema/<group>/<kind>`` entries registered below), so a wrong type or an unknown
-key fails when Hydra composes the config. Range checks live in ``__post_init__``
-and run when :func:`to_object` turns the composed config into these dataclasses,
-before any work starts.
+Each YAML option in ``conf/<group>/`` starts from a schema registered in Hydra's ConfigStore
+(``/schema/<group>/<kind>``), so a wrong type or an unknown key fails when Hydra composes the
+config. Range checks live in ``__post_init__`` and run when :func:`to_object` turns the composed
+config into these dataclasses, before any work starts. The dataset, model and augment schemas
+live with their registry entries (``mixtrain/data``, ``mixtrain/models``, ``mixtrain/mixing``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from mixtrain.config.augment import AugmentConfig, ManifoldConfig
-from mixtrain.config.errors import at_least, choice, probability, require, valid_device, valid_seed
-from mixtrain.errors import MixtrainError
-
-
-# --------------------------------------------------------------------------- model
-
-# Bundled models and their number of stages (for Manifold Mixup's layer choice).
-CIFAR_MODEL_STAGES = {"resnet20": 3, "resnet56": 3, "preact_resnet18": 4, "wrn28_10": 3}
-CIFAR_MODELS = tuple(CIFAR_MODEL_STAGES)
-
-
-@dataclass
-class CifarModelConfig:
-    """A ResNet bundled with mixtrain for 32x32 inputs (stem -> stages -> head)."""
-
-    name: str = MISSING
-    drop_rate: float = 0.0  # dropout inside wide blocks (WRN) or before the classifier
-
-    def __post_init__(self) -> None:
-        choice(self.name, CIFAR_MODELS, "model.name")
-        probability(self.drop_rate, "model.drop_rate")
-
-
-@dataclass
-class TimmModelConfig:
-    """Any model from timm's registry, created with ``timm.create_model``."""
-
-    name: str = MISSING
-    pretrained: bool = False  # needs network (or a local HF cache) when true
-    drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    kwargs: Dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        probability(self.drop_rate, "model.drop_rate")
-        probability(self.drop_path_rate, "model.drop_path_rate")
+from mixtrain.config.augment import AugmentConfig
+from mixtrain.config.errors import at_least, choice, require, valid_device, valid_seed
+from mixtrain.config.registry import Entry, check_run, register
+from mixtrain.layout import OBJECTIVES
 
 
 # --------------------------------------------------------------------------- optim
@@ -156,6 +123,8 @@ class CosineConfig(SchedConfig):
 
 @dataclass
 class MultiStepConfig(SchedConfig):
+    """Multiply the learning rate by gamma at each milestone epoch."""
+
     name: str = "multistep"
     # Epochs at which lr *= gamma; empty: at 1/2 and 3/4 of trainer.epochs (100 and 150 of 200).
     milestones: List[int] = field(default_factory=list)
@@ -247,10 +216,6 @@ class TrainerConfig:
 # --------------------------------------------------------------------------- top level
 
 
-# Numeric keys of summary.json (engine.summarize) that a sweep can optimise.
-OBJECTIVES = ("best_val_acc1", "final_val_acc1", "final_val_acc5", "final_val_ece", "final_val_nll",
-              "best_ema_val_acc1", "final_ema_val_acc1", "final_ema_val_ece", "final_ema_val_nll",
-              "final_train_loss", "img_per_s", "wall_time_s")
 
 
 @dataclass
@@ -272,29 +237,22 @@ class TrainConfig:
         choice(self.objective, OBJECTIVES, "objective")
         if isinstance(self.augment, AugmentConfig):
             require(self.augment.disable_epochs <= self.trainer.epochs, "augment.disable_epochs",
-                     f"must be <= trainer.epochs ({self.trainer.epochs})", self.augment.disable_epochs)
-        if isinstance(self.augment, ManifoldConfig):
-            self._check_manifold()
-            require(self.trainer.accum_steps == 1, "trainer.accum_steps",
-                     "must be 1 with augment=manifold (it mixes inside the forward pass, so the batch cannot be "
-                     "mixed whole and then split)", self.trainer.accum_steps)
-        if isinstance(self.sched, MultiStepConfig):
-            require(all(m < self.trainer.epochs for m in self.sched.milestones), "sched.milestones",
-                     f"must be < trainer.epochs ({self.trainer.epochs})", self.sched.milestones)
+                    f"must be <= trainer.epochs ({self.trainer.epochs})", self.augment.disable_epochs)
         require(self.sched.warmup_epochs < self.trainer.epochs or self.sched.warmup_epochs == 0,
-                 "sched.warmup_epochs", f"must be < trainer.epochs ({self.trainer.epochs})", self.sched.warmup_epochs)
+                "sched.warmup_epochs", f"must be < trainer.epochs ({self.trainer.epochs})", self.sched.warmup_epochs)
+        check_run(self)  # each option's own checks against the whole run (its registry entry)
 
 
-    def _check_manifold(self) -> None:
-        if not isinstance(self.model, CifarModelConfig):
-            raise MixtrainError(
-                f"augment=manifold mixes hidden states between stages, and model=timm ({self.model.name}) does not "
-                f"expose stages: use one of {', '.join(CIFAR_MODELS)}"
-            )
-        stages = CIFAR_MODEL_STAGES[self.model.name]
-        require(max(self.augment.layers) <= stages, "augment.layers",
-                 f"must be in 0..{stages} for {self.model.name} ({stages} stages)", self.augment.layers)
-        require(not self.trainer.compile, "trainer.compile",
-                 "must be false with augment=manifold (its per-step hook would recompile the model)", True)
+# --------------------------------------------------------------------------- registry
 
 
+class MultiStepEntry(Entry):
+    def check_run(self, config: MultiStepConfig, run: TrainConfig) -> None:
+        require(all(m < run.trainer.epochs for m in config.milestones), "sched.milestones",
+                f"must be < trainer.epochs ({run.trainer.epochs})", config.milestones)
+
+
+for _kind, _schema in (("sgd", SGDConfig), ("adamw", AdamWConfig), ("lamb", LambConfig)):
+    register(Entry("optim", _kind, _schema))
+register(Entry("sched", "cosine", CosineConfig))
+register(MultiStepEntry("sched", "multistep", MultiStepConfig))

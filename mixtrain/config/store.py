@@ -1,5 +1,5 @@
-"""Where the configs live and how Hydra finds them: conf/ and recipes/, the schema of each
-group option, and their registration in Hydra's ConfigStore."""
+"""Where the configs live and how Hydra finds them: conf/ and recipes/, the command schemas and
+the recipes in Hydra's ConfigStore, and a saved config read back through the registries."""
 
 from __future__ import annotations
 
@@ -8,15 +8,12 @@ from pathlib import Path
 from typing import Any, Dict
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import OmegaConf
 
-from mixtrain.config.augment import (AugmentConfig, CutmixConfig, ManifoldConfig, MixupConfig, RegMixupConfig,
-                                     SwitchConfig)
 from mixtrain.config.commands import EvalConfig, ExportConfig, PredictConfig
-from mixtrain.config.dataset import CifarConfig, FolderConfig, MiniConfig
 from mixtrain.config.errors import to_object
-from mixtrain.config.schemas import (CIFAR_MODELS, AdamWConfig, CifarModelConfig, CosineConfig, LambConfig,
-                                     MultiStepConfig, SGDConfig, TimmModelConfig, TrainConfig)
+from mixtrain.config.registry import GROUPS, option_names, saved_entry
+from mixtrain.config.schemas import TrainConfig
 from mixtrain.errors import MixtrainError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -38,57 +35,38 @@ def recipes_dir() -> Path:
     return _resource_dir("recipes")
 
 
-SCHEMAS = {
-    "dataset": {"cifar": CifarConfig, "mini": MiniConfig, "folder": FolderConfig},
-    "model": {"cifar": CifarModelConfig, "timm": TimmModelConfig},
-    "augment": {"none": AugmentConfig, "mixup": MixupConfig, "cutmix": CutmixConfig, "switch": SwitchConfig,
-                "manifold": ManifoldConfig, "regmixup": RegMixupConfig},
-    "optim": {"sgd": SGDConfig, "adamw": AdamWConfig, "lamb": LambConfig},
-    "sched": {"cosine": CosineConfig, "multistep": MultiStepConfig},
-}
-
-
-def schema_for(group: str, name: str) -> type:
-    """The schema class of a group option with this ``name`` (as saved in a run's config)."""
-    if group == "model":
-        return CifarModelConfig if name in CIFAR_MODELS else TimmModelConfig
-    if group == "dataset" and name in ("cifar10", "cifar100"):
-        return CifarConfig
-    for schema in SCHEMAS[group].values():
-        if schema.name == name:
-            return schema
-    raise MixtrainError(f"unknown {group} {name!r} in a saved config: choose one of "
-                        f"{', '.join(s.name for s in SCHEMAS[group].values() if s.name != MISSING)}")
+def schema_for(group: str, saved: Dict[str, Any]) -> type:
+    """The schema class of a saved group config (``{"name": "resnet20", ...}``, e.g. a checkpoint's)."""
+    entry = saved_entry(group, saved)
+    if entry is None:
+        raise MixtrainError(f"unknown {group} {saved.get('name')!r} in a saved config: choose one of "
+                            f"{', '.join(option_names(group))} (or import the module that registers it)")
+    return entry.schema
 
 
 def config_from_dict(saved: Dict[str, Any]) -> "TrainConfig":
     """Rebuild (and re-validate) a TrainConfig from its ``asdict`` form, e.g. a checkpoint's."""
     nodes = {}
-    for group in SCHEMAS:
-        schema = schema_for(group, saved[group]["name"])
-        nodes[group] = OmegaConf.merge(OmegaConf.structured(schema), saved[group])
-    top = OmegaConf.merge(OmegaConf.structured(TrainConfig), {k: v for k, v in saved.items() if k not in SCHEMAS})
+    for group in GROUPS:
+        nodes[group] = OmegaConf.merge(OmegaConf.structured(schema_for(group, saved[group])), saved[group])
+    top = OmegaConf.merge(OmegaConf.structured(TrainConfig), {k: v for k, v in saved.items() if k not in GROUPS})
     for group, node in nodes.items():
         top[group] = node
     return to_object(top)
 
 
 def register_configs() -> None:
-    """Put the schemas and the recipes in Hydra's ConfigStore."""
+    """Put the command schemas and the recipes in Hydra's ConfigStore (each group's kinds store
+    their own schemas when they register)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="predict", node=PredictConfig)
     cs.store(name="export", node=ExportConfig)
-    for group, kinds in SCHEMAS.items():
-        for kind, schema in kinds.items():
-            cs.store(group=f"schema/{group}", name=kind, node=schema)
     # recipes/ sits beside conf/, not inside it, so Hydra would not see it as the
     # `recipe` group; registering each file keeps `recipe=NAME` working (no `+`).
     for path in sorted(recipes_dir().glob("*.yaml")):
         cs.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
-
-
 
 
 def asdict(obj: Any) -> Dict[str, Any]:

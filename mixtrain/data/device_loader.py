@@ -47,33 +47,21 @@ class DeviceLoader:
     With ``world_size > 1`` each rank takes its own slice of the same epoch order.
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        train: bool,
-        padding: int = 4,
-        channels_last: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        max_batches: Optional[int] = None,
-        repeats: int = 1,
-        erasing: Optional[RandomErasing] = None,
-    ) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                 train: bool, options, padding: int = 4, repeats: int = 1,
+                 erasing: Optional[RandomErasing] = None) -> None:
+        """``options``: a :class:`~mixtrain.data.source.LoaderOptions` (batch size, channels_last,
+        seed, rank, world size, max batches)."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected uint8 [N, C, H, W] images, got {images.dtype} {tuple(images.shape)}")
         self.labels = labels
-        self.batch_size = batch_size
+        self.batch_size = batch_size = options.batch_size
         self.train = train
         self.padding = padding if train else 0
-        self.channels_last = channels_last
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
-        self.max_batches = max_batches
+        self.channels_last = options.channels_last
+        self.seed = options.seed
+        self.rank, self.world_size = options.rank, options.world_size
+        self.max_batches = options.max_batches
         self.repeats = repeats if train else 1
         self.erasing = erasing if train else None
         self.epoch = 0

@@ -24,6 +24,7 @@ import contextlib
 import os
 import random
 import warnings
+from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
@@ -34,10 +35,46 @@ from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
+from omegaconf import MISSING
+
+from mixtrain.config.dataset import StreamedConfig
+from mixtrain.config.errors import require
 from mixtrain.data.device_loader import epoch_generator, normalize, normalizer
+from mixtrain.data.label_noise import corrupt_folder_labels
 from mixtrain.data.sampling import epoch_positions, repeated
+from mixtrain.data.source import LoaderOptions, Split, device_split, erasing, register_source
 from mixtrain.errors import MixtrainError
 from mixtrain.files import forget_inherited_claims
+
+
+@dataclass
+class FolderConfig(StreamedConfig):
+    """An ImageNet-style folder: ``<root>/<train_split>/<class>/*.jpg`` and the same for val."""
+
+    name: str = "imagefolder"
+    root: str = MISSING
+    train_split: str = "train"
+    val_split: str = "val"
+    # Decode every image once into a uint8 tensor on the device and augment there
+    # (crop with padding + flip, as for CIFAR). Meant for small images.
+    cache: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.auto_augment is not None:
+            require(not self.cache, "dataset.auto_augment",
+                    "needs dataset.cache=false (the cached path augments on the device: crop and flip only)",
+                    self.auto_augment)
+        require(self.train_split != self.val_split, "dataset.val_split", "must differ from dataset.train_split",
+                self.val_split)
+
+    def split_name(self, split: str) -> str:
+        """``train`` and ``val`` are ``train_split`` and ``val_split``; any other name is a folder of its own."""
+        return {"train": self.train_split, "val": self.val_split}.get(split, split)
+
+    @property
+    def streams(self) -> bool:
+        return not self.cache
 
 IGNORE_LABEL = -1  # an evaluation sample that stands in for an unreadable file (dropped from its batch)
 # What PIL raises for a broken, truncated, non-image or too-large file (DecompressionBombError
@@ -96,16 +133,57 @@ def seeded(seed: Optional[int]):
             np.random.set_state(np_state)
 
 
-class CheckedImageFolder(datasets.ImageFolder):
-    """An ImageFolder whose items are ``(image, label, bad_index)``; ``bad_index`` is -1 or the
-    index of an unreadable file this item replaces (the main process collects them).
+class CheckedItems(torch.utils.data.Dataset):
+    """Items ``(image, label, bad_index)`` of a source read one sample at a time: ``bad_index`` is -1,
+    or the index of an unreadable sample this item replaces (the main process collects them).
 
-    Indexed by ``(index, seed)`` pairs (:class:`EpochSampler`) or by a plain index.
+    Indexed by ``(index, seed)`` pairs (:class:`EpochSampler`) or by a plain index. A source
+    implements :meth:`read` and :meth:`name`, and sets ``transform`` and ``train``.
     """
 
+    transform = None
+    train = True
+
+    def read(self, index: int) -> Tuple[Image.Image, int]:
+        """The sample's RGB image and label; raises one of :data:`UNREADABLE` for a broken one."""
+        raise NotImplementedError
+
+    def name(self, index: int) -> str:
+        """How warnings name a sample (its path)."""
+        raise NotImplementedError
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        for offset in range(len(self)):
+            try:
+                image, label = self.read((index + offset) % len(self))
+            except UNREADABLE:
+                continue
+            if self.transform is not None:
+                with seeded(seed):
+                    image = self.transform(image)
+            if offset == 0:
+                return image, label, -1
+            return image, (label if self.train else IGNORE_LABEL), index
+        raise MixtrainError(f"no readable sample in {self.name(index)} and the rest of its split: check the data")
+
+
+class CheckedImageFolder(CheckedItems, datasets.ImageFolder):
+    """An ImageFolder whose items are :class:`CheckedItems`' (an unreadable file is replaced, and named)."""
+
     def __init__(self, root: str, transform=None, train: bool = True) -> None:
-        super().__init__(root, transform=transform, loader=load_rgb)
+        datasets.ImageFolder.__init__(self, root, transform=transform, loader=load_rgb)
         self.train = train
+
+    def read(self, index: int) -> Tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        return self.loader(path), label
+
+    def name(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
     def make_dataset(self, directory: str, class_to_idx, extensions=None, is_valid_file=None,
                      allow_empty: bool = False) -> List[Tuple[str, int]]:
@@ -130,23 +208,6 @@ class CheckedImageFolder(datasets.ImageFolder):
                 raise MixtrainError(f"no images in class folder {os.path.join(directory, name)} "
                                     f"({', '.join(datasets.folder.IMG_EXTENSIONS[:4])}, ...): add images or remove it")
         return samples
-
-    def __getitem__(self, item):
-        index, seed = item if isinstance(item, tuple) else (item, None)
-        for offset in range(len(self.samples)):
-            path, label = self.samples[(index + offset) % len(self.samples)]
-            try:
-                image = self.loader(path)
-            except UNREADABLE:
-                continue
-            if self.transform is not None:
-                with seeded(seed):
-                    image = self.transform(image)
-            if offset == 0:
-                return image, label, -1
-            return image, (label if self.train else IGNORE_LABEL), index
-        raise MixtrainError(f"no readable image in {self.root}: check the files under dataset.root")
-
 
 def open_image_folder(root: str, split: str, key: str, transform=None, train: bool = True) -> CheckedImageFolder:
     """The ImageFolder of one split; ``key`` names the config key that chose the split."""
@@ -273,9 +334,10 @@ class EpochSampler(Sampler):
 
 
 class FolderLoader:
-    """A DataLoader over an ImageFolder whose uint8 batches are normalized on the device."""
+    """A DataLoader over :class:`CheckedItems` (an ImageFolder, ...) whose uint8 batches are normalized
+    on the device."""
 
-    def __init__(self, dataset: CheckedImageFolder, train: bool, options, mean: Sequence[float],
+    def __init__(self, dataset: CheckedItems, train: bool, options, mean: Sequence[float],
                  std: Sequence[float], repeats: int = 1, erasing=None) -> None:
         self.dataset, self.train = dataset, train
         self.device, self.channels_last = options.device, options.channels_last
@@ -317,7 +379,7 @@ class FolderLoader:
             if step >= batches:
                 break
             if (bad >= 0).any():
-                self.unreadable.update(self.dataset.samples[int(i)][0] for i in bad[bad >= 0])
+                self.unreadable.update(self.dataset.name(int(i)) for i in bad[bad >= 0])
                 if not self.train:  # drop the stand-ins: an unreadable file is left out of every metric
                     keep = labels != IGNORE_LABEL
                     if not keep.any():
@@ -365,3 +427,36 @@ def decode_folder(dataset: datasets.ImageFolder, image_size: int) -> Tuple[torch
     if not images:
         raise MixtrainError(f"no readable images in {dataset.root}: expected <class>/<image> files")
     return torch.stack(images), torch.tensor(labels, dtype=torch.long), bad, longest
+
+
+# --------------------------------------------------------------------------- the source
+
+
+def stream_transform(cfg: StreamedConfig, train: bool):
+    """The streaming path's transform: augmentation to train, resize + center crop otherwise."""
+    if train:
+        return train_transform(cfg.image_size, cfg.scale, cfg.auto_augment, cfg.mean)
+    return eval_transform(cfg.size(train), cfg.crop_pct)
+
+
+def stream_split(cfg: StreamedConfig, dataset: CheckedItems, train: bool, options: LoaderOptions,
+                 skipped: Sequence[str] = (), changed: int = 0) -> Split:
+    """A split of a source read sample by sample, in DataLoader workers."""
+    loader = FolderLoader(dataset, train, options, cfg.mean, cfg.std, cfg.repeated_aug, erasing(cfg, options))
+    return Split(loader, list(dataset.classes), list(skipped), changed)
+
+
+def open_folder(cfg: FolderConfig, split: str, train: bool, options: LoaderOptions) -> Split:
+    folder = cfg.split_name(split)
+    key = {cfg.train_split: "dataset.train_split", cfg.val_split: "dataset.val_split"}.get(folder, "heldout")
+    if not cfg.streams:
+        dataset = open_image_folder(cfg.root, folder, key, train=train)
+        images, labels, bad, stored = decode_folder(dataset, cfg.size(train))
+        return device_split(cfg, images, labels, list(dataset.classes), train, options, bad, stored)
+    dataset = open_image_folder(cfg.root, folder, key, stream_transform(cfg, train), train)
+    skipped = unreadable_files(dataset) if cfg.on_bad_image == "error" else []  # a full decoding pass
+    changed = corrupt_folder_labels(dataset, cfg.label_noise, options.seed) if train else 0
+    return stream_split(cfg, dataset, train, options, skipped, changed)
+
+
+register_source("folder", FolderConfig, open_folder, names=("imagefolder",))

@@ -17,28 +17,26 @@ from omegaconf import MISSING
 from rich.console import Console
 from torch import nn
 
-from mixtrain.train import checkpoint
+from mixtrain import layout
+from mixtrain.artifacts import checkpoint
+from mixtrain.artifacts.calibration import write_calibration
+from mixtrain.artifacts.logits import save_logits
+from mixtrain.artifacts.model import build_model, resolve_checkpoint
+from mixtrain.config import (DatasetConfig, EvalConfig, TrainConfig, config_from_dict, describe_config_error,
+                             heldout_fraction, schema_for)
+from mixtrain.data import FolderConfig, LoaderOptions, check_bad_images, open_split, resolve_workers, unreadable_so_far
+from mixtrain.errors import MixtrainError
 from mixtrain.evaluate.bootstrap import bootstrap_intervals
 from mixtrain.evaluate.calibration import (TEMPERATURE_BOUNDS, calibration_metrics, fit_temperature, heldout_indices,
-                                  reliability_sums)
-from mixtrain.config import (DatasetConfig, EvalConfig, FolderConfig, TimmModelConfig, TrainConfig, config_from_dict,
-                             describe_config_error, heldout_fraction, schema_for)
-from mixtrain.data import LoaderOptions, check_bad_images, open_split, resolve_workers, split_folder, unreadable_so_far
-from mixtrain.errors import MixtrainError
-from mixtrain.files import write_json_atomic
+                                           reliability_sums)
+from mixtrain.evaluate.reliability import save_reliability_panels
 from mixtrain.evaluate.robustness import fgsm_accuracy
-
-EVAL_FILE = "eval.json"
-RELIABILITY_FILE = "reliability.png"
-LOGITS_FILE = "val_logits.pt"  # {"logits": [N, C] float32, "labels": [N]}: for paired comparisons and reports
+from mixtrain.files import write_json_atomic
+from mixtrain.mixing import describe_augment
+from mixtrain.runtime.precision import resolve_device
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run dir's ``best.pt`` (else its ``last.pt``)."""
-    return checkpoint.checkpoint_path(path, ("best.pt", "last.pt"))
 
 
 def _override_key(override: str) -> str:
@@ -66,7 +64,7 @@ def eval_overrides(overrides: List[str]) -> List[str]:
     saved = checkpoint.load(resolve_checkpoint(override_value(given[-1])))["config"]["dataset"]
     # Keys the option cannot default (dataset.root of imagefolder) come from the checkpoint too.
     changed = set(dataset_override_keys(overrides))
-    required = [f.name for f in dataclasses.fields(schema_for("dataset", saved["name"]))
+    required = [f.name for f in dataclasses.fields(schema_for("dataset", saved))
                 if f.default == MISSING and f.name != "name" and f.name not in changed and f.name in saved]
     return [f"dataset={saved['name']}", *(f"dataset.{key}={quote_override(saved[key])}" for key in required), *overrides]
 
@@ -100,32 +98,8 @@ def eval_dataset_config(saved: DatasetConfig, chosen: Optional[DatasetConfig], c
     return dataclasses.replace(saved, **{key: getattr(chosen, key) for key in changed if hasattr(chosen, key)})
 
 
-def build_model(train_cfg: TrainConfig, state: Dict[str, Any], num_classes: int, path: Path,
-                device: torch.device, weights: str = "raw") -> nn.Module:
-    """The checkpoint's model in eval mode, with its trained (``raw``) or EMA (``ema``) weights."""
-    from mixtrain.models import create_model
-
-    model_cfg = train_cfg.model
-    if isinstance(model_cfg, TimmModelConfig) and model_cfg.pretrained:
-        model_cfg = dataclasses.replace(model_cfg, pretrained=False)  # the checkpoint holds the weights
-    if weights == "ema" and "ema" not in state:
-        raise MixtrainError(f"{path} holds no EMA weights (trained without trainer.ema.enabled=true): drop weights=ema")
-    model = create_model(model_cfg, num_classes)
-    try:
-        model.load_state_dict(state["ema" if weights == "ema" else "model"])
-    except RuntimeError as ex:
-        first = str(ex).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise MixtrainError(f"{path} does not fit a {model_cfg.name} with {num_classes} classes ({detail[:160]}): "
-                            "evaluate on a dataset with the classes it was trained on") from None
-    model = model.to(device).eval()
-    if train_cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
 @torch.inference_mode()
-def predict(model: nn.Module, loader, tta: str = "none") -> Tuple[torch.Tensor, torch.Tensor]:
+def logits_of(model: nn.Module, loader, tta: str = "none") -> Tuple[torch.Tensor, torch.Tensor]:
     """``(logits, labels)`` of every batch, float32 on the CPU, in loader order (full precision).
 
     ``tta=flip``: the log of the mean softmax of each image and its mirror (logits of the average).
@@ -145,17 +119,7 @@ def predict(model: nn.Module, loader, tta: str = "none") -> Tuple[torch.Tensor, 
 
 def describe_run(train_cfg: TrainConfig) -> str:
     """A short name for a run's training recipe: ``ERM``, ``mixup a=0.2``, ``cutmix a=1 noise 20%``."""
-    aug = train_cfg.augment
-    if aug.name == "none":
-        name = "ERM"
-    elif aug.name == "switch":
-        name = f"switch mixup a={aug.mixup_alpha:g}/cutmix a={aug.cutmix_alpha:g}"
-    else:
-        name = f"{aug.name} a={aug.alpha:g}"
-    if aug.name != "none" and getattr(aug, "mode", "batch") != "batch":
-        name += f" {aug.mode}"
-    if aug.label_smoothing:
-        name += f" ls={aug.label_smoothing:g}"
+    name = describe_augment(train_cfg.augment)
     if train_cfg.dataset.label_noise:
         name += f" noise {100 * train_cfg.dataset.label_noise:g}%"
     return name
@@ -204,18 +168,15 @@ def temperature_scaling(cfg: EvalConfig, val_logits: torch.Tensor, val_labels: t
 def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[str] = (),
                         console: Optional[Console] = None) -> Dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; write ``eval.json`` and ``reliability.png`` to ``out_dir``; return the report."""
-    from mixtrain.train.precision import resolve_device
-    from mixtrain.runs.plots import save_reliability_panels
-
     out_dir = Path(out_dir)
-    if (out_dir / EVAL_FILE).exists():
-        raise MixtrainError(f"{out_dir} already holds an {EVAL_FILE}: pick another hydra.run.dir")
+    if (out_dir / layout.EVAL).exists():
+        raise MixtrainError(f"{out_dir} already holds an {layout.EVAL}: pick another hydra.run.dir")
     path = resolve_checkpoint(cfg.checkpoint).resolve()
     state = checkpoint.load(path)
     train_cfg = config_from_dict(state["config"])
     dataset = eval_dataset_config(train_cfg.dataset, cfg.dataset, dataset_keys)
     if heldout_fraction(cfg.heldout) is None:
-        split_folder(dataset, cfg.heldout)  # a split this dataset has, before any data is read
+        dataset.split_name(cfg.heldout)  # a split this dataset has, before any data is read
     device = resolve_device(cfg.device)
     # The same factory as training: same size, transform and decoding for the same split.
     options = LoaderOptions(cfg.batch_size, device, resolve_workers(train_cfg.trainer.num_workers),
@@ -235,13 +196,13 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
                       f"epoch {state['state']['epoch']}) on {dataset.name} val ({val.loader.num_samples} images) | "
                       f"{device}", highlight=False)
 
-    logits, labels = predict(model, val.loader, cfg.tta)
+    logits, labels = logits_of(model, val.loader, cfg.tta)
     splits, heldout = [val], None
     if heldout_fraction(cfg.heldout) is None:
         fit = open_split(dataset, cfg.heldout, False, options)
         check_bad_images(dataset, [fit])
         splits.append(fit)
-        fit_logits, fit_labels = predict(model, fit.loader, cfg.tta)
+        fit_logits, fit_labels = logits_of(model, fit.loader, cfg.tta)
         heldout = (fit_logits, fit_labels, f"the {cfg.heldout} split ({len(fit_labels)} images, unaugmented)")
     temperature, sums = temperature_scaling(cfg, logits, labels, heldout)
     eps_levels = [float(e) for e in cfg.fgsm_eps]
@@ -255,10 +216,10 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
                       highlight=False)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_logits(out_dir / LOGITS_FILE, logits, labels)
+    save_logits(out_dir / layout.LOGITS, logits, labels)
     t = temperature["value"]
     save_reliability_panels([(sums["before"], f"before scaling (T=1), {temperature['report_samples']} images"),
-                             (sums["after"], f"after scaling (T={t:.3f})")], out_dir / RELIABILITY_FILE)
+                             (sums["after"], f"after scaling (T={t:.3f})")], out_dir / layout.RELIABILITY)
     report = {
         "checkpoint": str(path),
         "weights": cfg.weights,
@@ -274,26 +235,9 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
         "fgsm": fgsm,
         "eval_config": {"heldout": cfg.heldout, "fgsm_eps": eps_levels, "seed": cfg.seed, "weights": cfg.weights,
                         "bootstrap": cfg.bootstrap, "tta": cfg.tta},
-        "files": {"reliability": RELIABILITY_FILE, "logits": LOGITS_FILE},
+        "files": {"reliability": layout.RELIABILITY, "logits": layout.LOGITS},
     }
     if cfg.calibrate:
-        from mixtrain.inference.predict import write_calibration
-
         report["files"]["calibration"] = str(write_calibration(path, temperature))
-    write_json_atomic(out_dir / EVAL_FILE, report)
+    write_json_atomic(out_dir / layout.EVAL, report)
     return report
-
-
-def save_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor) -> None:
-    from mixtrain.files import write_atomic
-
-    write_atomic(path, lambda f: torch.save({"logits": logits.float(), "labels": labels}, f), binary=True)
-
-
-def load_logits(path: Path) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """``(logits, labels)`` saved by :func:`save_logits`, or None when there is no readable file."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        return saved["logits"], saved["labels"]
-    except Exception:  # absent, or not ours: the caller goes without
-        return None

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 from rich.console import Console
 from rich.table import Table
 
-from mixtrain.evaluate.evaluation import EVAL_FILE, RELIABILITY_FILE
+from mixtrain import layout
 
 
 def _num(value: Optional[float], fmt: str) -> str:
@@ -74,4 +74,4 @@ def print_report(report: Dict[str, Any], out_dir: Path, console: Console) -> Non
                       f"({boot['resamples']} resamples, seed {boot['seed']})", highlight=False)
     if report["fgsm"]:
         console.print("FGSM eps: pixel levels of 1/255 on [0, 1] images, before normalization", highlight=False)
-    console.print(f"{Path(out_dir) / EVAL_FILE}  {Path(out_dir) / RELIABILITY_FILE}", highlight=False)
+    console.print(f"{Path(out_dir) / layout.EVAL}  {Path(out_dir) / layout.RELIABILITY}", highlight=False)

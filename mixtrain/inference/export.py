@@ -22,7 +22,7 @@ import torch
 
 from mixtrain.errors import MixtrainError
 from mixtrain.files import write_atomic, write_json_atomic
-from mixtrain.inference.predict import LoadedModel, load_model
+from mixtrain.artifacts.model import LoadedModel, load_model
 
 TOLERANCE = 1e-4
 FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torchscript": "model.pt"}

@@ -1,4 +1,4 @@
-"""Using a trained model: ``load_model``, the stored temperature, and ``mixtrain predict``.
+"""``mixtrain predict``: classify new images with a trained model (:mod:`mixtrain.artifacts.model`).
 
 ``mixtrain eval ... calibrate=true`` stores the fitted temperature with the model, as
 ``<checkpoint>.calibration.json`` beside the checkpoint (``best.calibration.json``); ``predict`` and ``export`` read it.
@@ -10,145 +10,29 @@ from __future__ import annotations
 
 import csv
 import glob
-import hashlib
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import torch
-from torch import nn
+from PIL import Image
 
+from mixtrain.artifacts.calibration import calibration_path, read_calibration
+from mixtrain.artifacts.model import LoadedModel, load_model
+from mixtrain.data import resolve_workers
+from mixtrain.data.folder import UNREADABLE, load_rgb
 from mixtrain.errors import MixtrainError
-
-LEGACY_CALIBRATION_FILE = "calibration.json"  # one per run dir, before each checkpoint had its own
-
-
-def calibration_path(checkpoint_path: Path) -> Path:
-    """Where a checkpoint's temperature is stored: ``best.calibration.json`` beside ``best.pt``."""
-    return checkpoint_path.with_name(f"{checkpoint_path.stem}.calibration.json")
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_calibration(checkpoint_path: Path, temperature: Dict[str, Any]) -> Path:
-    """``<checkpoint>.calibration.json``: T, where it was fitted, ECE before/after, the checkpoint's sha256.
-
-    It goes into the checkpoint's run dir, so this takes that dir's lock: never while a
-    training process writes it."""
-    from mixtrain.files import claim_dir, write_json_atomic
-
-    if not claim_dir(checkpoint_path.parent):
-        raise MixtrainError(f"{checkpoint_path.parent} is being written by a running mixtrain process: calibrate "
-                            "after it ends (its checkpoints still change)")
-    path = calibration_path(checkpoint_path)
-    write_json_atomic(path, {"temperature": temperature["value"], "fit_on": temperature["fit_on"],
-                             "ece_before": temperature["before"]["ece"], "ece_after": temperature["after"]["ece"],
-                             "checkpoint": checkpoint_path.name, "checkpoint_sha256": sha256_of(checkpoint_path)})
-    return path
-
-
-def read_calibration(checkpoint_path: Path) -> Optional[Dict[str, Any]]:
-    """The stored calibration of this checkpoint, or None (absent, or fitted on another checkpoint file)."""
-    digest = None
-    for path in (calibration_path(checkpoint_path), checkpoint_path.parent / LEGACY_CALIBRATION_FILE):
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        digest = digest or sha256_of(checkpoint_path)
-        if isinstance(saved, dict) and saved.get("checkpoint_sha256") == digest:
-            return saved
-    return None
-
-
-@dataclass
-class LoadedModel:
-    """A trained model ready to use: eval mode, its preprocessing, classes and temperature."""
-
-    model: nn.Module
-    transform: Any  # PIL image -> uint8 [3, H, W]
-    mean: List[float]
-    std: List[float]
-    classes: List[str]
-    temperature: float  # 1.0 when the model was not calibrated
-    image_size: int
-    config: Any  # the run's TrainConfig
-    checkpoint: Path
-
-    def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, 3, H, W]`` -> normalized float on the model's device."""
-        from mixtrain.data.device_loader import normalize, normalizer
-
-        device = next(self.model.parameters()).device
-        scale, shift = normalizer(self.mean, self.std, device)
-        return normalize(images_uint8.to(device), scale, shift, channels_last=False)
-
-    @torch.inference_mode()
-    def probabilities(self, images: torch.Tensor, calibrated: bool = True, tta: str = "none") -> torch.Tensor:
-        """Softmax of ``logits / T`` for normalized images; ``tta=flip`` averages with the mirror image."""
-        t = self.temperature if calibrated else 1.0
-        probs = (self.model(images).float() / t).softmax(1)
-        if tta == "flip":
-            probs = (probs + (self.model(images.flip(-1)).float() / t).softmax(1)) / 2
-        return probs
-
-
-def saved_class_names(dataset, num_classes: int) -> List[str]:
-    """Class names for a checkpoint written before checkpoints held them: from the data, else indices."""
-    from mixtrain.config import FolderConfig, MiniConfig
-
-    try:
-        if isinstance(dataset, MiniConfig):
-            import numpy as np
-
-            from mixtrain.data.mini import MINI_PATH
-
-            with np.load(MINI_PATH) as z:
-                return [str(c) for c in z["classes"]]
-        if isinstance(dataset, FolderConfig):
-            from torchvision.datasets.folder import find_classes
-
-            return find_classes(str(Path(dataset.root).expanduser() / dataset.val_split))[0]
-    except (OSError, FileNotFoundError):
-        pass
-    return [str(i) for i in range(num_classes)]
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "raw") -> LoadedModel:
-    """A checkpoint (file or run dir) as a :class:`LoadedModel`, for scripts: ``mixtrain.load_model(path)``."""
-    from mixtrain.train import checkpoint
-    from mixtrain.config import config_from_dict
-    from mixtrain.data import eval_image_transform, image_size
-    from mixtrain.evaluate.evaluation import build_model, resolve_checkpoint
-
-    ckpt = resolve_checkpoint(path).resolve()
-    state = checkpoint.load(ckpt)
-    cfg = config_from_dict(state["config"])
-    classes = state.get("classes") or saved_class_names(cfg.dataset, state["num_classes"])
-    model = build_model(cfg, state, state["num_classes"], ckpt, torch.device(device), weights)
-    calibration = read_calibration(ckpt)
-    size = image_size(cfg.dataset, False) or 32
-    return LoadedModel(model, eval_image_transform(cfg.dataset), list(cfg.dataset.mean), list(cfg.dataset.std),
-                       list(classes), calibration["temperature"] if calibration else 1.0, size, cfg, ckpt)
-
+from mixtrain.files import forget_inherited_claims, write_atomic
+from mixtrain.runtime.precision import resolve_device
 
 # --------------------------------------------------------------------------- inputs
 
 
 def list_inputs(inputs: str) -> List[str]:
     """One image, a folder (recursively, any extension PIL reads), a glob, or a text file of paths."""
-    from PIL import Image
-
     extensions = tuple(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
     path = Path(os.path.expanduser(inputs))
     if path.is_dir():
@@ -189,8 +73,6 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from mixtrain.data.folder import UNREADABLE, load_rgb
-
         try:
             return self.transform(load_rgb(self.paths[i])), i, ""
         except UNREADABLE as ex:
@@ -203,8 +85,6 @@ class ImageFiles(torch.utils.data.Dataset):
 def predict_batches(loaded: LoadedModel, paths: Sequence[str], batch_size: int, workers: int, calibrated: bool,
                     tta: str) -> Iterator[Tuple[List[str], torch.Tensor, List[Tuple[str, str]]]]:
     """``(paths, probabilities, errors)`` batch by batch: memory stays constant whatever the number of images."""
-    from mixtrain.files import forget_inherited_claims
-
     loader = torch.utils.data.DataLoader(ImageFiles(paths, loaded.transform, loaded.image_size), batch_size=batch_size,
                                          num_workers=workers, shuffle=False, worker_init_fn=forget_inherited_claims)
     for images, index, errors in loader:
@@ -256,10 +136,6 @@ def predict(cfg, out_stream=None) -> Dict[str, Any]:
     Both files are written whole or not at all (the one atomic writer): a killed run leaves
     no partial file to refuse on the next one.
     """
-    from mixtrain.data import resolve_workers
-    from mixtrain.files import write_atomic
-    from mixtrain.train.precision import resolve_device
-
     out_stream = out_stream or sys.stdout
     out = Path(os.path.expanduser(cfg.out))
     errors_path = out.with_name(f"{out.stem}_errors.csv")

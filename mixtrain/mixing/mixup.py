@@ -1,4 +1,5 @@
-"""Input-space mixing (Mixup, CutMix, their switch; ``none``): the :class:`Mixer` strategy.
+"""Input-space mixing: Mixup (Zhang et al. 2018), CutMix (Yun et al. 2019), their switch, and
+``none``; their schemas, the :class:`Mixer` strategy, and their registry entries.
 
 A mixer is a plain object, not an ``nn.Module``: it owns the run's mixing randomness (a
 NumPy generator seeded by run seed and rank, saved in checkpoints) and turns a batch into
@@ -8,15 +9,91 @@ model; Manifold Mixup (:mod:`mixtrain.mixing.manifold`) mixes inside it instead.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from mixtrain.config import AugmentConfig, MixConfig
+from mixtrain.config.augment import AugmentConfig, MixConfig
+from mixtrain.config.errors import at_least, probability, require
 from mixtrain.errors import MixtrainError
-from mixtrain.mixing.plans import MixPlan, draw_plan, mix_images, mix_spec, mix_targets, one_hot
+from mixtrain.mixing.method import register_method
+from mixtrain.mixing.plans import MixPlan, MixSpec, draw_plan, mix_images, mix_spec, mix_targets, one_hot
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def check_minmax(minmax: Optional[List[float]]) -> None:
+    if minmax is not None:
+        require(len(minmax) == 2 and 0.0 < minmax[0] < minmax[1] <= 1.0, "augment.minmax",
+                "must be [min, max] with 0 < min < max <= 1", minmax)
+
+
+def spec_of(cfg: MixConfig, mixup_alpha: float, cutmix_alpha: float, switch_prob: float) -> MixSpec:
+    minmax = getattr(cfg, "minmax", None)  # CutMix's keys, on the configs that can cut
+    return MixSpec(float(mixup_alpha), float(cutmix_alpha), float(switch_prob), float(cfg.prob), cfg.mode,
+                   tuple(minmax) if minmax else None, getattr(cfg, "correct_lam", True), cfg.symmetric_lam)
+
+
+@dataclass
+class MixupConfig(MixConfig):
+    """Mixup (Zhang et al. 2018): blend two images and their labels with lam ~ Beta(alpha, alpha)."""
+
+    name: str = "mixup"
+    alpha: float = 1.0  # 0 disables mixing
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self.alpha, 0.0, "augment.alpha")
+
+    def spec(self) -> MixSpec:
+        return spec_of(self, self.alpha, 0.0, 0.0)
+
+
+@dataclass
+class CutmixConfig(MixConfig):
+    """CutMix (Yun et al. 2019): paste a box of the partner image; labels weighted by area."""
+
+    name: str = "cutmix"
+    alpha: float = 1.0  # 0 disables mixing
+    minmax: Optional[List[float]] = None  # box side range as fractions of the image (timm's cutmix_minmax)
+    correct_lam: bool = True  # lam = exact kept area after the box is clipped at the border
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self.alpha, 0.0, "augment.alpha")
+        check_minmax(self.minmax)
+
+    def spec(self) -> MixSpec:
+        return spec_of(self, 0.0, self.alpha, 1.0)
+
+
+@dataclass
+class SwitchConfig(MixConfig):
+    """Mixup or CutMix, chosen per batch (or per pair / sample) with probability switch_prob for CutMix."""
+
+    name: str = "switch"
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    switch_prob: float = 0.5  # probability of CutMix instead of Mixup
+    minmax: Optional[List[float]] = None
+    correct_lam: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self.mixup_alpha, 0.0, "augment.mixup_alpha")
+        at_least(self.cutmix_alpha, 0.0, "augment.cutmix_alpha")
+        probability(self.switch_prob, "augment.switch_prob")
+        check_minmax(self.minmax)
+
+    def spec(self) -> MixSpec:
+        return spec_of(self, self.mixup_alpha, self.cutmix_alpha, self.switch_prob)
+
+
+# --------------------------------------------------------------------------- the mixer
 
 
 class Mixer:
@@ -74,3 +151,10 @@ def target_entropy(targets: torch.Tensor) -> float:
     """Mean entropy (nats) of soft targets, each row normalized to a distribution first."""
     p = targets.double() / targets.double().sum(1, keepdim=True)
     return float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
+
+
+register_method("none", AugmentConfig, Mixer, label=lambda cfg: "ERM")
+register_method("mixup", MixupConfig, Mixer)
+register_method("cutmix", CutmixConfig, Mixer)
+register_method("switch", SwitchConfig, Mixer, label=lambda cfg: f"switch mixup a={cfg.mixup_alpha:g}/cutmix "
+                                                                  f"a={cfg.cutmix_alpha:g} p={cfg.switch_prob:g}")

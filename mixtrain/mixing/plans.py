@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from mixtrain.config import AugmentConfig, CutmixConfig, MixConfig, SwitchConfig
+from mixtrain.config.augment import AugmentConfig
 
 
 @dataclass(frozen=True)
@@ -43,24 +43,11 @@ class MixSpec:
     correct_lam: bool = True
     symmetric: bool = False
 
-    @property
-    def mixes(self) -> bool:
-        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
-
 
 def mix_spec(cfg: AugmentConfig) -> MixSpec:
-    """The :class:`MixSpec` of an augment config (``none``: a spec that never mixes)."""
-    if not isinstance(cfg, MixConfig):
-        return MixSpec(prob=0.0)
-    if isinstance(cfg, SwitchConfig):
-        mixup_alpha, cutmix_alpha, switch_prob = cfg.mixup_alpha, cfg.cutmix_alpha, cfg.switch_prob
-    elif isinstance(cfg, CutmixConfig):
-        mixup_alpha, cutmix_alpha, switch_prob = 0.0, cfg.alpha, 1.0
-    else:  # mixup, and the Mixup of manifold and RegMixup
-        mixup_alpha, cutmix_alpha, switch_prob = cfg.alpha, 0.0, 0.0
-    minmax = getattr(cfg, "minmax", None)  # CutMix's keys, on the configs that can cut
-    return MixSpec(float(mixup_alpha), float(cutmix_alpha), float(switch_prob), float(cfg.prob), cfg.mode,
-                   tuple(minmax) if minmax else None, getattr(cfg, "correct_lam", True), cfg.symmetric_lam)
+    """The :class:`MixSpec` of an augment config: its ``spec()``, or one that never mixes (``none``)."""
+    spec = getattr(cfg, "spec", None)
+    return spec() if spec is not None else MixSpec(prob=0.0)
 
 
 # --------------------------------------------------------------------------- drawing

@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from mixtrain.config import AugmentConfig, DatasetConfig, ManifoldConfig
-from mixtrain.data import Loader
+from mixtrain.config import AugmentConfig, DatasetConfig
 from mixtrain.errors import MixtrainError
-from mixtrain.mixing import create_mixer
+from mixtrain.mixing.method import create_mixer, method_of
 
 MAX_TILES = 32
 COLUMNS = 8
@@ -52,12 +51,15 @@ def render_grid(images: torch.Tensor, targets: torch.Tensor, classes: Sequence[s
     return np.asarray(canvas)
 
 
-def mixed_batch_grid(train: Loader, classes: Sequence[str], augment: AugmentConfig, dataset: DatasetConfig,
+def mixed_batch_grid(train, classes: Sequence[str], augment: AugmentConfig, dataset: DatasetConfig,
                      epochs: int, seed: int) -> np.ndarray:
-    """Mix the first training batch of epoch 0 with a mixer of its own (the run's stream is untouched)."""
-    if isinstance(augment, ManifoldConfig):
-        raise MixtrainError(f"augment=manifold mixes hidden features after stages {list(augment.layers)} (0 = the "
-                            "input), which have no picture: preview augment=mixup to see the same lambdas on pixels")
+    """Mix the first training batch of epoch 0 (a loader of the training split) with a mixer of its own
+    (the run's stream is untouched)."""
+    if not method_of(augment).previewable:
+        layers = getattr(augment, "layers", None)
+        where = f" after stages {list(layers)} (0 = the input)" if layers is not None else ""
+        raise MixtrainError(f"augment={augment.name} mixes hidden features{where}, which have no picture: preview "
+                            "augment=mixup to see the same lambdas on pixels")
     train.set_epoch(0)
     images, labels = next(iter(train))
     mixer = create_mixer(augment, len(classes), epochs, seed=seed + 1_000_000)

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Tuple
 
 import torch
 
-from mixtrain.mixing.mixup import Mixer
+from mixtrain.config.errors import at_least
+from mixtrain.mixing.method import register_method
+from mixtrain.mixing.mixup import Mixer, MixupConfig
+
+
+@dataclass
+class RegMixupConfig(MixupConfig):
+    """RegMixup (Pinto et al. 2022): train on the clean batch and on its Mixup, as one batch.
+
+    loss = CE(clean) + eta * CE(mixed), with a large alpha (the paper's range: 10 to 20), so
+    mixup acts as a regularizer beside the clean loss; it keeps Mixup's accuracy and fixes its
+    calibration (Pinto et al. 2022, NeurIPS).
+    """
+
+    name: str = "regmixup"
+    alpha: float = 20.0
+    eta: float = 1.0  # weight of the mixed half's loss
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self.eta, 0.0, "augment.eta")
 
 
 class RegMixupMixer(Mixer):
@@ -24,3 +45,7 @@ class RegMixupMixer(Mixer):
             return images, self.targets(labels)
         mixed, mixed_targets = super().__call__(images.clone(), labels, epoch)
         return torch.cat([images, mixed]), torch.cat([2.0 * self.targets(labels), 2.0 * self.cfg.eta * mixed_targets])
+
+
+# Its two losses are cross-entropies: the scaled targets above rely on it.
+register_method("regmixup", RegMixupConfig, RegMixupMixer, loss="soft_ce")

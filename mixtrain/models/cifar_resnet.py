@@ -15,11 +15,16 @@ stages one by one and act on the hidden state between them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from torch import nn
+
+from mixtrain.config.errors import choice, probability
+from mixtrain.models.family import register_family
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -156,3 +161,21 @@ BUILDERS = {
     "preact_resnet18": preact_resnet18,
     "wrn28_10": lambda num_classes, drop_rate: wide_resnet(28, 10, num_classes, drop_rate),
 }
+# Their number of stages (for Manifold Mixup's layer choice).
+STAGES = {"resnet20": 3, "resnet56": 3, "preact_resnet18": 4, "wrn28_10": 3}
+
+
+@dataclass
+class CifarModelConfig:
+    """A ResNet bundled with mixtrain for 32x32 inputs (stem -> stages -> head)."""
+
+    name: str = MISSING
+    drop_rate: float = 0.0  # dropout inside wide blocks (WRN) or before the classifier
+
+    def __post_init__(self) -> None:
+        choice(self.name, tuple(BUILDERS), "model.name")
+        probability(self.drop_rate, "model.drop_rate")
+
+
+register_family("cifar", CifarModelConfig, lambda cfg, num_classes: BUILDERS[cfg.name](num_classes, cfg.drop_rate),
+                names=tuple(BUILDERS), stages=lambda cfg: STAGES[cfg.name])

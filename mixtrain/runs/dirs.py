@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from mixtrain.errors import MixtrainError
+from mixtrain.layout import EVAL, HYDRA, MULTIRUN, PREVIEW, REPORTED, SUMMARY
+from mixtrain.layout import METRICS as METRICS_FILE
 
 COMPLETED = "completed"
 # The order of the status counts in tables.
 STATUSES = (COMPLETED, "running", "interrupted", "failed", "crashed", "not started")
-METRICS = ("best_val_acc1", "final_val_acc1", "final_val_ece", "final_val_ece_ts", "final_val_nll")
+METRICS = REPORTED
 
 
 @dataclass
@@ -50,10 +52,10 @@ class Run:
 
 
 def is_run_dir(path: Path) -> bool:
-    if (path / "summary.json").is_file() or (path / "metrics.jsonl").is_file():
+    if (path / SUMMARY).is_file() or (path / METRICS_FILE).is_file():
         return True
     # `mixtrain preview` and `mixtrain eval` write .hydra/ too; their dirs (preview.png, eval.json) are not runs.
-    return (path / ".hydra").is_dir() and not any((path / name).is_file() for name in ("preview.png", "eval.json"))
+    return (path / HYDRA).is_dir() and not any((path / name).is_file() for name in (PREVIEW, EVAL))
 
 
 def natural_key(path: Path) -> Tuple:
@@ -66,9 +68,9 @@ def find_run_dirs(root: Path) -> List[Path]:
     if is_run_dir(root):
         return [root]
     found = set()
-    for name in ("summary.json", "metrics.jsonl"):
+    for name in (SUMMARY, METRICS_FILE):
         found.update(p.parent for p in root.rglob(name))
-    found.update(p.parent for p in root.rglob(".hydra") if p.is_dir() and is_run_dir(p.parent))
+    found.update(p.parent for p in root.rglob(HYDRA) if p.is_dir() and is_run_dir(p.parent))
     return sorted(found, key=natural_key)
 
 
@@ -112,7 +114,7 @@ def _hydra_config(run_dir: Path) -> Dict[str, Any]:
     """The job's composed config from ``.hydra/config.yaml`` (resolved when it can be), or {}."""
     from omegaconf import OmegaConf
 
-    path = run_dir / ".hydra" / "config.yaml"
+    path = run_dir / HYDRA / "config.yaml"
     if not path.is_file():
         return {}
     try:
@@ -180,8 +182,8 @@ def _status_from_summary(summary: dict, summary_path: Path, records: List[dict])
 
 def load_run(run_dir: Path) -> Run:
     """One run dir: its status, config and metrics, whatever state it was left in."""
-    summary_path = run_dir / "summary.json"
-    records = read_metrics(run_dir / "metrics.jsonl")
+    summary_path = run_dir / SUMMARY
+    records = read_metrics(run_dir / METRICS_FILE)
     summary: Optional[dict] = None
     if summary_path.is_file():
         try:
@@ -224,7 +226,7 @@ def unstarted_jobs(sweep_dir: Path, started: Sequence[Path]) -> List[Run]:
     """
     from omegaconf import OmegaConf
 
-    path = sweep_dir / "multirun.yaml"
+    path = sweep_dir / MULTIRUN
     if not path.is_file():
         return []
     try:
@@ -263,7 +265,8 @@ def job_params(overrides: Sequence[str]) -> Dict[str, Any]:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from mixtrain.config import config_dir, register_configs
+    from mixtrain.config import config_dir
+    from mixtrain.options import register_configs
 
     register_configs()
     if GlobalHydra.instance().is_initialized():

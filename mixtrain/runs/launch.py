@@ -25,11 +25,12 @@ from typing import Callable, List, Optional
 
 from hydra.experimental.callback import Callback
 
-from mixtrain.config import config_dir, debug_enabled, describe_config_error, to_object
+from mixtrain.config import GROUPS, config_dir, debug_enabled, describe_config_error, to_object
 from mixtrain.config.overrides import hydra_args_parser, sweep_jobs
 from mixtrain.errors import MixtrainError, RunStopped, fail, resume_command, say
-from mixtrain.files import RUN_FILES, claim_dir, records_in, release_dir
-from mixtrain.train import distributed
+from mixtrain.files import claim_dir, records_in, release_dir
+from mixtrain.layout import HYDRA, LAST, RUN_FILES, SUMMARY
+from mixtrain.runtime import distributed
 
 # The command whose task this process runs (set by :func:`run_hydra_command`); a Hydra app
 # that composes mixtrain's configs by itself is checked as `train`.
@@ -112,9 +113,7 @@ def hint_config(config_name: str, parsed):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from mixtrain.config import SCHEMAS
-
-    groups = [o for o in parsed.overrides if o.split("=", 1)[0].lstrip("+~") in (*SCHEMAS, "trainer", "recipe")]
+    groups = [o for o in parsed.overrides if o.split("=", 1)[0].lstrip("+~") in (*GROUPS, "trainer", "recipe")]
     if parsed.config_dir:
         groups.append(f"hydra.searchpath=[file://{Path(parsed.config_dir).resolve()}]")
     GlobalHydra.instance().clear()
@@ -135,7 +134,7 @@ def resume_args(args: List[str], parsed) -> List[str]:
     from omegaconf import OmegaConf
 
     from mixtrain.evaluate.evaluation import override_value
-    from mixtrain.train.checkpoint import checkpoint_path
+    from mixtrain.artifacts.checkpoint import checkpoint_path
 
     given = [o for o in parsed.overrides if o.startswith("resume=")]
     if not given:
@@ -146,7 +145,7 @@ def resume_args(args: List[str], parsed) -> List[str]:
         value = None
     ckpt = checkpoint_path(value if isinstance(value, str) else given[-1].split("=", 1)[1]).resolve()
     run_dir = ckpt.parent
-    hydra_dir = run_dir / ".hydra"
+    hydra_dir = run_dir / HYDRA
     original = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")] if (hydra_dir / "overrides.yaml").is_file() else []
     original = [o for o in original if not o.startswith(("resume=", "hydra."))]
     flags = [a for a in args if a not in parsed.overrides]
@@ -338,7 +337,7 @@ def claim_run_dir(run_dir: Path, command: str, resuming: bool, timestamped: bool
         if resuming:  # the dir of the checkpoint it continues (its records are the run's own)
             return candidate, created
         if held:
-            fix = f", or continue it with {resume_command(candidate)}" if command == "train" and "last.pt" in held else ""
+            fix = f", or continue it with {resume_command(candidate)}" if command == "train" and LAST in held else ""
             kind = "a run" if any(name in held for name in RUN_FILES) else held[0]
             raise MixtrainError(f"{candidate} already holds {kind}: pick another hydra.run.dir{fix}")
         return candidate, created
@@ -350,7 +349,7 @@ def running_pid(run_dir: Path) -> str:
     import json
 
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / SUMMARY).read_text())
         return f" (pid {summary['pid']} on {summary['host']})" if summary.get("status") == "running" else ""
     except (OSError, ValueError, KeyError, TypeError):
         return ""
@@ -360,7 +359,7 @@ def remove_hydra_files(run_dir: Path, created: Optional[Path], cfg) -> None:
     """After a task refused its input: take back what Hydra wrote for it, the folders this run
     made (if they hold nothing else), or in an existing run dir the Hydra subfolder it added."""
     if created is not None:
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {HYDRA}:
             shutil.rmtree(run_dir, ignore_errors=True)
             folder = run_dir.parent
             while folder != created.parent and folder.is_dir() and not any(folder.iterdir()):

@@ -1,101 +1,14 @@
-"""Figures: reliability diagrams and the sweep plot of ``mixtrain report``. matplotlib, headless."""
+"""The sweep plot of ``mixtrain report``: top-1 and ECE against the swept value. matplotlib, headless."""
 
 from __future__ import annotations
 
 from pathlib import Path
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-import torch
-
-from mixtrain.evaluate.metrics import ece_from_bins
+from mixtrain.evaluate.reliability import pyplot
 from mixtrain.files import write_atomic
-from mixtrain.runs.report import MISSING_VALUE, Group, format_value
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def reliability_figure(sums: torch.Tensor, title: str = "", ax=None):
-    """Accuracy against confidence per bin, with the gap to the diagonal, from ECE bin sums.
-
-    ``sums``: ``[3, n_bins + 1]`` (count, confidence sum, correct sum), as
-    :func:`mixtrain.evaluate.metrics.calibration_bins` returns; the extra last bin (confidence
-    exactly 1.0) is drawn with the top bin. The ECE in the title is computed from the
-    same sums, so it is the number the run reports.
-    """
-    plt = _pyplot()
-    sums = sums.double().cpu()
-    ece = ece_from_bins(sums)
-    merged = sums[:, :-1].clone()
-    merged[:, -1] += sums[:, -1]
-    count, conf, correct = merged.numpy()
-    n_bins = len(count)
-    edges = np.linspace(0, 1, n_bins + 1)
-    centers = (edges[:-1] + edges[1:]) / 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = np.where(count > 0, correct / count, 0.0)
-        confidence = np.where(count > 0, conf / count, centers)
-    fig = None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
-    width = 1.0 / n_bins
-    ax.bar(centers, accuracy, width=width, edgecolor="black", color="#4878d0", label="accuracy")
-    gap_low, gap_high = np.minimum(accuracy, confidence), np.maximum(accuracy, confidence)
-    shown = count > 0
-    ax.bar(centers[shown], (gap_high - gap_low)[shown], bottom=gap_low[shown], width=width, color="#d65f5f",
-           alpha=0.45, edgecolor="#d65f5f", hatch="//", label="gap")
-    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{title + ' - ' if title else ''}ECE {ece:.4f}")
-    ax.legend(loc="upper left")
-    return fig if fig is not None else ax.figure
-
-
-def save_reliability_diagram(sums: torch.Tensor, path: Path, title: str = "") -> Path:
-    plt = _pyplot()
-    fig = reliability_figure(sums, title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
-def save_reliability_panels(panels: Sequence[Tuple[torch.Tensor, str]], path: Path) -> Path:
-    """Reliability diagrams side by side (e.g. before and after temperature scaling) in one PNG."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), dpi=110, squeeze=False)
-    for ax, (sums, title) in zip(axes[0], panels):
-        reliability_figure(sums, title, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
-def figure_to_array(fig) -> np.ndarray:
-    """``[H, W, 3]`` uint8 pixels of a matplotlib figure (for TensorBoard)."""
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-
-
-def reliability_image(sums: torch.Tensor, title: str = "") -> np.ndarray:
-    plt = _pyplot()
-    fig = reliability_figure(sums, title)
-    fig.tight_layout()
-    image = figure_to_array(fig)
-    plt.close(fig)
-    return image
+from mixtrain.runs.groups import MISSING_VALUE, Group, format_value
 
 
 def plot_axis(groups: Sequence[Group], keys: Sequence[str]) -> Optional[str]:
@@ -115,7 +28,7 @@ def write_plot(path: Path, groups: Sequence[Group], keys: Sequence[str]) -> Opti
     groups = [g for g in groups if g.completed]
     if not groups:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     x_key = plot_axis(groups, keys)
     other = [k for k in keys if k != x_key]
     lines: Dict[str, List[Group]] = {}

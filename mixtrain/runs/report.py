@@ -9,16 +9,16 @@ counted in its group and listed with its status, never dropped.
 from __future__ import annotations
 
 import csv
-import json
 import math
-import statistics
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence
 
+from mixtrain import layout
 from mixtrain.errors import MixtrainError
 from mixtrain.files import claim_dir, write_atomic
 from mixtrain.runs.dirs import COMPLETED, METRICS, STATUSES, Run, collect
+from mixtrain.runs.groups import (MISSING_VALUE, Group, differing_keys, format_value, group_runs, status_counts)
+from mixtrain.runs.plots import write_plot
 
 # Column header and number format of each of runs.METRICS.
 METRIC_COLUMNS = {"best_val_acc1": ("best top-1", "{:.2f}"), "final_val_acc1": ("final top-1", "{:.2f}"),
@@ -26,102 +26,6 @@ METRIC_COLUMNS = {"best_val_acc1": ("best top-1", "{:.2f}"), "final_val_acc1": (
                   "final_val_nll": ("final NLL", "{:.4f}")}
 # Bootstrap intervals of the pooled final predictions (each run's val_logits.pt): metric -> column.
 POOLED = {"acc1": ("top-1 95% (pooled)", "{:.2f}"), "ece": ("ECE 95% (pooled)", "{:.4f}")}
-# Keys that do not define an experiment: seeds are its replicates; resume and the sweep
-# objective do not change what is trained.
-NOT_GROUPED = ("seed", "resume", "objective")
-GROUPS = ("dataset", "model", "augment", "optim", "sched")
-MISSING_VALUE = "-"
-
-
-@dataclass
-class Group:
-    values: Tuple[Any, ...]  # one per differing key
-    runs: List[Run]
-
-    @property
-    def completed(self) -> List[Run]:
-        return [r for r in self.runs if r.status == COMPLETED]
-
-    def stats(self, metric: str) -> Tuple[float, float]:
-        """Mean and sample std (n - 1) over completed runs with a finite value; std is NaN for one run."""
-        values = [r.metrics.get(metric, math.nan) for r in self.completed]
-        values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-        if not values:
-            return math.nan, math.nan
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
-
-    @property
-    def seeds(self) -> int:
-        """How many distinct seeds completed."""
-        return len({_comparable(r.seed) for r in self.completed})
-
-    def status_counts(self) -> Dict[str, int]:
-        return status_counts(self.runs)
-
-    def pooled_intervals(self) -> Dict[str, List[float]]:
-        """95% bootstrap intervals over the pooled final validation predictions of the completed
-        runs that saved them (``val_logits.pt``): images from every seed, resampled together."""
-        import torch
-
-        from mixtrain.evaluate.bootstrap import bootstrap_intervals
-        from mixtrain.evaluate.evaluation import LOGITS_FILE, load_logits
-
-        saved = [p for p in (load_logits(r.path / LOGITS_FILE) for r in self.completed) if p is not None]
-        if not saved:
-            return {}
-        return bootstrap_intervals(torch.cat([lg for lg, _ in saved]), torch.cat([lb for _, lb in saved]))
-
-
-def status_counts(runs: Sequence[Run]) -> Dict[str, int]:
-    """Runs per status, in STATUSES order, statuses with no run left out."""
-    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
-    return {s: n for s, n in counts.items() if n}
-
-
-# --------------------------------------------------------------------------- grouping
-
-
-def _comparable(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def differing_keys(runs: Sequence[Run]) -> List[str]:
-    """Config keys whose values differ between runs (seed, resume and objective aside).
-
-    A key that only some runs have because their group option differs (``augment.alpha``
-    exists for mixup, not for none) is implied by ``<group>.name`` and left out, unless
-    its value differs among the runs that have it.
-    """
-    known = [r for r in runs if r.params]
-    keys = sorted({k for r in known for k in r.params})
-    out = []
-    for key in keys:
-        if key in NOT_GROUPED:
-            continue
-        present = [_comparable(r.params[key]) for r in known if key in r.params]
-        if len(set(present)) > 1:
-            out.append(key)
-        elif len(present) < len(known):
-            group = key.split(".", 1)[0]
-            if group not in GROUPS or len({_comparable(r.params.get(f"{group}.name")) for r in known}) == 1:
-                out.append(key)
-    return out
-
-
-def _sort_value(value: Any) -> Tuple:
-    if isinstance(value, bool) or value is None:
-        return (2, str(value))
-    if isinstance(value, (int, float)):
-        return (0, float(value))
-    return (1, str(value))
-
-
-def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> List[Group]:
-    groups: Dict[str, Group] = {}
-    for run in runs:
-        values = tuple(run.params.get(k, MISSING_VALUE) for k in keys)
-        groups.setdefault(_comparable(values), Group(values, [])).runs.append(run)
-    return sorted(groups.values(), key=lambda g: tuple(_sort_value(v) for v in g.values))
 
 
 # --------------------------------------------------------------------------- output
@@ -131,14 +35,6 @@ def format_stat(mean: float, std: float, fmt: str) -> str:
     if math.isnan(mean):
         return MISSING_VALUE
     return fmt.format(mean) + ("" if math.isnan(std) else " ± " + fmt.format(std))
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
 
 
 def status_text(counts: Dict[str, int]) -> str:
@@ -234,7 +130,7 @@ def _write_run_rows(f, runs: Sequence[Run], keys: Sequence[str], roots: Sequence
                          "" if math.isnan(run.last_val_acc1) else repr(run.last_val_acc1), run.detail])
 
 
-OUTPUTS = ("report.csv", "runs.csv", "report.png")
+OUTPUTS = layout.REPORT_FILES
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -256,8 +152,6 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 def report(paths: Sequence[Path], out_dir: Path, console=None, overwrite: bool = False) -> Dict[str, Any]:
     """Print the tables; write ``report.csv``, ``runs.csv`` and ``report.png`` into ``out_dir``."""
     from rich.console import Console
-
-    from mixtrain.runs.plots import write_plot
 
     console = console or Console(width=None if Console().is_terminal else 160)
     paths = [Path(p).expanduser() for p in paths]

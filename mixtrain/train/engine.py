@@ -4,7 +4,7 @@
   tensor on the device. It reads nothing back to the host (the fp16 GradScaler aside,
   which checks its gradients itself), so the host can queue steps ahead of a GPU.
 - :class:`Trainer` runs steps and calls its parts (:mod:`mixtrain.train.parts`) at named moments:
-  ``step_end`` after every step (device work only: EMA), ``sync`` at each sync point (every
+  ``epoch_start``, ``step_end`` after every step (device work only: EMA), ``sync`` at each sync point (every
   ``trainer.log_every`` and ``checkpoint_every_steps`` steps and at the epoch's end: the only
   place the host reads device values: NaN policy, stop signals, progress, step
   checkpoints), ``epoch_end`` (evaluation fills the epoch's record), ``eval_end`` (the record
@@ -17,18 +17,17 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
-from mixtrain.train import distributed
-from mixtrain.train.checkpoint import EpochProgress
+from mixtrain.runtime import distributed
+from mixtrain.artifacts.checkpoint import EpochProgress, TrainState
 from mixtrain.mixing.losses import Loss
 from mixtrain.evaluate.metrics import ClassificationMeter
 from mixtrain.mixing import Mixer
-from mixtrain.train.precision import Precision
+from mixtrain.runtime.precision import Precision
 
 # A step the fp16 GradScaler skips does not call optimizer.step(), and the schedule steps
 # anyway (it counts batches); torch then warns as if the two calls were out of order.
@@ -169,7 +168,14 @@ class Tally:
 
 
 class Part:
-    """A piece of the run called by the :class:`Trainer` at named moments; override what you need."""
+    """A piece of the run called by the :class:`Trainer` at named moments; override what you need.
+
+    A part receives what it needs when it is made, keeps its own state, and gives it to the
+    checkpoint under its ``name`` (``state_dict`` / ``load_state_dict``, as Lightning's callbacks)."""
+
+    name = ""
+
+    def epoch_start(self, trainer: "Trainer", steps: int) -> None: ...
 
     def step_end(self, trainer: "Trainer", out: StepOutput) -> None: ...
 
@@ -181,12 +187,32 @@ class Part:
 
     def stop(self, trainer: "Trainer", error: Optional[BaseException]) -> None: ...
 
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
 
 @dataclass
 class Trainer:
-    """Runs epochs of steps and calls its parts; everything else lives in the parts."""
+    """Runs epochs of steps and calls its parts; everything else lives in the parts.
 
-    run: Any  # mixtrain.train.training.Training: config, data, model, optimizer, state, monitor, ...
+    ``state`` is where the run is (the next batch to train is batch ``state.step`` of epoch
+    ``state.epoch``); ``history`` holds the records of the epochs done.
+    """
+
+    model: nn.Module  # what trains: the model, or its DDP / torch.compile wrapper
+    loader: Any  # the training split's loader: set_epoch, iter_from, len
+    step: Step
+    scheduler: Any
+    state: TrainState
+    epochs: int
+    device: torch.device
+    step_on: str = "update"  # sched.step_on: update | epoch
+    log_every: int = 50
+    checkpoint_every: Optional[int] = None  # trainer.checkpoint_every_steps
+    world_size: int = 1
+    history: List[Dict[str, Any]] = field(default_factory=list)
     parts: List[Part] = field(default_factory=list)
     stop_requested: Callable[[], bool] = lambda: False
 
@@ -195,9 +221,8 @@ class Trainer:
             getattr(part, event)(self, *args)
 
     def fit(self) -> None:
-        run = self.run
         try:
-            for epoch in range(run.state.epoch, run.cfg.trainer.epochs):
+            for epoch in range(self.state.epoch, self.epochs):
                 self.train_epoch(epoch)
         except BaseException as ex:
             self.call("stop", ex)
@@ -205,54 +230,49 @@ class Trainer:
         self.call("stop", None)
 
     def sync_due(self, step: int) -> bool:
-        trainer = self.run.cfg.trainer
-        return step % trainer.log_every == 0 or bool(trainer.checkpoint_every_steps and
-                                                      step % trainer.checkpoint_every_steps == 0)
+        return step % self.log_every == 0 or bool(self.checkpoint_every and step % self.checkpoint_every == 0)
 
     def sync(self, tally: Tally, steps: int) -> Dict[str, float]:
         """Read the tally (this rank's sums go to the checkpoint), agree over ranks, call ``sync``."""
-        run = self.run
         local = tally.read()
-        run.state.progress = EpochProgress(local["loss_sum"], local["correct"], int(local["seen"]))
+        self.state.progress = EpochProgress(local["loss_sum"], local["correct"], int(local["seen"]))
         summed = distributed.all_reduce_sum(torch.tensor(
             [local["loss_sum"], local["correct"], local["seen"], float(self.stop_requested())], dtype=torch.float64,
-            device=run.device)).tolist()
+            device=self.device)).tolist()
         stats = {**local, "loss_sum": summed[0], "correct": summed[1], "seen": summed[2], "stop": summed[3] > 0,
                  "steps": steps, "elapsed": time.perf_counter() - self.t_epoch}
         self.call("sync", stats)
         return stats
 
     def train_epoch(self, epoch: int) -> None:
-        run = self.run
-        state, loader = run.state, run.data.train
+        state, loader = self.state, self.loader
         state.epoch = epoch
         loader.set_epoch(epoch)
-        run.train_model.train()
-        tally, steps, self.t_epoch, images = Tally(state.progress, run.device), len(loader), time.perf_counter(), 0
+        self.model.train()
+        tally, steps, self.t_epoch, images = Tally(state.progress, self.device), len(loader), time.perf_counter(), 0
         self.first_step = state.step
-        with run.monitor.progress(epoch, steps, state.step):
-            for step, (x, y) in enumerate(loader.iter_from(state.step), start=state.step):
-                out = train_step(run.train_model, x, y, epoch, run.step)
-                tally.add(out, y.shape[0], step)
-                if run.cfg.sched.step_on == "update":
-                    run.scheduler.step()
-                state.step, state.global_step, images = step + 1, state.global_step + 1, images + y.shape[0]
-                self.call("step_end", out)
-                run.monitor.advance()
-                if self.sync_due(step + 1) and step + 1 < steps:
-                    self.sync(tally, steps)
-            stats = self.sync(tally, steps)
+        self.call("epoch_start", steps)
+        for step, (x, y) in enumerate(loader.iter_from(state.step), start=state.step):
+            out = train_step(self.model, x, y, epoch, self.step)
+            tally.add(out, y.shape[0], step)
+            if self.step_on == "update":
+                self.scheduler.step()
+            state.step, state.global_step, images = step + 1, state.global_step + 1, images + y.shape[0]
+            self.call("step_end", out)
+            if self.sync_due(step + 1) and step + 1 < steps:
+                self.sync(tally, steps)
+        stats = self.sync(tally, steps)
         seconds, seen = time.perf_counter() - self.t_epoch, stats["seen"]
         nan = float("nan")
         record: Dict[str, Any] = {"epoch": epoch, "train_loss": stats["loss_sum"] / seen if seen else nan,
                                   "train_acc": 100.0 * stats["correct"] / seen if seen else nan,
-                                  "lr": run.optimizer.param_groups[0]["lr"],
-                                  "img_per_s": images * run.ctx.world_size / max(seconds, 1e-9) if images else nan}
-        if run.cfg.sched.step_on == "epoch":
-            run.scheduler.step()
+                                  "lr": self.step.optimizer.param_groups[0]["lr"],
+                                  "img_per_s": images * self.world_size / max(seconds, 1e-9) if images else nan}
+        if self.step_on == "epoch":
+            self.scheduler.step()
         self.call("epoch_end", record)  # evaluation adds val_* (and ema_val_*)
         record["epoch_time"] = time.perf_counter() - self.t_epoch
-        run.history.append(record)
+        self.history.append(record)
         state.epoch, state.step, state.progress = epoch + 1, 0, EpochProgress()
         self.call("eval_end", record)  # checkpoints, metrics line, summary
 
@@ -273,15 +293,3 @@ def evaluate(model: nn.Module, loader, precision: Precision, keep: bool = False)
     # not an average of per-rank ECEs).
     distributed.all_reduce_sum(meter.sums)
     return meter
-
-
-def fit(cfg, run_dir: Path, monitor=None) -> Dict[str, Any]:
-    """Train ``cfg`` in ``run_dir``; return the summary (also written to ``summary.json``).
-
-    Raises :class:`~mixtrain.errors.RunStopped` after a clean stop (signal, non-finite
-    loss) and :class:`~mixtrain.errors.MixtrainError` for bad input; ``summary.json`` says
-    which, in any case. Under torchrun every rank calls it; only rank 0 writes anything.
-    """
-    from mixtrain.train.training import Training
-
-    return Training(cfg, Path(run_dir), monitor).train()

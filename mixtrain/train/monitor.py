@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -15,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mixtrain.files import write_text_atomic
+from mixtrain import layout
 
 # (key in the epoch record, header, format, width): 80 columns in all with one space between, 88 with EMA.
 OPTIONAL = {"ema_val_acc1"}
@@ -82,8 +82,8 @@ class RunMonitor:
         self.optional_columns: set = set()  # which OPTIONAL columns this run's table shows
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
-            self.log = Console(file=open(run_dir / "train.log", "a", encoding="utf-8"), width=120, no_color=True,
+            self.writer = SummaryWriter(log_dir=str(run_dir / layout.TENSORBOARD), purge_step=purge_step)
+            self.log = Console(file=open(run_dir / layout.TRAIN_LOG, "a", encoding="utf-8"), width=120, no_color=True,
                                force_terminal=False, highlight=False, soft_wrap=True)
 
     def print(self, renderable, **kwargs) -> None:
@@ -115,18 +115,19 @@ class RunMonitor:
         self.log.print(line)
         self.log.file.flush()
 
-    @contextlib.contextmanager
-    def progress(self, epoch: int, total_steps: int, start: int = 0):
+    def start_progress(self, epoch: int, total_steps: int, start: int = 0) -> None:
         """A transient progress bar for the epoch (on a terminal); :meth:`advance` moves it."""
+        self.stop_progress()
         bar = Progress(TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
                        console=self.console, transient=True, disable=not (self.enabled and self.console.is_terminal))
-        with bar:
-            self._bar, self._task = bar, bar.add_task("train", total=total_steps, completed=start, status="")
-            try:
-                yield bar
-            finally:
-                self._bar = None
+        bar.start()
+        self._bar, self._task = bar, bar.add_task("train", total=total_steps, completed=start, status="")
+
+    def stop_progress(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
     def advance(self) -> None:
         if self._bar is not None:
@@ -145,7 +146,7 @@ class RunMonitor:
         """One epoch's record: a metrics.jsonl line, TensorBoard scalars (x = optimizer steps), a table row."""
         if not self.enabled:
             return
-        append_jsonl(self.run_dir / "metrics.jsonl", record)
+        append_jsonl(self.run_dir / layout.METRICS, record)
         for key, value in record.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.scalar(key.replace("_", "/", 1), value, global_step)
@@ -162,6 +163,7 @@ class RunMonitor:
         self.print(table)
 
     def close(self) -> None:
+        self.stop_progress()
         if self.writer is not None:
             self.writer.close()
         if self.log is not None:

@@ -1,7 +1,8 @@
 """The parts of a training run: small classes the :class:`~mixtrain.train.engine.Trainer` calls in order.
 
-Each reads alone: what it does at a sync point, at the end of an epoch (``epoch_end``:
-measuring; ``eval_end``: the record is final) and when the run stops.
+Each reads alone: it is made with what it needs, keeps its own state (and gives it to the
+checkpoint), and acts at a sync point, at the end of an epoch (``epoch_end``: measuring;
+``eval_end``: the record is final) or when the run stops.
 """
 
 from __future__ import annotations
@@ -9,20 +10,27 @@ from __future__ import annotations
 import math
 import signal
 import threading
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
+from torch import nn
 
-from mixtrain.train import distributed
+from mixtrain import layout
+from mixtrain.artifacts.logits import save_logits
+from mixtrain.config import TrainerConfig
+from mixtrain.errors import RunStopped, resume_command
 from mixtrain.evaluate.bootstrap import bootstrap_intervals
 from mixtrain.evaluate.calibration import calibratability
+from mixtrain.evaluate.reliability import reliability_image, save_reliability_diagram
+from mixtrain.runtime import distributed
+from mixtrain.runtime.precision import Precision
 from mixtrain.train.engine import Part, Trainer, evaluate
-from mixtrain.errors import RunStopped, resume_command
-from mixtrain.evaluate.evaluation import LOGITS_FILE, save_logits
-from mixtrain.runs.plots import reliability_image, save_reliability_diagram
+from mixtrain.train.monitor import RunMonitor
+
+Save = Callable[[str], None]  # write the checkpoint of this name into the run dir (every rank calls it)
 
 # --------------------------------------------------------------------------- stopping
-
 
 # SIGHUP: the terminal or SSH connection that started the run closed.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -65,18 +73,19 @@ class StopRequest:
 class StopOnSignal(Part):
     """A signal on any rank: every rank stops at the same sync point, after a checkpoint."""
 
-    def __init__(self, request: StopRequest) -> None:
-        self.request = request
+    name = "stop"
+
+    def __init__(self, request: StopRequest, save: Save, run_dir: Path, checkpoints: bool) -> None:
+        self.request, self.save, self.run_dir, self.checkpoints = request, save, run_dir, checkpoints
 
     def sync(self, trainer: Trainer, stats: Dict[str, float]) -> None:
         if not stats["stop"]:
             return
-        run = trainer.run
-        run.save("last.pt")
+        self.save(layout.LAST)
         signum = self.request.signum or signal.SIGTERM  # only another rank was signalled: torchrun sends SIGTERM
-        where = f"at epoch {run.state.epoch}, step {run.state.step}"
-        if run.cfg.trainer.checkpoint:
-            saved = f"checkpoint {run.run_dir / 'last.pt'}; continue with: {resume_command(run.run_dir)}"
+        where = f"at epoch {trainer.state.epoch}, step {trainer.state.step}"
+        if self.checkpoints:
+            saved = f"checkpoint {self.run_dir / layout.LAST}; continue with: {resume_command(self.run_dir)}"
         else:
             saved = "no checkpoint (trainer.checkpoint=false): this run cannot be continued"
         raise RunStopped(f"stopped by {signal.Signals(signum).name} {where}; {saved}", exit_code=128 + signum)
@@ -93,30 +102,39 @@ class NanPolicy(Part):
     scale; only more than ``nan_skip_limit`` in a row stop the run.
     """
 
+    name = "nan_policy"
+
+    def __init__(self, cfg: TrainerConfig, precision: Precision, last_checkpoint: Path, monitor: RunMonitor) -> None:
+        self.cfg, self.precision, self.last_checkpoint, self.monitor = cfg, precision, last_checkpoint, monitor
+        self.skips = 0  # steps skipped over the whole run
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"skips": self.skips}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.skips = int(state.get("skips", 0))
+
     def sync(self, trainer: Trainer, stats: Dict[str, float]) -> None:
-        run = trainer.run
-        state, cfg = run.state, run.cfg.trainer
-        state.consecutive_skips = int(stats["run"])
-        new = int(stats["skipped"])
+        new, epoch, cfg = int(stats["skipped"]), trainer.state.epoch, self.cfg
         if not new:
             return
-        state.nan_skips += new
-        if run.precision.scaler.is_enabled():
+        self.skips += new
+        if self.precision.scaler.is_enabled():
             if stats["longest_run"] > cfg.nan_skip_limit:
                 raise RunStopped(f"the fp16 GradScaler skipped more than trainer.nan_skip_limit={cfg.nan_skip_limit} "
-                                 f"steps in a row (non-finite gradients, last at epoch {state.epoch}, step "
+                                 f"steps in a row (non-finite gradients, last at epoch {epoch}, step "
                                  f"{int(stats['last_bad'])}); lower optim.lr, or use trainer.amp_dtype=bf16")
             return
         if cfg.on_nan == "stop":
-            last = run.run_dir / "last.pt"
+            last = self.last_checkpoint
             kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
-            raise RunStopped(f"non-finite loss at epoch {state.epoch} step {int(stats['first_bad'])} "
+            raise RunStopped(f"non-finite loss at epoch {epoch} step {int(stats['first_bad'])} "
                              f"(trainer.on_nan=stop); {kept}. Lower optim.lr, or set trainer.on_nan=skip")
-        run.monitor.info(f"[yellow]skipped {new} step(s) with a non-finite loss[/] (epoch {state.epoch}, last at step "
-                         f"{int(stats['last_bad'])}; {state.nan_skips} of at most {cfg.nan_skip_limit})")
-        if state.nan_skips > cfg.nan_skip_limit:
+        self.monitor.info(f"[yellow]skipped {new} step(s) with a non-finite loss[/] (epoch {epoch}, last at step "
+                          f"{int(stats['last_bad'])}; {self.skips} of at most {cfg.nan_skip_limit})")
+        if self.skips > cfg.nan_skip_limit:
             raise RunStopped(f"more than trainer.nan_skip_limit={cfg.nan_skip_limit} non-finite losses (last at epoch "
-                             f"{state.epoch}, step {int(stats['last_bad'])}); lower optim.lr or check the data")
+                             f"{epoch}, step {int(stats['last_bad'])}); lower optim.lr or check the data")
 
 
 # --------------------------------------------------------------------------- EMA
@@ -126,16 +144,21 @@ class Ema(Part):
     """timm's ModelEmaV3 of the model's weights, updated every ``trainer.ema.every`` steps.
 
     BatchNorm buffers are copied, not averaged (timm's ``exclude_buffers``), so the EMA
-    model's statistics are those of the current weights' batches.
+    model's statistics are those of the current weights' batches. Its weights are the
+    checkpoint's ``ema`` entry (what ``mixtrain eval weights=ema`` loads).
     """
 
+    name = "ema"
+
+    def __init__(self, ema, model: nn.Module, every: int) -> None:
+        self.ema, self.model, self.every = ema, model, every
+
     def step_end(self, trainer: Trainer, out) -> None:
-        run = trainer.run
-        cfg, step = run.cfg.trainer.ema, run.state.global_step
-        if step % cfg.every == 0:
-            decay = run.ema.get_decay(step // cfg.every) ** cfg.every  # per-step decay over `every` steps
+        step = trainer.state.global_step
+        if step % self.every == 0:
+            decay = self.ema.get_decay(step // self.every) ** self.every  # per-step decay over `every` steps
             with torch.no_grad():
-                run.ema.apply_update_no_buffers_(run.model, decay)
+                self.ema.apply_update_no_buffers_(self.model, decay)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -144,33 +167,40 @@ class Ema(Part):
 class Evaluation(Part):
     """Clean validation metrics of the weights (and of the EMA weights) every ``eval_every`` epochs."""
 
+    name = "evaluation"
+
+    def __init__(self, model: nn.Module, ema_model: Optional[nn.Module], val, precision: Precision, run_dir: Path,
+                 monitor: RunMonitor, epochs: int, eval_every: int) -> None:
+        self.model, self.ema_model, self.val, self.precision = model, ema_model, val, precision
+        self.run_dir, self.monitor, self.epochs, self.eval_every = run_dir, monitor, epochs, eval_every
+
     def epoch_end(self, trainer: Trainer, record: Dict[str, Any]) -> None:
-        run = trainer.run
-        epoch, cfg = record["epoch"], run.cfg.trainer
-        final = epoch + 1 == cfg.epochs
-        if (epoch + 1) % cfg.eval_every and not final:
+        epoch = record["epoch"]
+        final = epoch + 1 == self.epochs
+        if (epoch + 1) % self.eval_every and not final:
             return
         # Every rank evaluates with rank 0's BatchNorm statistics: those the checkpoint holds.
-        distributed.broadcast_buffers(run.model)
-        meter = evaluate(run.model, run.data.val, run.precision, keep=True)
+        distributed.broadcast_buffers(self.model)
+        meter = evaluate(self.model, self.val, self.precision, keep=True)
         record.update({f"val_{k}": v for k, v in meter.compute().items()})
         # Calibratability (Wang et al. 2023): T fitted on a fixed half of val, ECE/NLL on the other
         # half. Every rank holds all the logits in one order, so every rank fits the same T.
         logits = distributed.gather_in_order([lg for lg, _ in meter.kept])
         labels = distributed.gather_in_order([lb for _, lb in meter.kept])
         record.update({f"val_{k}": v for k, v in calibratability(logits, labels).items()})
+        main = distributed.context().is_main
         if final:
             record["val_ci"] = bootstrap_intervals(logits, labels) if len(labels) else None
-            if run.ctx.is_main:
-                save_logits(run.run_dir / LOGITS_FILE, logits, labels)
-        if run.ema is not None:
-            distributed.broadcast_buffers(run.ema.module)
-            record.update({f"ema_val_{k}": v for k, v in evaluate(run.ema.module, run.data.val,
-                                                                 run.precision).compute().items()})
-        if final and run.monitor.enabled:
-            save_reliability_diagram(meter.ece_bins, run.run_dir / "reliability.png", f"epoch {epoch}")
-            run.monitor.image("calibration/reliability", reliability_image(meter.ece_bins, f"epoch {epoch}"),
-                              run.state.global_step)
+            if main:
+                save_logits(self.run_dir / layout.LOGITS, logits, labels)
+        if self.ema_model is not None:
+            distributed.broadcast_buffers(self.ema_model)
+            record.update({f"ema_val_{k}": v for k, v in evaluate(self.ema_model, self.val,
+                                                                 self.precision).compute().items()})
+        if final and self.monitor.enabled:
+            save_reliability_diagram(meter.ece_bins, self.run_dir / layout.RELIABILITY, f"epoch {epoch}")
+            self.monitor.image("calibration/reliability", reliability_image(meter.ece_bins, f"epoch {epoch}"),
+                               trainer.state.global_step)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -191,56 +221,82 @@ class Checkpoints(Part):
     """``last.pt`` every epoch (and every ``checkpoint_every_steps`` steps), ``best.pt`` by the
     selection metric, and the ``keep_best`` best epochs as ``epoch-NNN.pt``."""
 
+    name = "checkpoints"
+
+    def __init__(self, save: Save, run_dir: Path, objective: str, select_ema: bool, keep_best: int,
+                 every_steps: Optional[int]) -> None:
+        self.save, self.run_dir, self.keep_best, self.every_steps = save, run_dir, keep_best, every_steps
+        self.key, self.higher = selection_key(objective, select_ema)
+        self.best_score, self.best_epoch = math.nan, -1
+        self.kept: List[List[float]] = []  # [score, epoch] of the keep_best checkpoints, best first
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "kept": self.kept}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.best_score = state.get("best_score", math.nan)
+        self.best_epoch = state.get("best_epoch", -1)
+        self.kept = [list(k) for k in state.get("kept", [])]
+
     def sync(self, trainer: Trainer, stats: Dict[str, float]) -> None:
-        run = trainer.run
-        every = run.cfg.trainer.checkpoint_every_steps
-        if every and run.state.step % every == 0 and run.state.step < stats["steps"]:
-            run.save("last.pt")
+        step = trainer.state.step
+        if self.every_steps and step % self.every_steps == 0 and step < stats["steps"]:
+            self.save(layout.LAST)
 
     def eval_end(self, trainer: Trainer, record: Dict[str, Any]) -> None:
         # Checkpoint first, then the metrics line: a crash in between leaves a checkpoint whose
         # history has the line, and resuming writes it (reconcile_metrics).
-        run = trainer.run
-        state, cfg = run.state, run.cfg
-        key, higher = selection_key(cfg.objective, cfg.trainer.ema.select_best and run.ema is not None)
-        value = record.get(key)
+        value, epoch = record.get(self.key), record["epoch"]
         is_best = value is not None and not math.isnan(value) and (
-            state.best_epoch < 0 or (value > state.best_score if higher else value < state.best_score))
+            self.best_epoch < 0 or (value > self.best_score if self.higher else value < self.best_score))
         if is_best:
-            state.best_score, state.best_epoch = value, record["epoch"]
-        if value is not None and cfg.trainer.keep_best > 1:
-            state.kept = sorted([*state.kept, [value, record["epoch"]]], key=lambda x: -x[0] if higher else x[0])
-        run.save("last.pt")
+            self.best_score, self.best_epoch = value, epoch
+        if value is not None and self.keep_best > 1:
+            self.kept = sorted([*self.kept, [value, epoch]], key=lambda x: -x[0] if self.higher else x[0])
+        self.save(layout.LAST)
         if is_best:
-            run.save("best.pt")
-        if cfg.trainer.keep_best > 1 and [value, record["epoch"]] in state.kept[:cfg.trainer.keep_best]:
-            run.save(f"epoch-{record['epoch']:03d}.pt")
-        for _, epoch in state.kept[cfg.trainer.keep_best:]:
-            if run.ctx.is_main:
-                (run.run_dir / f"epoch-{epoch:03d}.pt").unlink(missing_ok=True)
-        del state.kept[cfg.trainer.keep_best:]
+            self.save(layout.BEST)
+        if self.keep_best > 1 and [value, epoch] in self.kept[:self.keep_best]:
+            self.save(layout.epoch_checkpoint(epoch))
+        for _, dropped in self.kept[self.keep_best:]:
+            if distributed.context().is_main:
+                (self.run_dir / layout.epoch_checkpoint(dropped)).unlink(missing_ok=True)
+        del self.kept[self.keep_best:]
 
 
 # --------------------------------------------------------------------------- records
 
 
 class Records(Part):
-    """What the run reports: progress at sync points, the epoch's line, ``summary.json``."""
+    """What the run reports: the progress bar and lines at sync points, the epoch's line, the status."""
+
+    name = "records"
+
+    def __init__(self, monitor: RunMonitor, batch_size: int, report: Callable[[], None]) -> None:
+        self.monitor, self.batch_size, self.report = monitor, batch_size, report
+
+    def epoch_start(self, trainer: Trainer, steps: int) -> None:
+        self.monitor.start_progress(trainer.state.epoch, steps, trainer.state.step)
+
+    def step_end(self, trainer: Trainer, out) -> None:
+        self.monitor.advance()
 
     def sync(self, trainer: Trainer, stats: Dict[str, float]) -> None:
-        run = trainer.run
-        state, monitor = run.state, run.monitor
+        state, monitor = trainer.state, self.monitor
         loss = stats["loss_sum"] / max(stats["seen"], 1)
-        rate = (state.step - trainer.first_step) * run.cfg.trainer.batch_size / max(stats["elapsed"], 1e-9)
-        eta = (stats["steps"] - state.step) * run.cfg.trainer.batch_size / max(rate, 1e-9)
+        rate = (state.step - trainer.first_step) * self.batch_size / max(stats["elapsed"], 1e-9)
+        eta = (stats["steps"] - state.step) * self.batch_size / max(rate, 1e-9)
         monitor.sync_line(state.epoch, state.step, int(stats["steps"]), loss, rate, eta)
         monitor.scalar("train/loss_running", loss, state.global_step)
-        monitor.scalar("train/lr_step", run.optimizer.param_groups[0]["lr"], state.global_step)
+        monitor.scalar("train/lr_step", trainer.step.optimizer.param_groups[0]["lr"], state.global_step)
         if not math.isnan(stats["grad_norm"]):
             monitor.scalar("train/grad_norm", stats["grad_norm"], state.global_step)
+        if state.step == stats["steps"]:  # the epoch's last sync: its bar goes before evaluation
+            monitor.stop_progress()
 
     def eval_end(self, trainer: Trainer, record: Dict[str, Any]) -> None:
-        run = trainer.run
-        run.monitor.epoch_end(record, run.state.global_step)
-        run.warn_unreadable()
-        run.write_status("running")
+        self.monitor.epoch_end(record, trainer.state.global_step)
+        self.report()  # summary.json says running, with this epoch; unreadable files, once
+
+    def stop(self, trainer: Trainer, error: Optional[BaseException]) -> None:
+        self.monitor.stop_progress()

@@ -19,21 +19,23 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from mixtrain.train import checkpoint, distributed
-from mixtrain.train.checkpoint import TrainState
-from mixtrain.config import ManifoldConfig, MixConfig, TrainConfig, asdict
-from mixtrain.data import Data, build_data, image_size
-from mixtrain.train.engine import Step, Trainer
+from mixtrain import layout
+from mixtrain.artifacts import checkpoint
+from mixtrain.artifacts.checkpoint import TrainState
+from mixtrain.config import MixConfig, TrainConfig, asdict
+from mixtrain.data import Data, build_data
 from mixtrain.errors import MixtrainError, RunStopped, resume_command
-from mixtrain.files import RUN_FILES, write_json_atomic
+from mixtrain.files import write_json_atomic
+from mixtrain.mixing import create_mixer, method_of, target_entropy
 from mixtrain.mixing.losses import create_loss
-from mixtrain.mixing import create_mixer, target_entropy
+from mixtrain.mixing.preview import mixed_batch_grid
 from mixtrain.models import create_model
+from mixtrain.runtime import distributed
+from mixtrain.runtime.precision import resolve_device, resolve_precision
+from mixtrain.train.engine import Step, Trainer
 from mixtrain.train.monitor import RunMonitor, reconcile_metrics
 from mixtrain.train.optim import create_optimizer, create_scheduler, scaled_lr
 from mixtrain.train.parts import Checkpoints, Ema, Evaluation, NanPolicy, Records, StopOnSignal, StopRequest
-from mixtrain.train.precision import resolve_device, resolve_precision
-from mixtrain.mixing.preview import mixed_batch_grid
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -49,7 +51,7 @@ def seed_everything(seed: int, rank: int = 0) -> None:
 
 def holds_run(run_dir: Path) -> bool:
     """Whether a run has written into ``run_dir`` (even one whose first epoch crashed)."""
-    return any((run_dir / name).exists() for name in RUN_FILES)
+    return any((run_dir / name).exists() for name in layout.RUN_FILES)
 
 
 class Training:
@@ -89,19 +91,21 @@ class Training:
                          trainer.clip_grad, trainer.clip_value)
         self.ema = None
         if trainer.ema.enabled:
-            from timm.utils import ModelEmaV3
+            from timm.utils import ModelEmaV3  # timm.utils imports timm's model registry: only with EMA on
 
             self.ema = ModelEmaV3(self.model, decay=trainer.ema.decay, use_warmup=trainer.ema.warmup,
                                   exclude_buffers=True)
         self.config = asdict(cfg)
         self.state, self.history, self.resume_note, self.wall_before = TrainState(), [], None, 0.0
+        saved_parts: Dict[str, Dict[str, Any]] = {}
         if saved is not None:
             self.resume_note = checkpoint.check_resumable(saved, self.config, self.data.classes, Path(cfg.resume))
             self.state, self.history = checkpoint.restore(saved, self.stateful(), self.mixer, ctx.rank,
                                                           ctx.world_size)
+            saved_parts = checkpoint.part_states(saved)
             self.wall_before = self.state.wall_time
             if ctx.is_main:
-                reconcile_metrics(run_dir / "metrics.jsonl", self.history)
+                reconcile_metrics(run_dir / layout.METRICS, self.history)
             if self.resume_note:
                 lr_next = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
                 self.resume_note += f"; here: lr {saved['optimizer']['param_groups'][0]['lr']:.4g} -> {lr_next:.4g}"
@@ -115,6 +119,10 @@ class Training:
         if self.ema is not None:
             self.monitor.optional_columns.add("ema_val_acc1")
         self.resumed = saved is not None
+        self.stop = StopRequest()
+        self.parts = self.make_parts()
+        for part in self.parts:
+            part.load_state_dict(saved_parts.get(part.name, {}))
 
     def wall_time(self) -> float:
         """Seconds of this run so far, the processes before a resume included (up to their checkpoint)."""
@@ -131,14 +139,14 @@ class Training:
     # ---- records
 
     def summary(self) -> Dict[str, Any]:
-        return summarize(self.history, self.state, self.wall_time(), self.data,
+        return summarize(self.history, self.checkpoints.best_epoch, self.nan_policy.skips, self.wall_time(), self.data,
                          self.cfg.dataset.label_noise)
 
     def write_status(self, status: str, **fields: Any) -> None:
         """``summary.json``: ``running`` (with pid and host, so a dead run can be told apart),
         then ``completed``, ``failed`` or ``interrupted``."""
         if self.ctx.is_main:
-            write_summary(self.run_dir / "summary.json", {
+            write_summary(self.run_dir / layout.SUMMARY, {
                 "status": status, **self.summary(), **fields, "pid": os.getpid(), "host": socket.gethostname(),
                 "world_size": self.ctx.world_size, "config": self.config})
 
@@ -151,11 +159,12 @@ class Training:
         if self.ctx.is_main:
             path = self.run_dir / name
             try:
+                parts = {part.name: part.state_dict() for part in self.parts}
                 checkpoint.save_atomic(checkpoint.snapshot(self.stateful(), self.config, self.data.classes,
-                                                           self.state, self.history, ranks), path)
+                                                           self.state, self.history, ranks, parts), path)
             except OSError as ex:  # a full disk, a dir made read-only under the run, ...
                 kept = f"; continue from the last one with {resume_command(self.run_dir)}" \
-                    if (self.run_dir / "last.pt").is_file() else ""
+                    if (self.run_dir / layout.LAST).is_file() else ""
                 raise RunStopped(f"cannot write the checkpoint {path} ({ex.strerror or ex}): free space or fix the "
                                  f"dir's permissions{kept}") from None
 
@@ -170,7 +179,7 @@ class Training:
     def introduce(self) -> None:
         """The run's first lines: what trains on what, at which sizes and precision, and any warning."""
         cfg, data, monitor = self.cfg, self.data, self.monitor
-        train_size, eval_size = (image_size(cfg.dataset, train) or data.train.height for train in (True, False))
+        train_size, eval_size = (cfg.dataset.size(train) or data.train.height for train in (True, False))
         sizes = f"{train_size} px" if train_size == eval_size else f"train {train_size} px / eval {eval_size} px"
         lr = f"lr {self.lr:.4g}"
         if cfg.optim.lr_base_batch:
@@ -193,7 +202,7 @@ class Training:
             monitor.info(f"resumed from {cfg.resume} at epoch {self.state.epoch} step {self.state.step}")
             if self.resume_note:
                 monitor.info(self.resume_note)
-        elif monitor.enabled and self.mixer.active(0) and not isinstance(cfg.augment, ManifoldConfig):
+        elif monitor.enabled and self.mixer.active(0) and method_of(cfg.augment).previewable:
             monitor.image("mixing/batch", mixed_batch_grid(data.train, data.classes, cfg.augment, cfg.dataset,
                                                            cfg.trainer.epochs, cfg.seed))
 
@@ -216,46 +225,64 @@ class Training:
 
     # ---- training
 
-    def parts(self, stop: StopRequest) -> list:
+    def make_parts(self) -> list:
         """The parts, in the order they are called: each event sees the earlier ones' work."""
-        parts = [NanPolicy(), StopOnSignal(stop)]
+        cfg, trainer = self.cfg, self.cfg.trainer
+        self.nan_policy = NanPolicy(trainer, self.precision, self.run_dir / layout.LAST, self.monitor)
+        self.checkpoints = Checkpoints(self.save, self.run_dir, cfg.objective,
+                                       trainer.ema.select_best and self.ema is not None, trainer.keep_best,
+                                       trainer.checkpoint_every_steps)
+        parts = [self.nan_policy, StopOnSignal(self.stop, self.save, self.run_dir, trainer.checkpoint)]
         if self.ema is not None:
-            parts.append(Ema())
-        return [*parts, Evaluation(), Checkpoints(), Records()]
+            parts.append(Ema(self.ema, self.model, trainer.ema.every))
+        evaluation = Evaluation(self.model, self.ema.module if self.ema is not None else None, self.data.val,
+                                self.precision, self.run_dir, self.monitor, trainer.epochs, trainer.eval_every)
+        return [*parts, evaluation, self.checkpoints, Records(self.monitor, trainer.batch_size, self.report)]
+
+    def report(self) -> None:
+        """At each epoch's end: unreadable files (once), and summary.json saying running."""
+        self.warn_unreadable()
+        self.write_status(layout.RUNNING)
+
+    def trainer(self) -> Trainer:
+        cfg = self.cfg.trainer
+        return Trainer(self.train_model, self.data.train, self.step, self.scheduler, self.state, cfg.epochs,
+                       self.device, self.cfg.sched.step_on, cfg.log_every, cfg.checkpoint_every_steps,
+                       self.ctx.world_size, self.history, self.parts, self.stop)
 
     def train(self) -> Dict[str, Any]:
         monitor = self.monitor
         self.introduce()
-        self.write_status("running")
+        self.write_status(layout.RUNNING)
         try:
-            with StopRequest() as stop:
-                Trainer(self, self.parts(stop), stop).fit()
+            with self.stop:
+                self.trainer().fit()
         except RunStopped as ex:
-            self.write_status("interrupted" if ex.exit_code > 128 else "failed", error=str(ex))
+            self.write_status(layout.INTERRUPTED if ex.exit_code > 128 else layout.FAILED, error=str(ex))
             monitor.close()
             raise
         except OSError as ex:  # the disk under the run: full, gone read-only, unmounted
             stopped = RunStopped(f"I/O error on {ex.filename or self.run_dir} ({ex.strerror or ex}): free space or "
                                  f"fix the dir, then continue with {resume_command(self.run_dir)}")
-            self.write_status("failed", error=str(stopped))
+            self.write_status(layout.FAILED, error=str(stopped))
             monitor.close()
             raise stopped from None
         except BaseException as ex:
-            self.write_status("failed", error=f"{type(ex).__name__}: {ex}"[:500])
+            self.write_status(layout.FAILED, error=f"{type(ex).__name__}: {ex}"[:500])
             monitor.close()
             raise
         digests = distributed.gather_objects(distributed.weights_digest(self.model))
-        summary = {"status": "completed", **self.summary(), "world_size": self.ctx.world_size,
+        summary = {"status": layout.COMPLETED, **self.summary(), "world_size": self.ctx.world_size,
                    "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "config": self.config}
         if self.ctx.is_main:
-            write_summary(self.run_dir / "summary.json", summary)
+            write_summary(self.run_dir / layout.SUMMARY, summary)
         if not summary["ranks_in_sync"]:
             monitor.warn_once("sync", f"the ranks' final weights differ: {digests}")
         ema = f", EMA {summary['final_ema_val_acc1']:.2f}" if self.ema is not None else ""
         monitor.info(
             f"done: best val acc {summary['best_val_acc1']:.2f} (epoch {summary['best_epoch']}), final val acc "
             f"{summary['final_val_acc1']:.2f}{ema}, ECE {summary['final_val_ece']:.4f}, NLL "
-            f"{summary['final_val_nll']:.4f} in {summary['wall_time_s']:.0f}s | {self.run_dir / 'summary.json'}"
+            f"{summary['final_val_nll']:.4f} in {summary['wall_time_s']:.0f}s | {self.run_dir / layout.SUMMARY}"
         )
         monitor.close()
         distributed.barrier()  # no rank leaves before rank 0 has written the run's files
@@ -274,7 +301,7 @@ def write_summary(path: Path, summary: Dict[str, Any]) -> None:
             pass
 
 
-def summarize(history: List[dict], state: TrainState, wall_time: float, data: Data,
+def summarize(history: List[dict], best_epoch: int, nan_skips: int, wall_time: float, data: Data,
               label_noise: float = 0.0) -> Dict[str, Any]:
     evaluated = [r for r in history if "val_acc1" in r]
     final = evaluated[-1] if evaluated else {}
@@ -283,7 +310,7 @@ def summarize(history: List[dict], state: TrainState, wall_time: float, data: Da
     summary = {
         "epochs": len(history),
         "best_val_acc1": max((r["val_acc1"] for r in evaluated), default=nan),
-        "best_epoch": state.best_epoch,
+        "best_epoch": best_epoch,
         "final_val_acc1": final.get("val_acc1", nan),
         "final_val_acc5": final.get("val_acc5", nan),
         "final_val_ece": final.get("val_ece", nan),
@@ -296,7 +323,7 @@ def summarize(history: List[dict], state: TrainState, wall_time: float, data: Da
         "wall_time_s": wall_time,
         "img_per_s": sum(rates) / len(rates) if rates else nan,
         "num_classes": data.num_classes,
-        "nan_skips": state.nan_skips,
+        "nan_skips": nan_skips,
         "unreadable_images": len(data.unreadable()),
         "label_noise": label_noise,
         "labels_changed": data.labels_changed,
@@ -305,3 +332,13 @@ def summarize(history: List[dict], state: TrainState, wall_time: float, data: Da
     summary.update({"best_ema_val_acc1": max((r["ema_val_acc1"] for r in evaluated if "ema_val_acc1" in r), default=nan),
                     **{f"final_ema_val_{k}": final.get(f"ema_val_{k}", nan) for k in ("acc1", "ece", "nll")}})
     return summary
+
+
+def fit(cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None) -> Dict[str, Any]:
+    """Train ``cfg`` in ``run_dir``; return the summary (also written to ``summary.json``).
+
+    Raises :class:`~mixtrain.errors.RunStopped` after a clean stop (signal, non-finite
+    loss) and :class:`~mixtrain.errors.MixtrainError` for bad input; ``summary.json`` says
+    which, in any case. Under torchrun every rank calls it; only rank 0 writes anything.
+    """
+    return Training(cfg, Path(run_dir), monitor).train()

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Dict, List, Sequence
 
-from mixtrain.config import recipes_dir
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mixtrain.config import config_dir, recipes_dir, to_object
+from mixtrain.options import register_configs
 from mixtrain.errors import MixtrainError
+from mixtrain.mixing import describe_augment
 
 HEADER_KEYS = ("source", "expected", "hardware")
 
@@ -51,26 +56,8 @@ def list_recipes() -> List[Recipe]:
     return [Recipe(path.stem, path, **read_header(path)) for path in sorted(recipes_dir().glob("*.yaml"))]
 
 
-def describe_augment(augment: Dict[str, Any]) -> str:
-    name = augment.get("name", "?")
-    if name == "switch":
-        text = f"switch (mixup {augment['mixup_alpha']:g} / cutmix {augment['cutmix_alpha']:g}, p={augment['switch_prob']:g})"
-    elif "alpha" in augment:
-        text = f"{name} {augment['alpha']:g}"
-    else:
-        text = name
-    if augment.get("loss") == "bce":
-        text += ", BCE"
-    return text
-
-
 def composed_summary(name: str) -> Dict[str, str]:
     """Dataset, model, augment and epochs of ``recipe=name`` as Hydra composes it."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from mixtrain.config import config_dir
-
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="recipes"):
         cfg = compose("train", overrides=[f"recipe={name}"])
     dataset = cfg.dataset.name
@@ -81,7 +68,7 @@ def composed_summary(name: str) -> Dict[str, str]:
         except Exception:  # an interpolation that does not resolve here
             dataset += " (dataset.root=...)"
     model = cfg.model.name + (" (timm)" if "pretrained" in cfg.model else "")
-    augment = describe_augment(OmegaConf.to_container(cfg.augment))
+    augment = describe_augment(to_object(cfg.augment))
     return {"dataset": dataset, "model": model, "augment": augment, "epochs": str(cfg.trainer.epochs)}
 
 
@@ -103,8 +90,6 @@ def recipes_table(recipes: Sequence[Recipe]):
 
 def main(args: Sequence[str]) -> int:
     from rich.console import Console
-
-    from mixtrain.config import register_configs
 
     if any(a in ("-h", "--help") for a in args):
         print("usage: mixtrain recipes\n\nThe recipes in recipes/, with their source, expected result and hardware;\n"

@@ -10,7 +10,6 @@ the resolved config; and the metrics so far.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,8 +17,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from mixtrain.config import asdict as config_asdict, config_from_dict
 from mixtrain.errors import MixtrainError
 from mixtrain.files import write_atomic
+from mixtrain.layout import LAST
 
 FORMAT = "mixtrain-checkpoint-v1"
 
@@ -40,13 +41,12 @@ class TrainState:
     epoch: int = 0
     step: int = 0
     global_step: int = 0
-    best_score: float = math.nan  # the selection metric of best.pt (parts.selection_key) at best_epoch
-    best_epoch: int = -1
-    kept: List[List[float]] = field(default_factory=list)  # [score, epoch] of the keep_best checkpoints, best first
-    nan_skips: int = 0
     wall_time: float = 0.0  # seconds the run took in earlier processes, up to this checkpoint (resumes add up)
-    consecutive_skips: int = 0  # steps skipped in a row (fp16: by the GradScaler)
     progress: EpochProgress = field(default_factory=EpochProgress)
+
+
+# Before parts kept their own state, the checkpoint's "state" held it: where each key went.
+LEGACY_PART_STATE = {"checkpoints": ("best_score", "best_epoch", "kept"), "nan_policy": ("nan_skips",)}
 
 
 # --------------------------------------------------------------------------- files
@@ -57,7 +57,7 @@ def save_atomic(state: Dict[str, Any], path: Path) -> None:
     write_atomic(path, lambda f: torch.save({"format": FORMAT, **state}, f), binary=True)
 
 
-def checkpoint_path(path: str | Path, names: Sequence[str] = ("last.pt",)) -> Path:
+def checkpoint_path(path: str | Path, names: Sequence[str] = (LAST,)) -> Path:
     """A checkpoint file, or the first of ``names`` that a run dir holds."""
     path = Path(os.path.expanduser(str(path)))
     if path.is_dir():
@@ -102,12 +102,14 @@ def rank_state(mixer: Any, state: TrainState) -> Dict[str, Any]:
 
 
 def snapshot(objects: Dict[str, Any], config: Dict[str, Any], classes: List[str], state: TrainState,
-             history: List[dict], ranks: List[Dict[str, Any]]) -> Dict[str, Any]:
+             history: List[dict], ranks: List[Dict[str, Any]], parts: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """The checkpoint dict: the state of every object in ``objects`` (model, optimizer, scheduler,
-    scaler, EMA, ...) under its name; ``ranks`` holds :func:`rank_state` of every rank, in rank order."""
+    scaler, EMA, ...) under its name; ``ranks`` holds :func:`rank_state` of every rank, in rank order;
+    ``parts`` each training part's own state by its name."""
     return {
         **{name: obj.state_dict() for name, obj in objects.items()},
         "state": asdict(state),
+        "parts": parts,
         "ranks": ranks,
         "config": config,
         "num_classes": len(classes),
@@ -142,6 +144,18 @@ def restore(saved: Dict[str, Any], objects: Dict[str, Any], mixer: Any, rank: in
     return TrainState(**{**state, "progress": EpochProgress(**mine["progress"])}), list(saved["history"])
 
 
+def part_states(saved: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Each part's saved state by its name (from a checkpoint written before parts had their own, the
+    keys they took over; ``nan_skips`` became the NaN policy's ``skips``)."""
+    if "parts" in saved:
+        return saved["parts"]
+    old = saved["state"]
+    states = {part: {k: old[k] for k in keys if k in old} for part, keys in LEGACY_PART_STATE.items()}
+    if "nan_skips" in states["nan_policy"]:
+        states["nan_policy"] = {"skips": states["nan_policy"]["nan_skips"]}
+    return states
+
+
 # Keys that may differ on resume: where and how fast the run goes, what it logs and keeps,
 # where the data now lives. Any other change would alter what the run means (its data,
 # model, batches, mixing, optimizer, schedule or seed) and is refused.
@@ -166,8 +180,6 @@ def _flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequence[str], path: Path) -> Optional[str]:
     """Refuse, naming the key, any change that alters the run's meaning; allow ``trainer.epochs``
     to grow, and return the line that says what that does to the schedule (else None)."""
-    from mixtrain.config import asdict as config_asdict, config_from_dict
-
     # Through the schema, so that keys added since the checkpoint was written take their defaults.
     old, new = _flatten(config_asdict(config_from_dict(saved["config"]))), _flatten(config)
     # A changed group option (augment.name, ...) first: it explains the keys that come with it.

@@ -18,40 +18,53 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mixtrain.errors import MixtrainError
-from mixtrain.files import write_json_atomic
+from hydra import compose, initialize_config_dir
 
-USAGE = """usage: mixtrain compare RUN_OR_CHECKPOINT_OR_EVAL_JSON ... [key=value ...]
+from mixtrain import layout
+from mixtrain.artifacts.logits import load_logits
+from mixtrain.config import config_dir, describe_config_error, to_object
+from mixtrain.errors import MixtrainError
+from mixtrain.evaluate.bootstrap import paired_differences
+from mixtrain.evaluate.evaluation import dataset_override_keys, eval_overrides, evaluate_checkpoint, quote_override
+from mixtrain.evaluate.tables import METRIC_ROWS, eps_label
+from mixtrain.files import claim_dir, write_json_atomic
+
+USAGE = """usage: mixtrain compare RUN_OR_CHECKPOINT_OR_EVAL_JSON ... [key=value ...] [--out DIR]
 
   Runs (best.pt, else last.pt), checkpoint files, or eval.json files of `mixtrain eval`.
   key=value: eval settings for the checkpoints, e.g. heldout=0.5 fgsm_eps=[2,8] dataset.root=DIR;
-  hydra.run.dir=DIR: where compare.json and each run's eval.json go
-  (default outputs/compare/<date>/<time>).
+  --out DIR: where compare.json and each run's eval.json go (default outputs/compare/<date>/<time>).
 """
 
 HIGHER, LOWER = "higher", "lower"
 
 
-def split_arguments(args: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """``(runs, overrides)``: an argument that exists as a path is a run, else ``key=value`` is an override."""
-    runs, overrides = [], []
-    for arg in args:
-        if Path(arg).expanduser().exists() or "=" not in arg:
+def split_arguments(args: Sequence[str]) -> Tuple[List[str], List[str], Optional[str]]:
+    """``(runs, overrides, out)``: ``--out DIR``; an argument that exists as a path is a run, else
+    ``key=value`` is an eval override."""
+    runs, overrides, out, args = [], [], None, list(args)
+    while args:
+        arg = args.pop(0)
+        if arg == "--out" or arg.startswith("--out="):
+            if arg == "--out" and not args:
+                raise MixtrainError("--out needs a directory: mixtrain compare RUN ... --out DIR")
+            out = args.pop(0) if arg == "--out" else arg.split("=", 1)[1]
+        elif arg.startswith("hydra.run.dir="):  # what compare took before --out (it is not a Hydra app)
+            out = arg.split("=", 1)[1]
+        elif Path(arg).expanduser().exists() or "=" not in arg:
             runs.append(arg)
         else:
             overrides.append(arg)
-    return runs, overrides
+    return runs, overrides, out
 
 
 def existing_eval(arg: str) -> Optional[Path]:
     """The ``eval.json`` an argument points at (the file, or a dir holding it and no checkpoint)."""
-    from mixtrain.evaluate.evaluation import EVAL_FILE
-
     path = Path(arg).expanduser()
     if path.is_file() and path.suffix == ".json":
         return path
-    if path.is_dir() and (path / EVAL_FILE).is_file() and not any((path / n).is_file() for n in ("best.pt", "last.pt")):
-        return path / EVAL_FILE
+    if path.is_dir() and (path / layout.EVAL).is_file() and not any((path / n).is_file() for n in (layout.BEST, layout.LAST)):
+        return path / layout.EVAL
     return None
 
 
@@ -66,8 +79,6 @@ def _get(report: Dict[str, Any], *keys) -> Optional[float]:
 
 def comparison_rows(reports: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, Optional[str], List[Optional[float]]]]:
     """``(label, format, better, values per report)`` for every metric any report has."""
-    from mixtrain.evaluate.tables import METRIC_ROWS, eps_label
-
     better = {"acc1": HIGHER, "acc5": HIGHER}
     rows: List[Tuple[str, str, Optional[str], List[Optional[float]]]] = []
 
@@ -107,8 +118,6 @@ def paired_tests(reports: Sequence[Dict[str, Any]], logits: Sequence[Optional[tu
     ``holds`` is whether the 95% interval of the difference excludes zero; runs are paired
     only when both saved their predictions on the same images in the same order.
     """
-    from mixtrain.evaluate.bootstrap import paired_differences
-
     tests: Dict[str, Tuple[bool, str]] = {}
     for label, fmt, direction, values in comparison_rows(reports):
         key = PAIRED.get(label)
@@ -163,21 +172,13 @@ def data_line(report: Dict[str, Any]) -> str:
 
 def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str, Any]:
     """Evaluate (or read) every run and print the comparison; return what ``compare.json`` holds."""
-    from hydra import compose, initialize_config_dir
-
-    from mixtrain.config import config_dir, describe_config_error, to_object
-    from mixtrain.evaluate.evaluation import (LOGITS_FILE, dataset_override_keys, eval_overrides, evaluate_checkpoint,
-                                     load_logits, quote_override)
-
     console = console or Console(width=None if Console().is_terminal else 120)
-    runs, overrides = split_arguments(args)
-    out = [o for o in overrides if o.startswith("hydra.run.dir=")]
-    overrides = [o for o in overrides if not o.startswith("hydra.run.dir=")]
+    runs, overrides, out = split_arguments(args)
     if not runs:
         raise MixtrainError("name at least one run dir, checkpoint or eval.json to compare (see `mixtrain compare --help`)")
-    out_dir = Path(out[-1].split("=", 1)[1] if out else time.strftime("outputs/compare/%Y-%m-%d/%H-%M-%S"))
-    if (out_dir / "compare.json").exists():
-        raise MixtrainError(f"{out_dir} already holds a compare.json: pick another hydra.run.dir")
+    out_dir = Path(out or time.strftime("outputs/compare/%Y-%m-%d/%H-%M-%S")).expanduser()
+    if (out_dir / layout.COMPARE).exists():
+        raise MixtrainError(f"{out_dir} already holds a compare.json: pick another --out")
 
     # Compose and check every run's eval config before evaluating any of them.
     jobs: List[Tuple[str, Any, Any]] = []
@@ -194,6 +195,8 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
                 raise MixtrainError(describe_config_error(ex)) from None
             jobs.append((run, None, to_object(cfg)))
 
+    if not claim_dir(out_dir):
+        raise MixtrainError(f"{out_dir} is being written by another mixtrain process: pick another --out")
     reports, logits = [], []
     for i, (run, done, cfg) in enumerate(jobs):
         if done is not None:
@@ -202,11 +205,11 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
             except (OSError, json.JSONDecodeError) as ex:
                 raise MixtrainError(f"{done} is not a readable eval.json ({ex}): run `mixtrain eval` again") from None
             console.print(f"[{i + 1}/{len(jobs)}] {run}: read {done}", highlight=False)
-            logits.append(load_logits(done.parent / LOGITS_FILE))
+            logits.append(load_logits(done.parent / layout.LOGITS))
             continue
         console.print(f"[{i + 1}/{len(jobs)}] evaluating {run}", highlight=False)
         reports.append(evaluate_checkpoint(cfg, out_dir / f"run{i + 1}", dataset_override_keys(overrides)))
-        logits.append(load_logits(out_dir / f"run{i + 1}" / LOGITS_FILE))
+        logits.append(load_logits(out_dir / f"run{i + 1}" / layout.LOGITS))
 
     labels = column_labels(reports)
     tests = paired_tests(reports, logits, labels)
@@ -225,9 +228,8 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
                          "paired_test": tests[label][1] if label in tests else None,
                          "holds": tests[label][0] if label in tests else None}
                         for label, _, direction, values in comparison_rows(reports)]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "compare.json", summary)
-    console.print(str(out_dir / "compare.json"), highlight=False)
+    write_json_atomic(out_dir / layout.COMPARE, summary)
+    console.print(str(out_dir / layout.COMPARE), highlight=False)
     return summary
 
 

@@ -1,0 +1,57 @@
+"""A checkpoint's stored temperature: ``<checkpoint>.calibration.json`` beside it (``best.pt``:
+``best.calibration.json``), written by ``mixtrain eval calibrate=true``, read by predict and export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from mixtrain import layout
+from mixtrain.errors import MixtrainError
+from mixtrain.files import claim_dir, write_json_atomic
+
+LEGACY_FILE = "calibration.json"  # one per run dir, before each checkpoint had its own
+
+
+def calibration_path(checkpoint_path: Path) -> Path:
+    """Where a checkpoint's temperature is stored: ``best.calibration.json`` beside ``best.pt``."""
+    return checkpoint_path.with_name(layout.calibration_file(checkpoint_path.name))
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_calibration(checkpoint_path: Path, temperature: Dict[str, Any]) -> Path:
+    """T, where it was fitted, ECE before/after and the checkpoint's sha256, beside the checkpoint.
+
+    It goes into the checkpoint's run dir, so this takes that dir's lock: never while a
+    training process writes it."""
+    if not claim_dir(checkpoint_path.parent):
+        raise MixtrainError(f"{checkpoint_path.parent} is being written by a running mixtrain process: calibrate "
+                            "after it ends (its checkpoints still change)")
+    path = calibration_path(checkpoint_path)
+    write_json_atomic(path, {"temperature": temperature["value"], "fit_on": temperature["fit_on"],
+                             "ece_before": temperature["before"]["ece"], "ece_after": temperature["after"]["ece"],
+                             "checkpoint": checkpoint_path.name, "checkpoint_sha256": sha256_of(checkpoint_path)})
+    return path
+
+
+def read_calibration(checkpoint_path: Path) -> Optional[Dict[str, Any]]:
+    """The stored calibration of this checkpoint, or None (absent, or fitted on another checkpoint file)."""
+    digest = None
+    for path in (calibration_path(checkpoint_path), checkpoint_path.parent / LEGACY_FILE):
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        digest = digest or sha256_of(checkpoint_path)
+        if isinstance(saved, dict) and saved.get("checkpoint_sha256") == digest:
+            return saved
+    return None

@@ -1,0 +1,53 @@
+"""Any model of timm's registry, by name: ``model=timm model.name=resnet50``."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+from omegaconf import MISSING
+from torch import nn
+
+from mixtrain.config.errors import probability
+from mixtrain.errors import MixtrainError
+from mixtrain.models.family import register_family
+
+
+@dataclass
+class TimmModelConfig:
+    """Any model from timm's registry, created with ``timm.create_model``."""
+
+    name: str = MISSING
+    pretrained: bool = False  # needs network (or a local HF cache) when true
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        probability(self.drop_rate, "model.drop_rate")
+        probability(self.drop_path_rate, "model.drop_path_rate")
+
+
+def create_timm_model(cfg: TimmModelConfig, num_classes: int) -> nn.Module:
+    import timm  # its registry of ~1,300 models takes a second to import: only for model=timm
+
+    if not timm.is_model(cfg.name):
+        close = difflib.get_close_matches(cfg.name, timm.list_models(), n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise MixtrainError(f"model.name={cfg.name!r} is not a timm model{hint}: see timm.list_models()")
+    try:
+        return timm.create_model(cfg.name, pretrained=cfg.pretrained, num_classes=num_classes,
+                                 drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate or None,
+                                 **cfg.kwargs)
+    except TypeError as ex:
+        raise MixtrainError(f"timm model {cfg.name!r} rejected model.kwargs={cfg.kwargs}: {ex}") from None
+    except (OSError, RuntimeError) as ex:
+        if cfg.pretrained:
+            raise MixtrainError(f"could not load pretrained weights for {cfg.name!r} ({str(ex).splitlines()[0]}): "
+                                "check the network or the HF cache, or set model.pretrained=false") from None
+        raise
+
+
+# Any name that is not a bundled model's is a timm model's (names=None: it owns the rest).
+register_family("timm", TimmModelConfig, create_timm_model)

@@ -1,0 +1,1 @@
+"""What a process runs on: the device, numeric precision, and torchrun's process group."""
