@@ -8,6 +8,6 @@ def load_model(path, device="cpu", weights="raw"):
 
     ``m = mixtrain.load_model("outputs/run"); probs = m.probabilities(m.preprocess(uint8_batch))``
     """
-    from mixtrain.artifacts.model import load_model as load
+    from mixtrain.artifacts.model import load_model as load  # `import mixtrain` stays light (no torch)
 
     return load(path, device, weights)

@@ -10,19 +10,28 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import os
+import re
 import signal
 import sys
 import traceback
+from importlib.metadata import PackageNotFoundError, version as installed
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from mixtrain.runtime import distributed
-from mixtrain.config import config_dir, debug_enabled, describe_config_error, to_object
-from mixtrain.options import register_configs
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+import mixtrain
+from mixtrain import layout
+from mixtrain.config import debug_enabled, to_object
 from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped, fail, say
 from mixtrain.files import claim_dir, release_claims
-from mixtrain.runs.launch import run_hydra_command
-from mixtrain import layout
+from mixtrain.runtime import distributed
+
+# Each command imports what it runs when it runs: the registries and the training stack import
+# torchvision (2 s more, measured with `python -X importtime -m mixtrain --version`), which
+# `mixtrain --version`, `--help` and the plain commands do not need.
 
 USAGE = """usage: mixtrain <command> [overrides]
 
@@ -64,7 +73,6 @@ def task(function: Callable) -> Callable:
 
 def output_dir() -> Path:
     """This job's dir, which this process holds (the Guard claimed it; a sweep's job claims its own)."""
-    from hydra.core.hydra_config import HydraConfig
 
     out = Path(HydraConfig.get().runtime.output_dir)
     if distributed.context().is_main and not claim_dir(out):
@@ -73,15 +81,13 @@ def output_dir() -> Path:
 
 
 def in_sweep() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @task
 def _train_task(cfg) -> float:
-    from mixtrain.train.training import fit
+    from mixtrain.train.training import fit  # start-up: see the note at the imports
 
     try:
         summary = fit(to_object(cfg), output_dir())
@@ -115,9 +121,10 @@ def objective_value(summary: dict, key: str, ema: bool = False) -> float:
 
 @task
 def _preview_task(cfg) -> None:
+    # start-up: see the note at the imports
     from mixtrain.data import LoaderOptions, open_split, resolve_workers
-    from mixtrain.runtime.precision import resolve_device
     from mixtrain.mixing.preview import mixed_batch_grid, write_png
+    from mixtrain.runtime.precision import resolve_device
 
     run = to_object(cfg)
     out = output_dir()
@@ -130,7 +137,7 @@ def _preview_task(cfg) -> None:
 
 @task
 def _eval_task(cfg) -> None:
-    from hydra.core.hydra_config import HydraConfig
+    # start-up: see the note at the imports
     from rich.console import Console
 
     from mixtrain.evaluate.evaluation import dataset_override_keys, evaluate_checkpoint
@@ -148,13 +155,9 @@ def composed_command(config_name: str, module: str, function: str) -> Callable[[
         if args and args[0] in ("-h", "--help"):
             print(f"usage: mixtrain {config_name} key=value ... (keys: mixtrain/config/commands.py, {config_name.title()}Config)")
             return 0
-        from hydra import compose, initialize_config_dir
+        from mixtrain.options import compose  # start-up: see the note at the imports
 
-        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=config_name):
-            try:
-                cfg = compose(config_name, overrides=list(args))
-            except Exception as ex:  # Hydra and OmegaConf raise many types; all are config errors here
-                raise MixtrainError(describe_config_error(ex)) from None
+        cfg = compose(config_name, list(args))
         getattr(importlib.import_module(f"mixtrain.{module}"), function)(to_object(cfg))
         return 0
 
@@ -166,10 +169,20 @@ def plain_command(module: str) -> Callable[[List[str]], int]:
     return lambda args: importlib.import_module(f"mixtrain.{module}").main(args)
 
 
+def hydra_command(command: str, task_function: Callable, config_name: str) -> Callable[[List[str]], int]:
+    """A Hydra app: ``hydra.main`` on the command line, whole (:mod:`mixtrain.runs.launch`)."""
+    def run(args: List[str]) -> int:
+        from mixtrain.runs.launch import run_hydra_command  # start-up: see the note at the imports
+
+        return run_hydra_command(command, task_function, config_name, args)
+
+    return run
+
+
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
-    "train": lambda args: run_hydra_command("train", _train_task, "train", args),
-    "preview": lambda args: run_hydra_command("preview", _preview_task, "train", args),
-    "eval": lambda args: run_hydra_command("eval", _eval_task, "eval", args),
+    "train": hydra_command("train", _train_task, "train"),
+    "preview": hydra_command("preview", _preview_task, "train"),
+    "eval": hydra_command("eval", _eval_task, "eval"),
     "compare": plain_command("runs.compare"),  # composes one eval config per run itself
     "predict": composed_command("predict", "inference.predict", "predict"),
     "export": composed_command("export", "inference.export", "export"),
@@ -179,9 +192,6 @@ COMMANDS: Dict[str, Callable[[List[str]], int]] = {
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError, version as installed
-
-    import mixtrain
 
     parts = []
     for name in ("hydra-core", "omegaconf", "torch", "torchvision", "timm"):
@@ -199,8 +209,6 @@ def complete(args: List[str]) -> int:
     """``mixtrain -sc query=SHELL``, as the script of ``mixtrain train -sc install=bash`` calls it:
     the command names while the first word is typed, then Hydra's completion of that command's
     config (its line passed on without the command word)."""
-    import os
-    import re
 
     line = os.environ.get("COMP_LINE", "")
     words = line.split()
@@ -224,6 +232,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[0] in ("--version", "-V"):
         print(version())
         return 0
+    from mixtrain.options import register_configs  # start-up: see the note at the imports
+
     if argv[0] in ("-sc", "--shell-completion"):
         register_configs()
         return complete(argv[1:])

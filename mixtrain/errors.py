@@ -9,6 +9,7 @@ bug in mixtrain.
 """
 
 import os
+import shlex
 import sys
 
 EXIT_USAGE = 2
@@ -42,6 +43,5 @@ def fail(message: str) -> int:
 def resume_command(run_dir) -> str:
     """``mixtrain train resume=RUN``, quoted for the shell where the path needs it (mixtrain reads
     the path whole, so a ``,`` or ``[]`` in it needs no Hydra quoting)."""
-    import shlex
 
     return f"mixtrain train {shlex.quote(f'resume={run_dir}')}"

@@ -7,6 +7,7 @@ one, never half of one, and two writers never share a temp file.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import IO, Callable
 
 from mixtrain.layout import RECORDS
-
 
 
 def _umask() -> int:
@@ -72,8 +72,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2))
 
-
 # --------------------------------------------------------------------------- one writer per dir
+
 
 _held: dict = {}  # resolved dir -> fd of the dir, flock'ed for the life of this process
 
@@ -90,7 +90,6 @@ def claim_dir(path: Path) -> bool:
     releases it when the process ends, however it ends, so a killed run never blocks its
     resume. Returns False when another process holds it; True when this one does (again).
     """
-    import fcntl
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

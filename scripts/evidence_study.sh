@@ -7,12 +7,13 @@
 #
 #   bash scripts/evidence_study.sh [OUT]           # OUT: outputs/evidence by default
 #   SEEDS="0 1" bash scripts/evidence_study.sh     # fewer seeds
+#   MINI="erm fmix1" SUBSET="" TABLES=0 bash scripts/evidence_study.sh   # some arms, no tables
 # Needs the 10k subset for its last part: scripts/subset_folder.py (see recipes/subset10k_long_*).
 set -euo pipefail
 OUT=${1:-outputs/evidence}
 SEEDS=${SEEDS:-"0 1 2"}
-MINI="erm mixup02 mixup1 cutmix1 noise20_erm noise20_mixup1"
-SUBSET="erm mixup1"
+MINI=${MINI:-"erm mixup02 mixup1 cutmix1 noise20_erm noise20_mixup1 fmix1 resizemix saliencymix1 smoothmix"}
+SUBSET=${SUBSET-"erm mixup1"}
 mkdir -p "$OUT"
 log() { echo "$(date -u +%FT%TZ) $*" | tee -a "$OUT/study.log"; }
 
@@ -47,6 +48,7 @@ for seed in $SEEDS; do
   for arm in $SUBSET; do run "subset10k_long_$arm" "$OUT/subset10k/$arm/s$seed" "$seed"; done
 done
 log "study end"
+[ "${TABLES:-1}" = 1 ] || exit 0
 
 # The tables of docs/evidence: mixtrain report (csv + png) per data set, mixtrain compare of
 # seed 0 (last.pt, paired bootstrap, FGSM), and the pooled paired claims of all seeds.

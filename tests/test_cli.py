@@ -13,7 +13,8 @@ GROUP_OPTIONS = sorted(
     for group in config_dir().iterdir() if group.is_dir()
     for option in group.glob("*.yaml")
 )
-REQUIRED = {("dataset", "imagefolder"): ["dataset.root=/tmp/x"], ("model", "timm"): ["model.name=resnet18"]}
+REQUIRED = {("dataset", "imagefolder"): ["dataset.root=/tmp/x"], ("model", "timm"): ["model.name=resnet18"],
+            ("model", "custom"): ["model._target_=my_pkg.Net"], ("dataset", "custom"): ["dataset._target_=my_pkg.Data"]}
 
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS)

@@ -11,6 +11,7 @@ from typing import Any, Dict, List
 
 import torch
 from torch import nn
+from torchvision.datasets.folder import find_classes
 
 from mixtrain import layout
 from mixtrain.artifacts import checkpoint
@@ -86,7 +87,6 @@ def saved_class_names(dataset, num_classes: int) -> List[str]:
         if isinstance(dataset, MiniConfig):
             return mini_classes()
         if isinstance(dataset, FolderConfig):
-            from torchvision.datasets.folder import find_classes
 
             return find_classes(str(Path(dataset.root).expanduser() / dataset.val_split))[0]
     except (OSError, FileNotFoundError):

@@ -103,5 +103,3 @@ def heldout_fraction(heldout: str) -> Optional[float]:
         return float(heldout)
     except ValueError:
         return None
-
-

@@ -110,5 +110,3 @@ class StreamedConfig(DatasetConfig):
     @property
     def streams(self) -> bool:
         return True
-
-

@@ -9,7 +9,9 @@ import math
 import os
 from typing import Any, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.errors import MissingConfigException, OverrideParseException
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mixtrain.config.registry import REGISTRY
@@ -68,8 +70,45 @@ def check_finite(cfg: DictConfig) -> None:
             raise MixtrainError(f"{key} must be a finite number (got {value})")
 
 
+def schema_of_target(node: Any, key: str) -> Optional[type]:
+    """The class a schema-less group node names by ``_target_`` (a user's own option: importing its
+    module registers it), or None for a node without one."""
+    if not isinstance(node, DictConfig) or OmegaConf.get_type(node) not in (dict, None) or "_target_" not in node:
+        return None
+
+    try:
+        cls = get_class(str(node["_target_"]))
+    except Exception as ex:  # Hydra wraps the ImportError / AttributeError of the dotted path
+        raise MixtrainError(f"{key}._target_={node['_target_']!r} cannot be imported "
+                            f"({str(ex).splitlines()[0]}): put its module on the Python path") from None
+    if not dataclasses.is_dataclass(cls):
+        raise MixtrainError(f"{key}._target_={node['_target_']!r} is not a config dataclass: an option of your own "
+                            f"names its schema (a dataclass whose module registers it); a model or Dataset class of "
+                            f"your own goes in {key}=custom {key}._target_=... (README: Your own configs)")
+    return cls
+
+
+def typed_targets(cfg: DictConfig) -> DictConfig:
+    """Each top-level node that names its schema by ``_target_`` (``augment: {_target_:
+    my_pkg.BlendConfig, alpha: 0.5}``) as a node of that schema, so it is checked as the others."""
+    for key in list(cfg.keys()) if isinstance(cfg, DictConfig) else []:
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key):
+            continue
+        schema = schema_of_target(cfg[key], key)
+        if schema is not None:
+            values = {k: v for k, v in OmegaConf.to_container(cfg[key], resolve=True).items() if k != "_target_"}
+            try:
+                typed = OmegaConf.merge(OmegaConf.structured(schema), values)
+            except OmegaConfBaseException as ex:
+                raise MixtrainError(describe_config_error(ex, cfg)) from None
+            with open_dict(cfg):
+                cfg[key] = typed
+    return cfg
+
+
 def to_object(cfg: DictConfig) -> Any:
     """Resolve and validate a composed config; return the dataclass tree."""
+    cfg = typed_targets(cfg)
     check_no_extra_keys(cfg)
     check_finite(cfg)
     try:
@@ -133,7 +172,6 @@ def check_no_extra_keys(cfg: DictConfig, root: Optional[DictConfig] = None, pref
 
 def describe_config_error(ex: BaseException, cfg: Optional[DictConfig] = None) -> str:
     """One line for a Hydra/OmegaConf composition error: the key, what is wrong, the fix."""
-    from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(ex, MissingConfigException) and ex.options is not None and ex.missing_cfg_file:
         group, _, name = str(ex.missing_cfg_file).rpartition("/")

@@ -20,6 +20,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
+from hydra.core.config_store import ConfigStore
+
 GROUPS = ("dataset", "model", "augment", "optim", "sched")
 
 REGISTRY: Dict[str, Dict[str, "Entry"]] = {group: {} for group in GROUPS}
@@ -51,7 +53,6 @@ class Entry:
 
 def register(entry: Entry) -> Entry:
     """Add ``entry`` to its group, and its schema to Hydra's ConfigStore."""
-    from hydra.core.config_store import ConfigStore
 
     REGISTRY[entry.group][entry.name] = entry
     ConfigStore.instance().store(group=f"schema/{entry.group}", name=entry.name, node=entry.schema)

@@ -19,7 +19,6 @@ from mixtrain.config.errors import at_least, choice, require, valid_device, vali
 from mixtrain.config.registry import Entry, check_run, register
 from mixtrain.layout import OBJECTIVES
 
-
 # --------------------------------------------------------------------------- optim
 
 
@@ -214,8 +213,6 @@ class TrainerConfig:
 
 
 # --------------------------------------------------------------------------- top level
-
-
 
 
 @dataclass

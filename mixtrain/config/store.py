@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from mixtrain.config.commands import EvalConfig, ExportConfig, PredictConfig
@@ -36,7 +37,13 @@ def recipes_dir() -> Path:
 
 
 def schema_for(group: str, saved: Dict[str, Any]) -> type:
-    """The schema class of a saved group config (``{"name": "resnet20", ...}``, e.g. a checkpoint's)."""
+    """The schema class of a saved group config (``{"name": "resnet20", ...}``, e.g. a checkpoint's):
+    the class its ``_target_`` names (a user's own option), else the kind that owns it."""
+    if TARGET in saved:
+
+        cls = get_class(saved[TARGET])
+        if dataclasses.is_dataclass(cls):  # else it is what a `custom` option builds (a model, a Dataset)
+            return cls
     entry = saved_entry(group, saved)
     if entry is None:
         raise MixtrainError(f"unknown {group} {saved.get('name')!r} in a saved config: choose one of "
@@ -48,7 +55,10 @@ def config_from_dict(saved: Dict[str, Any]) -> "TrainConfig":
     """Rebuild (and re-validate) a TrainConfig from its ``asdict`` form, e.g. a checkpoint's."""
     nodes = {}
     for group in GROUPS:
-        nodes[group] = OmegaConf.merge(OmegaConf.structured(schema_for(group, saved[group])), saved[group])
+        schema = schema_for(group, saved[group])
+        fields = {f.name for f in dataclasses.fields(schema)}
+        values = {k: v for k, v in saved[group].items() if k != TARGET or k in fields}
+        nodes[group] = OmegaConf.merge(OmegaConf.structured(schema), values)
     top = OmegaConf.merge(OmegaConf.structured(TrainConfig), {k: v for k, v in saved.items() if k not in GROUPS})
     for group, node in nodes.items():
         top[group] = node
@@ -69,6 +79,16 @@ def register_configs() -> None:
         cs.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
+TARGET = "_target_"
+
+
 def asdict(obj: Any) -> Dict[str, Any]:
-    """A plain dict of a config object (dataclass tree), for JSON files and checkpoints."""
-    return dataclasses.asdict(obj)
+    """A plain dict of a config object (dataclass tree), for JSON files and checkpoints. A group option
+    of a kind from outside mixtrain keeps its class as ``_target_``, so reading it back (resume, eval)
+    imports its module."""
+    tree = dataclasses.asdict(obj)
+    for group in GROUPS:
+        node = getattr(obj, group, None)
+        if dataclasses.is_dataclass(node) and not type(node).__module__.startswith("mixtrain."):
+            tree[group] = {TARGET: f"{type(node).__module__}.{type(node).__qualname__}", **tree[group]}
+    return tree

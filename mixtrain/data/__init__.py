@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 import torch
+from torchvision.transforms import v2
 
 from mixtrain.config.dataset import DatasetConfig
 from mixtrain.config.registry import entry_of
@@ -51,7 +52,6 @@ def eval_image_transform(cfg: DatasetConfig):
     """PIL image -> uint8 ``[3, S, S]`` as this dataset's evaluation reads its images: resize and
     center crop where images stream, a plain resize to S x S where they are held on the device
     (as :func:`~mixtrain.data.folder.decode_folder` does; CIFAR and the bundled set: 32 px)."""
-    from torchvision.transforms import v2
 
     if cfg.streams:
         return stream_transform(cfg, train=False)

@@ -26,6 +26,7 @@ class CifarConfig(DatasetConfig):
         super().__post_init__()
         choice(self.name, tuple(ARCHIVES), "dataset.name")
 
+
 ARCHIVES = {
     "cifar10": (datasets.CIFAR10, "cifar-10-python.tar.gz", "cifar-10-batches-py"),
     "cifar100": (datasets.CIFAR100, "cifar-100-python.tar.gz", "cifar-100-python"),

@@ -14,6 +14,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
+from hydra.utils import get_class
 from omegaconf import MISSING
 from PIL import Image
 
@@ -72,7 +73,6 @@ class CustomItems(CheckedItems):
 
 
 def open_custom(cfg: CustomDatasetConfig, split: str, train: bool, options: LoaderOptions) -> Split:
-    from hydra.utils import get_class
 
     try:
         cls = get_class(cfg._target_)

@@ -139,4 +139,3 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
-

@@ -29,13 +29,12 @@ from typing import Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from omegaconf import MISSING
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Sampler
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
-
-from omegaconf import MISSING
 
 from mixtrain.config.dataset import StreamedConfig
 from mixtrain.config.errors import require
@@ -75,6 +74,7 @@ class FolderConfig(StreamedConfig):
     @property
     def streams(self) -> bool:
         return not self.cache
+
 
 IGNORE_LABEL = -1  # an evaluation sample that stands in for an unreadable file (dropped from its batch)
 # What PIL raises for a broken, truncated, non-image or too-large file (DecompressionBombError
@@ -209,6 +209,7 @@ class CheckedImageFolder(CheckedItems, datasets.ImageFolder):
                                     f"({', '.join(datasets.folder.IMG_EXTENSIONS[:4])}, ...): add images or remove it")
         return samples
 
+
 def open_image_folder(root: str, split: str, key: str, transform=None, train: bool = True) -> CheckedImageFolder:
     """The ImageFolder of one split; ``key`` names the config key that chose the split."""
     path = os.path.join(os.path.expanduser(root), split)
@@ -257,8 +258,9 @@ def train_transform(image_size: int, scale: Sequence[float], auto_augment: Optio
 
 def auto_augment_transform(policy: str, image_size: int, mean: Sequence[float]):
     """timm's RandAugment / AugMix / AutoAugment on PIL images, with the hparams of timm's create_transform."""
-    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform as timm_auto_augment
-    from timm.data.auto_augment import rand_augment_transform
+    # timm imports its model registry (0.6 s over torchvision): only when a policy is asked for.
+    from timm.data.auto_augment import (augment_and_mix_transform, auto_augment_transform as timm_auto_augment,
+                                        rand_augment_transform)
 
     hparams = dict(translate_const=int(image_size * 0.45), img_mean=tuple(min(255, round(255 * m)) for m in mean))
     if policy.startswith("augmix"):
@@ -280,7 +282,6 @@ def posterize_at_least_one_bit(image: Image.Image, bits_to_keep: int, **_) -> Im
     """timm's posterize, with 0 bits read as 1: timm asks for 0 bits at the ends of the
     magnitude range (PosterizeIncreasing at magnitude 10, Posterize near 0, both reached with
     magnitude noise), which Pillow >= 11 refuses with a ValueError mid-epoch."""
-    from PIL import ImageOps
 
     return image if bits_to_keep >= 8 else ImageOps.posterize(image, max(1, int(bits_to_keep)))
 
@@ -427,7 +428,6 @@ def decode_folder(dataset: datasets.ImageFolder, image_size: int) -> Tuple[torch
     if not images:
         raise MixtrainError(f"no readable images in {dataset.root}: expected <class>/<image> files")
     return torch.stack(images), torch.tensor(labels, dtype=torch.long), bad, longest
-
 
 # --------------------------------------------------------------------------- the source
 

@@ -16,7 +16,7 @@ import torch
 
 from mixtrain.errors import MixtrainError
 from mixtrain.evaluate.metrics import (ClassificationMeter, adaptive_calibration_error, calibration_bins,
-                              classwise_calibration_error, debiased_calibration_error)
+                                       classwise_calibration_error, debiased_calibration_error)
 
 # T outside this range means the held-out data carries no usable signal (or the model
 # is worse than chance there); the fit stops at the bound and says so.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING
 from rich.console import Console
 from torch import nn
@@ -34,7 +35,6 @@ from mixtrain.evaluate.robustness import fgsm_accuracy
 from mixtrain.files import write_json_atomic
 from mixtrain.mixing import describe_augment
 from mixtrain.runtime.precision import resolve_device
-
 
 # --------------------------------------------------------------------------- inputs
 
@@ -77,7 +77,6 @@ def quote_override(value: Any) -> str:
 
 def override_value(override: str) -> Any:
     """The value of one ``key=value`` override as Hydra parses it (quotes removed)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         return OverridesParser.create().parse_overrides([override])[0].value()
@@ -123,7 +122,6 @@ def describe_run(train_cfg: TrainConfig) -> str:
     if train_cfg.dataset.label_noise:
         name += f" noise {100 * train_cfg.dataset.label_noise:g}%"
     return name
-
 
 # --------------------------------------------------------------------------- evaluation
 

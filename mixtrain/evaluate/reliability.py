@@ -14,10 +14,10 @@ from mixtrain.files import write_atomic
 
 
 def pyplot():
-    import matplotlib
+    import matplotlib  # 0.35 s to import: only when a figure is drawn
 
     matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the backend
 
     return plt
 

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Dict
 
 import torch
+from safetensors.torch import save
 
+from mixtrain.artifacts.model import LoadedModel, load_model
 from mixtrain.errors import MixtrainError
 from mixtrain.files import write_atomic, write_json_atomic
-from mixtrain.artifacts.model import LoadedModel, load_model
 
 TOLERANCE = 1e-4
 FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torchscript": "model.pt"}
@@ -67,7 +68,6 @@ def export(cfg, say=print) -> Dict[str, Any]:
     # Built and checked in memory, then written whole (the one atomic writer): a killed export
     # leaves no file that a loader cannot read and a rerun would refuse.
     if cfg.format == "safetensors":
-        from safetensors.torch import save
 
         data = save({k: v.contiguous() for k, v in model.state_dict().items()})
     elif cfg.format == "torchscript":
@@ -81,7 +81,7 @@ def export(cfg, say=print) -> Dict[str, Any]:
     else:
         data = onnx_bytes(model, x, cfg.opset)
         try:
-            import onnxruntime
+            import onnxruntime  # an optional extra: mixtrain[export]
         except ImportError:
             say("onnxruntime is not installed: the ONNX file was not checked (pip install \"mixtrain[export]\")")
         else:

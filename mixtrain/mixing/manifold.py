@@ -14,8 +14,8 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from mixtrain.config.errors import at_least, require
 from mixtrain.config.augment import MixConfig
+from mixtrain.config.errors import at_least, require
 from mixtrain.config.registry import entry_of
 from mixtrain.errors import MixtrainError
 from mixtrain.mixing.method import register_method

@@ -22,7 +22,6 @@ from mixtrain.errors import MixtrainError
 from mixtrain.mixing.method import register_method
 from mixtrain.mixing.plans import MixPlan, MixSpec, draw_plan, mix_images, mix_spec, mix_targets, one_hot
 
-
 # --------------------------------------------------------------------------- schemas
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
+from hydra.utils import get_class
 from omegaconf import MISSING
 from torch import nn
 
@@ -28,7 +29,6 @@ class CustomModelConfig:
 
 
 def build_custom(cfg: CustomModelConfig, num_classes: int) -> nn.Module:
-    from hydra.utils import get_class
 
     try:
         cls = get_class(cfg._target_)

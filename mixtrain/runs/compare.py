@@ -18,16 +18,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from hydra import compose, initialize_config_dir
-
 from mixtrain import layout
 from mixtrain.artifacts.logits import load_logits
-from mixtrain.config import config_dir, describe_config_error, to_object
+from mixtrain.config import to_object
 from mixtrain.errors import MixtrainError
 from mixtrain.evaluate.bootstrap import paired_differences
 from mixtrain.evaluate.evaluation import dataset_override_keys, eval_overrides, evaluate_checkpoint, quote_override
 from mixtrain.evaluate.tables import METRIC_ROWS, eps_label
 from mixtrain.files import claim_dir, write_json_atomic
+from mixtrain.options import compose
 
 USAGE = """usage: mixtrain compare RUN_OR_CHECKPOINT_OR_EVAL_JSON ... [key=value ...] [--out DIR]
 
@@ -182,18 +181,13 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
 
     # Compose and check every run's eval config before evaluating any of them.
     jobs: List[Tuple[str, Any, Any]] = []
-    with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="compare"):
-        for run in runs:
-            done = existing_eval(run)
-            if done is not None:
-                jobs.append((run, done, None))
-                continue
-            job = eval_overrides([*overrides, f"checkpoint={quote_override(run)}"])
-            try:
-                cfg = compose("eval", overrides=job)
-            except Exception as ex:  # Hydra and OmegaConf raise many types; all are config errors here
-                raise MixtrainError(describe_config_error(ex)) from None
-            jobs.append((run, None, to_object(cfg)))
+    for run in runs:
+        done = existing_eval(run)
+        if done is not None:
+            jobs.append((run, done, None))
+            continue
+        cfg = compose("eval", eval_overrides([*overrides, f"checkpoint={quote_override(run)}"]))
+        jobs.append((run, None, to_object(cfg)))
 
     if not claim_dir(out_dir):
         raise MixtrainError(f"{out_dir} is being written by another mixtrain process: pick another --out")

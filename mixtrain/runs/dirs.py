@@ -19,9 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from mixtrain.config.overrides import sweep_jobs
 from mixtrain.errors import MixtrainError
-from mixtrain.layout import EVAL, HYDRA, MULTIRUN, PREVIEW, REPORTED, SUMMARY
-from mixtrain.layout import METRICS as METRICS_FILE
+from mixtrain.layout import EVAL, HYDRA, METRICS as METRICS_FILE, MULTIRUN, PREVIEW, REPORTED, SUMMARY
+from mixtrain.options import compose
 
 COMPLETED = "completed"
 # The order of the status counts in tables.
@@ -46,7 +50,6 @@ class Run:
     @property
     def epochs_total(self) -> Any:
         return self.params.get("trainer.epochs")
-
 
 # --------------------------------------------------------------------------- finding runs
 
@@ -112,7 +115,6 @@ def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
 
 def _hydra_config(run_dir: Path) -> Dict[str, Any]:
     """The job's composed config from ``.hydra/config.yaml`` (resolved when it can be), or {}."""
-    from omegaconf import OmegaConf
 
     path = run_dir / HYDRA / "config.yaml"
     if not path.is_file():
@@ -125,7 +127,6 @@ def _hydra_config(run_dir: Path) -> Dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # e.g. an environment variable missing here
         return OmegaConf.to_container(cfg, resolve=False)
-
 
 # --------------------------------------------------------------------------- run status
 
@@ -214,7 +215,6 @@ def load_run(run_dir: Path) -> Run:
                        if isinstance(summary.get(m), (int, float)) and not isinstance(summary.get(m), bool)}
     return run
 
-
 # --------------------------------------------------------------------------- jobs of a sweep that never started
 
 
@@ -224,7 +224,6 @@ def unstarted_jobs(sweep_dir: Path, started: Sequence[Path]) -> List[Run]:
     A sweep stopped half-way (Ctrl-C, a killed job, a lost node) leaves later jobs with
     no directory at all; this expands the sweep's overrides again to list them.
     """
-    from omegaconf import OmegaConf
 
     path = sweep_dir / MULTIRUN
     if not path.is_file():
@@ -241,9 +240,6 @@ def unstarted_jobs(sweep_dir: Path, started: Sequence[Path]) -> List[Run]:
     if (not target.endswith("BasicSweeper") or subdir != "${hydra.job.num}"
             or OmegaConf.select(hydra, "sweeper.params", default=None)):
         return []
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from mixtrain.config.overrides import sweep_jobs
 
     try:
         parsed = OverridesParser.create().parse_overrides(task_overrides)
@@ -261,20 +257,10 @@ def unstarted_jobs(sweep_dir: Path, started: Sequence[Path]) -> List[Run]:
 
 def job_params(overrides: Sequence[str]) -> Dict[str, Any]:
     """The flattened config a job with these overrides would have run with ({} if it does not compose)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
-    from mixtrain.config import config_dir
-    from mixtrain.options import register_configs
-
-    register_configs()
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="report"):
-            cfg = compose("train", overrides=[o for o in overrides if not o.startswith("hydra")])
-            return flatten(OmegaConf.to_container(cfg, resolve=True))
+        cfg = compose("train", [o for o in overrides if not o.startswith("hydra")])
+        return flatten(OmegaConf.to_container(cfg, resolve=True))
     except Exception:  # the config changed since the sweep ran: keep what the overrides say
         return {o.split("=", 1)[0].lstrip("+~"): _parse_scalar(o.split("=", 1)[1]) for o in overrides if "=" in o}
 

@@ -15,19 +15,29 @@ Hydra has no subcommands, so each command is a task function with a config of it
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, List, Optional
 
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf, open_dict, read_write
 
+from mixtrain.artifacts.checkpoint import checkpoint_path
 from mixtrain.config import GROUPS, config_dir, debug_enabled, describe_config_error, to_object
 from mixtrain.config.overrides import hydra_args_parser, sweep_jobs
 from mixtrain.errors import MixtrainError, RunStopped, fail, resume_command, say
+from mixtrain.evaluate.evaluation import eval_overrides, override_value
 from mixtrain.files import claim_dir, records_in, release_dir
 from mixtrain.layout import HYDRA, LAST, RUN_FILES, SUMMARY
 from mixtrain.runtime import distributed
@@ -76,7 +86,6 @@ def runs_a_job(parsed) -> bool:
 
 
 def hydra_main(task: Callable, config_name: str) -> Callable:
-    import hydra
 
     return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
 
@@ -110,8 +119,6 @@ def full_errors():
 def hint_config(config_name: str, parsed):
     """The config with only the group choices of the command line, composed the way Hydra did (its
     config name and dir), to suggest keys that exist; None when it does not compose."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
 
     groups = [o for o in parsed.overrides if o.split("=", 1)[0].lstrip("+~") in (*GROUPS, "trainer", "recipe")]
     if parsed.config_dir:
@@ -131,10 +138,6 @@ def resume_args(args: List[str], parsed) -> List[str]:
     The run continues in its directory; Hydra's files for this invocation go to
     ``.hydra/resume-<time>``, so the original ``.hydra/`` stays as it was.
     """
-    from omegaconf import OmegaConf
-
-    from mixtrain.evaluate.evaluation import override_value
-    from mixtrain.artifacts.checkpoint import checkpoint_path
 
     given = [o for o in parsed.overrides if o.startswith("resume=")]
     if not given:
@@ -160,7 +163,6 @@ def resume_args(args: List[str], parsed) -> List[str]:
 
 
 def eval_args(args: List[str], parsed) -> List[str]:
-    from mixtrain.evaluate.evaluation import eval_overrides
 
     rewritten = eval_overrides(list(parsed.overrides))
     return [a for a in args if a not in parsed.overrides] + rewritten
@@ -169,7 +171,6 @@ def eval_args(args: List[str], parsed) -> List[str]:
 def quote(value) -> str:
     """A value as a quoted Hydra override value (paths may hold spaces, '=', ',' or brackets)."""
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
 
 # --------------------------------------------------------------------------- the Guard
 
@@ -195,7 +196,6 @@ class Guard(Callback):
         if not isinstance(error, (MixtrainError, RunStopped)):
             return
         if debug_enabled():
-            import traceback
 
             traceback.print_exception(error)
         if isinstance(error, RunStopped):
@@ -219,7 +219,6 @@ def refusals():
     except MixtrainError as ex:
         raise SystemExit(fail(str(ex))) from None
     except Exception:
-        import traceback
 
         traceback.print_exc()
         raise SystemExit(1) from None
@@ -227,7 +226,6 @@ def refusals():
 
 def task_config(cfg):
     """The config a task receives: ``cfg`` without its ``hydra`` node."""
-    from omegaconf import open_dict, read_write
 
     job = cfg.copy()
     with read_write(job), open_dict(job):
@@ -238,8 +236,6 @@ def task_config(cfg):
 @contextmanager
 def hydra_config_of(cfg, output_dir: Path):
     """``${hydra:...}`` resolves against ``cfg`` inside (as in the job), output dir included."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict, read_write
 
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = str(Path(output_dir).absolute())
@@ -268,7 +264,6 @@ def prepare_run(cfg, command: str):
     Returns ``(run_dir, created)``: ``created`` is the topmost folder made for it (None if the
     dir existed). Under torchrun this joins the process group (``train``).
     """
-    from omegaconf import OmegaConf, open_dict, read_write
 
     declared = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
     check_job(cfg, Path(str(cfg.hydra.run.dir)))
@@ -346,7 +341,6 @@ def claim_run_dir(run_dir: Path, command: str, resuming: bool, timestamped: bool
 
 def running_pid(run_dir: Path) -> str:
     """`` (pid N on HOST)`` from the run's summary.json, when it says so."""
-    import json
 
     try:
         summary = json.loads((run_dir / SUMMARY).read_text())
@@ -368,7 +362,6 @@ def remove_hydra_files(run_dir: Path, created: Optional[Path], cfg) -> None:
     elif cfg.hydra.output_subdir and str(cfg.hydra.output_subdir).startswith(".hydra/resume-"):
         shutil.rmtree(run_dir / str(cfg.hydra.output_subdir), ignore_errors=True)
 
-
 # --------------------------------------------------------------------------- sweeps
 
 
@@ -376,9 +369,6 @@ def check_sweep(cfg, command: str) -> None:
     """Before a sweep starts: refuse a sweep dir that holds records; make and lock it; then check
     every job of the basic sweeper (each composed by Hydra's config loader, as its launcher will),
     or, for other sweepers (Optuna, ...), the fixed part of the config."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf, open_dict, read_write
 
     if command == "train" and distributed.launched_by_torchrun():
         raise MixtrainError("torchrun runs one training job; run sweeps with a Hydra launcher "

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import math
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from mixtrain.evaluate.reliability import pyplot

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
 
-from mixtrain.config import config_dir, recipes_dir, to_object
-from mixtrain.options import register_configs
+from mixtrain.config import recipes_dir, to_object
 from mixtrain.errors import MixtrainError
 from mixtrain.mixing import describe_augment
+from mixtrain.options import compose, register_configs
 
 HEADER_KEYS = ("source", "expected", "hardware")
 
@@ -58,8 +59,7 @@ def list_recipes() -> List[Recipe]:
 
 def composed_summary(name: str) -> Dict[str, str]:
     """Dataset, model, augment and epochs of ``recipe=name`` as Hydra composes it."""
-    with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="recipes"):
-        cfg = compose("train", overrides=[f"recipe={name}"])
+    cfg = compose("train", [f"recipe={name}"])
     dataset = cfg.dataset.name
     if dataset == "imagefolder":
         root = OmegaConf.select(cfg, "dataset.root", throw_on_missing=False, default=None)
@@ -73,7 +73,6 @@ def composed_summary(name: str) -> Dict[str, str]:
 
 
 def recipes_table(recipes: Sequence[Recipe]):
-    from rich.table import Table
 
     table = Table(title="mixtrain train recipe=NAME (command-line overrides win over the recipe)",
                   title_justify="left", show_lines=True)
@@ -89,7 +88,6 @@ def recipes_table(recipes: Sequence[Recipe]):
 
 
 def main(args: Sequence[str]) -> int:
-    from rich.console import Console
 
     if any(a in ("-h", "--help") for a in args):
         print("usage: mixtrain recipes\n\nThe recipes in recipes/, with their source, expected result and hardware;\n"

@@ -8,16 +8,20 @@ counted in its group and listed with its status, never dropped.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
+from rich.console import Console
+from rich.table import Table
+
 from mixtrain import layout
 from mixtrain.errors import MixtrainError
 from mixtrain.files import claim_dir, write_atomic
 from mixtrain.runs.dirs import COMPLETED, METRICS, STATUSES, Run, collect
-from mixtrain.runs.groups import (MISSING_VALUE, Group, differing_keys, format_value, group_runs, status_counts)
+from mixtrain.runs.groups import MISSING_VALUE, Group, differing_keys, format_value, group_runs, status_counts
 from mixtrain.runs.plots import write_plot
 
 # Column header and number format of each of runs.METRICS.
@@ -51,7 +55,6 @@ def _display_path(path: Path, roots: Sequence[Path]) -> str:
 
 
 def summary_table(groups: Sequence[Group], keys: Sequence[str]):
-    from rich.table import Table
 
     table = Table(title="runs grouped by the config values that differ (mean ± std over seeds)", title_justify="left")
     for key in keys or ["runs"]:
@@ -80,7 +83,6 @@ def summary_table(groups: Sequence[Group], keys: Sequence[str]):
 
 
 def incomplete_table(runs: Sequence[Run], keys: Sequence[str], roots: Sequence[Path]):
-    from rich.table import Table
 
     table = Table(title="runs that did not complete", title_justify="left")
     for header in ("run", *keys, "seed", "status", "epochs", "last top-1", "detail"):
@@ -151,7 +153,6 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def report(paths: Sequence[Path], out_dir: Path, console=None, overwrite: bool = False) -> Dict[str, Any]:
     """Print the tables; write ``report.csv``, ``runs.csv`` and ``report.png`` into ``out_dir``."""
-    from rich.console import Console
 
     console = console or Console(width=None if Console().is_terminal else 160)
     paths = [Path(p).expanduser() for p in paths]
@@ -189,7 +190,6 @@ run, with its status) and report.png (top-1 and ECE against the swept alpha).
 
 
 def main(args: Sequence[str]) -> int:
-    import argparse
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> None:  # one line and exit 2, as every mixtrain error

@@ -12,9 +12,10 @@ from typing import Dict, Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from torch.utils.tensorboard import SummaryWriter
 
-from mixtrain.files import write_text_atomic
 from mixtrain import layout
+from mixtrain.files import write_text_atomic
 
 # (key in the epoch record, header, format, width): 80 columns in all with one space between, 88 with EMA.
 OPTIONAL = {"ema_val_acc1"}
@@ -81,7 +82,6 @@ class RunMonitor:
         self._bar, self._task = None, None
         self.optional_columns: set = set()  # which OPTIONAL columns this run's table shows
         if enabled:
-            from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=str(run_dir / layout.TENSORBOARD), purge_step=purge_step)
             self.log = Console(file=open(run_dir / layout.TRAIN_LOG, "a", encoding="utf-8"), width=120, no_color=True,
                                force_terminal=False, highlight=False, soft_wrap=True)

@@ -36,7 +36,7 @@ def build_adamw(cfg: AdamWConfig, groups: List[dict], lr: float) -> torch.optim.
 
 
 def build_lamb(cfg: LambConfig, groups: List[dict], lr: float) -> torch.optim.Optimizer:
-    from timm.optim import Lamb
+    from timm.optim import Lamb  # timm's model registry (0.6 s): only for optim=lamb
 
     return Lamb(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                 max_grad_norm=cfg.max_grad_norm, trust_clip=cfg.trust_clip, always_adapt=cfg.always_adapt)

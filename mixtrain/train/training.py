@@ -91,7 +91,7 @@ class Training:
                          trainer.clip_grad, trainer.clip_value)
         self.ema = None
         if trainer.ema.enabled:
-            from timm.utils import ModelEmaV3  # timm.utils imports timm's model registry: only with EMA on
+            from timm.utils import ModelEmaV3  # timm's model registry (0.6 s): only with EMA on
 
             self.ema = ModelEmaV3(self.model, decay=trainer.ema.decay, use_warmup=trainer.ema.warmup,
                                   exclude_buffers=True)
