@@ -9,7 +9,10 @@ mixing as a share of one ResNet-20 training step on the same batch.
 
 Targets: batch mode no slower than timm; pair and elem modes >= 5x faster than timm.
 
-    python bench/mixing.py [--calls 400]
+The mixing family (FMix, ResizeMix, SaliencyMix, SmoothMix) against mixtrain's CutMix in the same
+run: a 128-image batch at 32 and 224 px, each mode. Target: in batch mode each within 2x of CutMix.
+
+    python bench/mixing.py [--calls 400] [--family-calls 60]
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import torch
 from timm.data import Mixup
 from torchvision.transforms import v2
 
-from mixtrain.mixing import CutmixConfig, MixupConfig, SwitchConfig
-from mixtrain.mixing import Mixer
+from mixtrain.mixing import (CutmixConfig, FMixConfig, Mixer, MixupConfig, ResizeMixConfig, SaliencyMixConfig,
+                             SmoothMixConfig, SwitchConfig, create_mixer)
 from mixtrain.models.cifar_resnet import resnet_cifar
 
 BATCH, CLASSES, SMOOTHING = 256, 10, 0.1
@@ -95,12 +98,44 @@ def resnet20_step_seconds(x, y, steps=8):
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
+FAMILY = {"fmix": FMixConfig, "resizemix": ResizeMixConfig, "saliencymix": SaliencyMixConfig,
+          "smoothmix": SmoothMixConfig}
+
+
+def family(calls: int) -> bool:
+    """Each new method beside CutMix, per batch of 128, at 32 and 224 px, in each mode."""
+    print(f"\nthe mixing family against CutMix (mixtrain), batch 128, {CLASSES} classes")
+    print(f"{'size':>5} {'mode':6} {'cutmix':>9} " + " ".join(f"{name:>16}" for name in FAMILY))
+    ok = True
+    for size in (32, 224):
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(128, 3, size, size, generator=g), torch.randint(0, CLASSES, (128,), generator=g)
+        make = lambda: (x.clone(), y.clone())  # noqa: E731
+        for mode in ("batch", "pair", "elem"):
+            mixers = [create_mixer(CutmixConfig(mode=mode), CLASSES, epochs=1)]
+            mixers += [create_mixer(schema(mode=mode), CLASSES, epochs=1) for schema in FAMILY.values()]
+            fns = [lambda a, b, m=m: m(a, b, 0) for m in mixers]
+            interleaved(fns, make, 5)
+            cut, *others = interleaved(fns, make, calls)
+            cells = " ".join(f"{t * 1e3:7.2f} ms {t / cut:5.1f}x" for t in others)
+            print(f"{size:5d} {mode:6} {cut * 1e3:6.2f} ms {cells}", flush=True)
+            if mode == "batch":
+                ok &= all(t / cut <= 2.0 for t in others)
+    print(f"batch mode within 2x of CutMix: {'OK' if ok else 'MISSED'}")
+    return ok
+
+
 def main() -> None:
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=400)
+    parser.add_argument("--family-calls", type=int, default=60)
+    parser.add_argument("--family-only", action="store_true")
     args = parser.parse_args()
+    if args.family_only:
+        family(args.family_calls)
+        return
     g = torch.Generator().manual_seed(0)
     base_x = torch.randn(BATCH, 3, 32, 32, generator=g)
     base_y = torch.randint(0, CLASSES, (BATCH,), generator=g)
@@ -129,6 +164,7 @@ def main() -> None:
     sample_ok = all(t / o >= 5.0 for _, m, o, t in rows if m != "batch")
     print(f"\nbatch mode no slower than timm: {'OK' if batch_ok else 'MISSED'}; "
           f"pair/elem >= 5x faster than timm: {'OK' if sample_ok else 'MISSED'}")
+    family(args.family_calls)
 
 
 if __name__ == "__main__":

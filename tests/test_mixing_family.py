@@ -82,10 +82,11 @@ def test_a_restored_mixer_draws_the_same_next_batch(method):
     assert torch.equal(a, b) and torch.equal(ta, tb)
 
 
-def test_resizemix_pastes_the_whole_partner_resized_into_its_patch():
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_resizemix_pastes_the_whole_partner_resized_into_its_patch(mode):
     torch.manual_seed(0)
     images = torch.rand(2, 3, 32, 32)
-    mixer = create_mixer(ResizeMixConfig(mode="elem"), 2, epochs=1, seed=1)
+    mixer = create_mixer(ResizeMixConfig(mode=mode), 2, epochs=1, seed=1)
     mixed, _ = mixer(images.clone(), torch.arange(2), epoch=0)
     for i, partner in ((0, 1), (1, 0)):
         changed = (mixed[i] != images[i]).any(0)
@@ -93,9 +94,8 @@ def test_resizemix_pastes_the_whole_partner_resized_into_its_patch():
             continue
         rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
         y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        patch = F.interpolate(images[partner:partner + 1], size=(int(y1 - y0), int(x1 - x0)), mode="bilinear",
-                              align_corners=False)[0]
-        torch.testing.assert_close(mixed[i, :, y0:y1, x0:x1], patch, atol=1e-5, rtol=0)
+        patch = F.interpolate(images[partner:partner + 1], size=(int(y1 - y0), int(x1 - x0)), mode="nearest-exact")[0]
+        assert torch.equal(mixed[i, :, y0:y1, x0:x1], patch)
 
 
 def test_saliencymix_centres_the_box_on_the_partners_salient_spot():
@@ -115,6 +115,17 @@ def test_saliencymix_centres_the_box_on_the_partners_salient_spot():
         if targets[i, i] < 1:
             y, x = spots[partner]
             assert mixed[i, 0, y, x] == images[partner, 0, y, x] + partner / 10  # the spot came along
+
+
+def test_saliency_on_the_host_finds_the_point_the_device_finds():
+    from mixtrain.mixing.saliencymix import host_salient_point
+
+    torch.manual_seed(1)
+    images = torch.rand(6, 3, 24, 40)
+    images[:, :, 3:6, 30:33] += torch.linspace(0.5, 3, 6).view(6, 1, 1, 1)  # a spot of varying strength
+    device = salient_points(images)
+    for image, point in zip(images, device.tolist()):
+        assert host_salient_point(image.numpy()).tolist() == point
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

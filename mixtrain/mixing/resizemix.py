@@ -3,24 +3,26 @@ Labels"): the whole partner image, resized to a patch of side ``tau * H`` (``tau
 scale_max)``, the paper's 0.1 and 0.8), pasted at a random place.
 
 The patch is a box of integer sides inside the image (placed uniformly where it fits), so the
-target weight is its exact area. The partner is resized by one ``grid_sample`` for the whole
-batch (bilinear; each sample's patch its own size), on the device. ``tau`` comes from the plan
-rule's draw, Beta(1, 1) = U(0, 1) mapped onto [scale_min, scale_max].
+target weight is its exact area. The partner is resized by nearest-neighbour sampling at pixel
+centres (torch's ``nearest-exact``; OpenMixup's ResizeMix resizes by nearest too): in batch mode
+one patch size for the batch, copied into the box alone; otherwise one gather over the batch,
+each sample's patch its own size, on the device. ``tau`` comes from the plan rule's draw,
+Beta(1, 1) = U(0, 1) mapped onto [scale_min, scale_max].
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mixtrain.config.augment import MixConfig
 from mixtrain.config.errors import require
-from mixtrain.mixing.masks import MaskMixer, pair_sources
+from mixtrain.mixing.masks import mix_by_weights, mixing, pair_sources
 from mixtrain.mixing.method import register_method
-from mixtrain.mixing.mixup import spec_of
+from mixtrain.mixing.mixup import Mixer, spec_of
 from mixtrain.mixing.plans import MixPlan, MixSpec, partner_weights
 
 
@@ -52,35 +54,49 @@ def patch_boxes(tau: np.ndarray, uniform: np.ndarray, height: int, width: int) -
     return np.concatenate([low, low + side], axis=1)[:, [0, 2, 1, 3]]
 
 
-class ResizeMixMixer(MaskMixer):
-    def boxes(self, plan: MixPlan, height: int, width: int) -> MixPlan:
-        cfg = self.cfg
-        u = plan.lam.numpy()  # U(0, 1) from the plan rule; 1: not mixed
-        tau = np.where(u < 1.0, cfg.scale_min + u * (cfg.scale_max - cfg.scale_min), 0.0)
+def sample_index(low: np.ndarray, high: np.ndarray, size: int) -> np.ndarray:
+    """``[n, size]``: for each pixel of the axis, the partner's pixel a patch over ``[low, high)`` reads
+    (nearest at pixel centres); outside the patch, any valid index (masked out)."""
+    span = np.maximum(high - low, 1)[:, None]
+    position = np.arange(size)[None, :] - low[:, None]
+    return np.clip(((position + 0.5) * size / span).astype(np.int64), 0, size - 1)
+
+
+class ResizeMixMixer(Mixer):
+    def boxes(self, plan: MixPlan, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+        cfg, u = self.cfg, plan.lam.numpy()  # U(0, 1) from the plan rule; 1: not mixed
+        tau = np.where(mixing(plan), cfg.scale_min + u * (cfg.scale_max - cfg.scale_min), 0.0)
         boxes = patch_boxes(tau, self.rng.random((len(tau), 2)), height, width)
         if not plan.shared:
-            boxes = boxes[pair_sources(plan, self.cfg.mode)]
-        return MixPlan(plan.partner, plan.lam, torch.from_numpy(tau > 0), torch.from_numpy(boxes), plan.shared)
+            source = pair_sources(plan, cfg.mode)
+            boxes, tau = boxes[source], tau[source]
+        return boxes, tau > 0
 
-    def masks(self, plan: MixPlan, images: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        self.patched = self.boxes(plan, *images.shape[-2:])
-        return partner_weights(self.patched, *images.shape[-2:], images.device, images.dtype)
-
-    def partner_images(self, plan: MixPlan, images: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        """Each partner resized into its sample's box (anything outside the box is masked out)."""
-        n, _, height, width = other.shape
-        boxes = self.patched.boxes.to(images.device, torch.float32)
-        if self.patched.shared:
-            boxes = boxes.expand(n, 4)
-        y_low, y_high, x_low, x_high = boxes.unbind(1)
-        rows = torch.arange(height, device=images.device, dtype=torch.float32) + 0.5
-        cols = torch.arange(width, device=images.device, dtype=torch.float32) + 0.5
-        # Where each output pixel of the box reads the partner, in grid_sample's [-1, 1] coordinates.
-        gy = (rows[None, :] - y_low[:, None]) / (y_high - y_low).clamp_min(1)[:, None] * 2 - 1
-        gx = (cols[None, :] - x_low[:, None]) / (x_high - x_low).clamp_min(1)[:, None] * 2 - 1
-        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
-        return F.grid_sample(other.float(), grid, mode="bilinear", padding_mode="border",
-                             align_corners=False).to(other.dtype)
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int):
+        targets = self.targets(labels)
+        if not self.active(epoch):
+            return images, targets
+        height, width = images.shape[-2:]
+        plan = self.draw_plan(images.shape[0], height, width)
+        if plan.is_identity:
+            return images, targets
+        boxes, pasted = self.boxes(plan, height, width)
+        partner = plan.partner.to(images.device)
+        if plan.shared:  # one patch for the batch: only its pixels are read and written
+            y0, y1, x0, x1 = boxes[0].tolist()
+            rows = torch.from_numpy(sample_index(boxes[:1, 0], boxes[:1, 1], height)[0, y0:y1]).to(images.device)
+            cols = torch.from_numpy(sample_index(boxes[:1, 2], boxes[:1, 3], width)[0, x0:x1]).to(images.device)
+            patch = images[:, :, rows][:, :, :, cols].index_select(0, partner)
+            images[:, :, y0:y1, x0:x1] = patch
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+            return images, targets.index_select(0, partner).lerp_(targets, lam)
+        rows = torch.from_numpy(sample_index(boxes[:, 0], boxes[:, 1], height)).to(images.device)
+        cols = torch.from_numpy(sample_index(boxes[:, 2], boxes[:, 3], width)).to(images.device)
+        batch = partner.view(-1, 1, 1)
+        resized = images[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # [B, C, H, W]
+        weights = partner_weights(MixPlan(plan.partner, plan.lam, torch.from_numpy(pasted), torch.from_numpy(boxes)),
+                                  height, width, images.device, images.dtype)
+        return mix_by_weights(images, targets, partner, weights, resized)
 
 
 register_method("resizemix", ResizeMixConfig, ResizeMixMixer,

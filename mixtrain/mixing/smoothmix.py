@@ -17,7 +17,7 @@ import torch
 
 from mixtrain.config.augment import MixConfig
 from mixtrain.config.errors import require
-from mixtrain.mixing.masks import MaskMixer, entries, pair_sources
+from mixtrain.mixing.masks import MaskMixer, entries, mixing, pair_sources
 from mixtrain.mixing.method import register_method
 from mixtrain.mixing.mixup import spec_of
 from mixtrain.mixing.plans import MixPlan, MixSpec
@@ -52,20 +52,26 @@ def gaussian_masks(centres: torch.Tensor, sigmas: torch.Tensor, height: int, wid
 
 
 class SmoothMixMixer(MaskMixer):
-    def masks(self, plan: MixPlan, images: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    def masks(self, plan: MixPlan, images: torch.Tensor) -> torch.Tensor:
         cfg, (height, width) = self.cfg, images.shape[-2:]
         n = entries(plan)
         uniform = self.rng.random((n, 3))
         centres = uniform[:, :2] * np.array([height, width])
         sigmas = (cfg.sigma_min + uniform[:, 2] * (cfg.sigma_max - cfg.sigma_min)) * max(height, width)
-        if not plan.shared:
-            source = pair_sources(plan, self.cfg.mode)
-            centres, sigmas = centres[source], sigmas[source]
+        if plan.shared:  # one mask for the batch, made on the host
+            rows, cols = np.arange(height) + 0.5, np.arange(width) + 0.5
+            scale = 2.0 * sigmas[0] ** 2
+            mask = np.outer(np.exp(-(rows - centres[0, 0]) ** 2 / scale), np.exp(-(cols - centres[0, 1]) ** 2 / scale))
+            if cfg.symmetric_lam and mask.mean() > 0.5:
+                mask = 1.0 - mask
+            return mask.astype(np.float32)
+        source = pair_sources(plan, self.cfg.mode)
+        centres, sigmas = centres[source], sigmas[source]
         masks = gaussian_masks(torch.from_numpy(centres).float().to(images.device),
                                torch.from_numpy(sigmas).float().to(images.device), height, width)
         if cfg.symmetric_lam:  # the sample keeps the larger share
             masks = torch.where(masks.mean(dim=(1, 2, 3), keepdim=True) > 0.5, 1.0 - masks, masks)
-        return masks * (plan.lam < 1.0).to(images.device).view(-1, 1, 1, 1)
+        return masks * torch.from_numpy(mixing(plan)).to(images.device).view(-1, 1, 1, 1)
 
 
 register_method("smoothmix", SmoothMixConfig, SmoothMixMixer,
