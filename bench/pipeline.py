@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import cifar10_jpeg_root, median, spread
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from common import cifar10_jpeg_root, median, spread
 from mixtrain.config import AugmentConfig, CosineConfig, EmaConfig, SGDConfig, TrainConfig, TrainerConfig
-from mixtrain.models import CifarModelConfig
 from mixtrain.data import FolderConfig
+from mixtrain.models import CifarModelConfig
 from mixtrain.train.engine import Part, Trainer
 from mixtrain.train.monitor import RunMonitor
 from mixtrain.train.training import Training

@@ -19,8 +19,8 @@ import numpy as np
 
 from mixtrain.config import config_dir, to_object
 from mixtrain.options import register_configs
-from mixtrain.train.training import fit
 from mixtrain.train.monitor import RunMonitor
+from mixtrain.train.training import fit
 
 
 def status_kb(field: str) -> int:

@@ -47,6 +47,7 @@ commands:
   export    for other tools             mixtrain export checkpoint=RUN format=safetensors|onnx|torchscript
   recipes   the named experiments       mixtrain recipes; then mixtrain train recipe=NAME
   report    summarize runs and sweeps   mixtrain report outputs/multirun/<date>/<time> [--out DIR]
+  shards    a folder as WebDataset      mixtrain shards ROOT OUT [--per-shard 1000]; then dataset=webdataset
 
 `mixtrain <command> --help` shows the config groups and the composed config;
 `mixtrain train --cfg job` prints the config a run would use; `mixtrain --version`.
@@ -188,6 +189,7 @@ COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "export": composed_command("export", "inference.export", "export"),
     "recipes": plain_command("runs.recipes"),
     "report": plain_command("runs.report"),
+    "shards": plain_command("data.shard_writer"),
 }
 
 

@@ -138,8 +138,8 @@ def start(args, cwd) -> subprocess.Popen:
 
 def position(run: Path) -> tuple:
     """(epoch, step) of the run's last.pt, or (-1, -1) before there is one."""
-    from mixtrain.errors import MixtrainError
     from mixtrain.artifacts import checkpoint
+    from mixtrain.errors import MixtrainError
 
     try:
         state = checkpoint.load(run / "last.pt")["state"]
@@ -163,5 +163,3 @@ def wait_until_inside(run: Path, proc: subprocess.Popen, epoch: int = 1, timeout
                 return
         time.sleep(0.05)
     raise AssertionError("timed out")
-
-

@@ -7,15 +7,14 @@ import shutil
 
 import pytest
 import torch
+from helpers import TINY, make_config, make_image_folder, run_cli
 from PIL import Image
 
-from helpers import TINY, make_config, make_image_folder, run_cli
 from mixtrain.artifacts import checkpoint
 from mixtrain.cli import main
 from mixtrain.data import build_data
-from mixtrain.train.training import fit
 from mixtrain.errors import MixtrainError
-
+from mixtrain.train.training import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,10 +8,8 @@ from torchmetrics.classification import MulticlassCalibrationError
 
 from mixtrain.evaluate.calibration import TEMPERATURE_BOUNDS, calibration_metrics, fit_temperature, heldout_indices
 from mixtrain.evaluate.metrics import (ClassificationMeter, adaptive_calibration_error, brier_sum, calibration_bins,
-                              ece_from_bins, equal_mass_bin_index, mce_from_bins)
+                                       ece_from_bins, equal_mass_bin_index, mce_from_bins)
 from mixtrain.evaluate.robustness import fgsm_accuracy, fgsm_step
-
-
 
 # --------------------------------------------------------------------------- ECE, MCE, adaptive ECE, Brier
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SLOW, TINY, folder_args, make_config, make_image_folder, position, run_cli, start, wait_until_inside
 from PIL import Image
 
-from helpers import (SLOW, TINY, folder_args, make_config, make_image_folder, position, run_cli, start,
-                     wait_until_inside)
 from mixtrain.cli import main
 from mixtrain.data import build_data
 from mixtrain.files import claim_dir, release_dir

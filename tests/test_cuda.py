@@ -9,12 +9,12 @@ import json
 
 import pytest
 import torch
-
 from helpers import make_config, make_image_folder
+
 from mixtrain.artifacts import checkpoint
 from mixtrain.data.device_loader import DeviceLoader
-from mixtrain.train.training import fit
 from mixtrain.errors import RunStopped
+from mixtrain.train.training import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TINY, make_cifar10_folder, make_config, make_image_folder
 from PIL import Image
 
-from helpers import TINY, make_cifar10_folder, make_config, make_image_folder
 from mixtrain.data import build_data
 from mixtrain.data.device_loader import DeviceLoader, epoch_generator
-from mixtrain.data.source import LoaderOptions
 from mixtrain.data.mini import load_mini
+from mixtrain.data.source import LoaderOptions
 from mixtrain.errors import MixtrainError
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
@@ -159,8 +159,7 @@ def test_subset_folder_links_the_first_images_of_each_class_and_the_whole_val_sp
     import importlib.util
     from pathlib import Path
 
-    from mixtrain.data import LoaderOptions, open_split
-    from mixtrain.data import FolderConfig
+    from mixtrain.data import FolderConfig, LoaderOptions, open_split
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "subset_folder.py"
     spec = importlib.util.spec_from_file_location("subset_folder", script)

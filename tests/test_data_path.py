@@ -7,17 +7,15 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, make_config, make_image_folder, run_cli
 from PIL import Image
 
-from helpers import TINY, make_config, make_image_folder, run_cli
 from mixtrain.cli import main
 from mixtrain.data import LoaderOptions, build_data, open_split, resolve_workers
 from mixtrain.data.source import usable_cores
-from mixtrain.train.training import fit
-from mixtrain.runtime.precision import Precision
-from mixtrain.train.training import seed_everything
 from mixtrain.errors import MixtrainError, RunStopped
-
+from mixtrain.runtime.precision import Precision
+from mixtrain.train.training import fit, seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import make_image_folder
+
 from mixtrain.artifacts import checkpoint
 from mixtrain.config import config_from_dict
 from mixtrain.data import build_data
-from mixtrain.train.engine import evaluate
-from mixtrain.runtime.precision import resolve_precision
 from mixtrain.models import create_model
+from mixtrain.runtime.precision import resolve_precision
+from mixtrain.train.engine import evaluate
 
 BASE = ["dataset=imagefolder", "dataset.image_size=16", "trainer.device=cpu", "trainer.epochs=2",
         "trainer.batch_size=8", "trainer.eval_batch_size=16", "trainer.num_workers=0", "augment=mixup"]

@@ -7,21 +7,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from helpers import TINY, make_config, make_image_folder
+
 from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.checkpoint import EpochProgress
 from mixtrain.cli import main, objective_value
 from mixtrain.config import AugmentConfig
-from mixtrain.mixing import MixupConfig
 from mixtrain.data.device_loader import DeviceLoader
 from mixtrain.data.source import LoaderOptions
+from mixtrain.mixing import Mixer, MixupConfig
+from mixtrain.mixing.losses import create_loss
+from mixtrain.runtime.precision import Precision
 from mixtrain.train.engine import Step, Tally, Trainer, train_step
 from mixtrain.train.training import fit
-from mixtrain.mixing.losses import create_loss
-from mixtrain.mixing import Mixer
-from mixtrain.runtime.precision import Precision
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

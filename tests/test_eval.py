@@ -4,17 +4,16 @@ import json
 import shutil
 
 import pytest
+from helpers import TINY, compose_config, make_config, make_image_folder
 from PIL import Image
 
-from helpers import TINY, compose_config, make_config, make_image_folder
 from mixtrain.artifacts import checkpoint
 from mixtrain.cli import main
-from mixtrain.runs.compare import best_marks
 from mixtrain.config import asdict, recipes_dir, to_object
-from mixtrain.mixing import MixupConfig
-from mixtrain.train.training import fit
 from mixtrain.evaluate.evaluation import eval_dataset_config, eval_overrides
-
+from mixtrain.mixing import MixupConfig
+from mixtrain.runs.compare import best_marks
+from mixtrain.train.training import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,8 +8,8 @@ import json
 import textwrap
 
 import pytest
-
 from helpers import TINY, make_image_folder
+
 from mixtrain.cli import main
 from mixtrain.config import options
 

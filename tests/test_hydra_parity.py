@@ -21,12 +21,12 @@ from typing import List
 
 import hydra
 import pytest
+from helpers import EVENTS
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 import mixtrain.cli as cli
 import mixtrain.train.training as training
-from helpers import EVENTS
 from mixtrain.config import config_dir
 from mixtrain.options import register_configs
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import TINY, make_config, make_image_folder
+
 from mixtrain.data import build_data
 from mixtrain.data.label_noise import corrupt_labels
 from mixtrain.errors import MixtrainError

@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TINY, make_config, make_image_folder
 from timm.data import Mixup
 from timm.data.mixup import cutmix_bbox_and_lam
 
-from helpers import TINY, make_config, make_image_folder
-from mixtrain.mixing import CutmixConfig, ManifoldConfig, MixupConfig, SwitchConfig
-from mixtrain.train.training import fit
+from mixtrain.mixing import (CutmixConfig, ManifoldConfig, Mixer, MixPlan, MixSpec, MixupConfig, SwitchConfig, box_lam,
+                             create_mixer, cutmix_boxes, mix_images, mix_targets, one_hot, stage_modules)
 from mixtrain.mixing.losses import binary_cross_entropy, create_loss
-from mixtrain.mixing import (MixPlan, MixSpec, Mixer, box_lam, create_mixer, cutmix_boxes, mix_images, mix_targets,
-                             one_hot, stage_modules)
 from mixtrain.mixing.plans import draw_many, draw_one
 from mixtrain.models import create_model
+from mixtrain.train.training import fit
 
 MODES = ["batch", "pair", "elem"]
 KINDS = {
@@ -269,8 +268,8 @@ def test_training_accuracy_counts_the_dominant_mixed_label():
     from mixtrain.artifacts.checkpoint import EpochProgress
     from mixtrain.data.device_loader import DeviceLoader
     from mixtrain.data.source import LoaderOptions
-    from mixtrain.train.engine import Step, Tally, train_step
     from mixtrain.runtime.precision import Precision
+    from mixtrain.train.engine import Step, Tally, train_step
 
     class Echo(torch.nn.Module):
         """Predicts whatever class its input's first pixel encodes."""
@@ -351,9 +350,8 @@ def test_evaluation_never_mixes(tmp_path, monkeypatch):
 
 
 def test_preview_writes_a_captioned_grid(tmp_path):
-    from PIL import Image
-
     from helpers import run_cli
+    from PIL import Image
 
     make_image_folder(tmp_path / "data", per_class=8, val_per_class=2, size=16)
     result = run_cli("preview", "dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true",

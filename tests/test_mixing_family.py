@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import TINY
+
 from mixtrain.cli import main
 from mixtrain.mixing import (FMixConfig, ManifoldConfig, ManifoldMixer, ResizeMixConfig, SaliencyMixConfig,
                              SmoothMixConfig, create_mixer, draw_plan, mix_images, mix_targets, stage_modules)

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from helpers import make_config
+
 from mixtrain.errors import MixtrainError
 from mixtrain.models import create_model
 

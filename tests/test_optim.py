@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import make_config
+
 from mixtrain.models import create_model
 from mixtrain.train.optim import create_optimizer, create_scheduler, param_groups
 

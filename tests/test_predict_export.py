@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import TINY, make_config, make_image_folder
+
 from mixtrain import load_model
+from mixtrain.artifacts.calibration import calibration_path, sha256_of
 from mixtrain.cli import main
 from mixtrain.data import LoaderOptions, open_split
-from mixtrain.train.training import fit
 from mixtrain.evaluate.evaluation import logits_of as eval_predict
-from mixtrain.artifacts.calibration import calibration_path, sha256_of
+from mixtrain.train.training import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,15 +7,15 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, class_image, make_cifar10_folder, make_config, make_image_folder
 from omegaconf import DictConfig, OmegaConf
 
-from helpers import TINY, class_image, make_cifar10_folder, make_config, make_image_folder
 from mixtrain.cli import main
 from mixtrain.config import recipes_dir
 from mixtrain.config.registry import REGISTRY as SCHEMAS
 from mixtrain.data import build_data
-from mixtrain.train.training import fit
 from mixtrain.runs.recipes import list_recipes, read_header
+from mixtrain.train.training import fit
 
 RECIPES = sorted(path.stem for path in recipes_dir().glob("*.yaml"))
 # Recipes on the bundled set (the default dataset) take no dataset.root.

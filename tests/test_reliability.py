@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SLOW, TINY, folder_args, make_config, make_image_folder, position, run_cli, start, wait_until_inside
 from PIL import Image
 
-from helpers import SLOW, TINY, folder_args, make_config, make_image_folder, position, run_cli, start, wait_until_inside
 from mixtrain.artifacts import checkpoint
-from mixtrain.mixing import MixupConfig
-from mixtrain.data import build_data
 from mixtrain.artifacts.checkpoint import EpochProgress
-from mixtrain.train.engine import Step, Tally, train_step
-from mixtrain.train.training import fit
-from mixtrain.runtime.precision import Precision
+from mixtrain.data import build_data
 from mixtrain.errors import MixtrainError, RunStopped
-from mixtrain.mixing import Mixer
+from mixtrain.mixing import Mixer, MixupConfig
+from mixtrain.runtime.precision import Precision
+from mixtrain.train.engine import Step, Tally, train_step
 from mixtrain.train.monitor import reconcile_metrics
+from mixtrain.train.training import fit
+
 
 def final_weights(run: Path) -> dict:
     return checkpoint.load(run / "last.pt")["model"]

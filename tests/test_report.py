@@ -14,16 +14,15 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, compose_config, make_config, make_image_folder
+from omegaconf import OmegaConf
 from PIL import Image
 
-from omegaconf import OmegaConf
-
-from helpers import TINY, compose_config, make_config, make_image_folder
 from mixtrain.cli import main
 from mixtrain.config import asdict, to_object
 from mixtrain.layout import OBJECTIVES
-from mixtrain.runs.report import differing_keys, group_runs, report
 from mixtrain.runs.dirs import collect, process_alive
+from mixtrain.runs.report import differing_keys, group_runs, report
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,9 +9,9 @@ import statistics
 
 import pytest
 import yaml
+from helpers import TINY, make_image_folder, run_cli
 from hydra import compose, initialize_config_dir
 
-from helpers import TINY, make_image_folder, run_cli
 from mixtrain.cli import objective_value
 from mixtrain.config import config_dir
 from mixtrain.options import register_configs
@@ -97,6 +97,7 @@ def test_shipped_launcher_and_sweeper_configs():
     slurm = hydra_node("hydra/launcher=slurm_gpu").launcher
     assert slurm._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (slurm.gpus_per_node, slurm.tasks_per_node, slurm.timeout_min) == (1, 1, 1440)
+
     def direction(node):  # the plugin's default is an enum, a YAML value a string
         return getattr(node.sweeper.direction, "name", node.sweeper.direction)
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
-
 from helpers import TINY, make_cifar10_folder, make_config, make_image_folder
+
 from mixtrain.artifacts import checkpoint
-from mixtrain.train.training import fit
-from mixtrain.runtime.precision import resolve_precision
 from mixtrain.errors import MixtrainError
 from mixtrain.models import create_model
+from mixtrain.runtime.precision import resolve_precision
+from mixtrain.train.training import fit
 
 
 def read_metrics(run_dir):

@@ -6,16 +6,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import TINY, make_config, make_image_folder
+
+from mixtrain.cli import main
 from mixtrain.evaluate.bootstrap import bootstrap_intervals, paired_differences
 from mixtrain.evaluate.calibration import calibratability, fit_temperature, heldout_indices
-from mixtrain.cli import main
-from mixtrain.mixing import RegMixupConfig
-from mixtrain.train.training import fit
+from mixtrain.evaluate.metrics import (classwise_calibration_error, debiased_calibration_error,
+                                       expected_calibration_error)
+from mixtrain.mixing import MixPlan, RegMixupConfig, RegMixupMixer
 from mixtrain.mixing.losses import create_loss
-from mixtrain.evaluate.metrics import classwise_calibration_error, debiased_calibration_error, expected_calibration_error
-from mixtrain.mixing import MixPlan, RegMixupMixer
+from mixtrain.train.training import fit
 
 
 def logits_with(confidence: float, correct: torch.Tensor, classes: int = 10) -> torch.Tensor:

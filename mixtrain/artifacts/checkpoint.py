@@ -102,7 +102,8 @@ def rank_state(mixer: Any, state: TrainState) -> Dict[str, Any]:
 
 
 def snapshot(objects: Dict[str, Any], config: Dict[str, Any], classes: List[str], state: TrainState,
-             history: List[dict], ranks: List[Dict[str, Any]], parts: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+             history: List[dict], ranks: List[Dict[str, Any]], parts: Dict[str, Dict[str, Any]],
+             train_samples: int = 0, order: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The checkpoint dict: the state of every object in ``objects`` (model, optimizer, scheduler,
     scaler, EMA, ...) under its name; ``ranks`` holds :func:`rank_state` of every rank, in rank order;
     ``parts`` each training part's own state by its name."""
@@ -114,6 +115,8 @@ def snapshot(objects: Dict[str, Any], config: Dict[str, Any], classes: List[str]
         "config": config,
         "num_classes": len(classes),
         "classes": list(classes),  # names, for predict and export
+        "train_samples": train_samples,  # the training set's size: resume refuses another source
+        "order": order,  # what the training loader's order depends on beyond the config (shards: the workers)
         "history": history,
     }
 
@@ -164,6 +167,8 @@ RESUME_MAY_CHANGE = {
     "trainer.eval_every", "trainer.eval_batch_size", "trainer.log_every", "trainer.checkpoint",
     "trainer.checkpoint_every_steps", "trainer.limit_val_batches", "trainer.on_nan", "trainer.nan_skip_limit",
     "dataset.root", "dataset.download", "dataset.on_bad_image",
+    # where the shards or files of a dataset now are (the classes and the training set's size are checked)
+    "dataset.train_urls", "dataset.val_urls", "dataset.info", "dataset.path", "dataset.data_files",
 }
 
 
@@ -177,7 +182,8 @@ def _flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
-def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequence[str], path: Path) -> Optional[str]:
+def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequence[str], path: Path,
+                    train_samples: int = 0, order: Optional[Dict[str, Any]] = None) -> Optional[str]:
     """Refuse, naming the key, any change that alters the run's meaning; allow ``trainer.epochs``
     to grow, and return the line that says what that does to the schedule (else None)."""
     # Through the schema, so that keys added since the checkpoint was written take their defaults.
@@ -192,6 +198,13 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequ
     if saved["num_classes"] != len(classes):
         raise MixtrainError(f"cannot resume {path}: the data has {len(classes)} classes but the checkpoint has "
                             f"{saved['num_classes']}; resume on the same dataset, or start a new run")
+    if saved.get("train_samples") and train_samples and saved["train_samples"] != train_samples:
+        raise MixtrainError(f"cannot resume {path}: the training data has {train_samples} samples but the checkpoint's "
+                            f"had {saved['train_samples']}; resume on the same data, or start a new run")
+    if saved.get("order") and order and saved["order"] != order:
+        changed = ", ".join(f"{k} {saved['order'].get(k)} -> {v}" for k, v in order.items() if saved["order"].get(k) != v)
+        raise MixtrainError(f"cannot resume {path}: the training order depends on {changed}; resume with the run's "
+                            f"value (trainer.num_workers={saved['order'].get('num_workers')}) to continue exactly")
     named = saved.get("classes")
     if named and list(named) != list(classes):
         changed = [f"{a!r} -> {b!r}" for a, b in zip(named, classes) if a != b]

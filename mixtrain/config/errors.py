@@ -178,7 +178,10 @@ def describe_config_error(ex: BaseException, cfg: Optional[DictConfig] = None) -
         plugins = " (Hydra's launcher and sweeper plugins: pip install \"mixtrain[launchers]\")" if group.startswith("hydra/") else ""
         return f"unknown {group} '{name}': choose one of {', '.join(sorted(ex.options))}{plugins}"
     if isinstance(ex, OverrideParseException):
-        return f"cannot parse override '{ex.override}': {ex.message.splitlines()[0]}"
+        key, _, value = str(ex.override).partition("=")
+        quote = (f"; quote a value with braces or commas inside the override: '{key}=\"{value}\"'"
+                 if any(c in value for c in "{},") and not value.startswith(("'", '"')) else "")
+        return f"cannot parse override '{ex.override}': {ex.message.splitlines()[0]}{quote}"
     cause = ex
     while not isinstance(cause, OmegaConfBaseException) and cause.__cause__ is not None:
         cause = cause.__cause__

@@ -4,7 +4,8 @@ Training, ``mixtrain eval``, ``compare``, ``predict`` and ``preview`` all ask :f
 for what they read, so the same split gives the same tensors everywhere: a number from
 ``mixtrain eval`` is the number training reported. Each source is one registry entry
 (:mod:`mixtrain.data.source`): the bundled set (``mini``), CIFAR (``cifar``), ImageNet-style
-folders (``folder``) and a user's own ``Dataset`` (``custom``). A split ends as a loader of
+folders (``folder``), WebDataset shards (``shards``), Hugging Face datasets (``hf``) and a user's own
+``Dataset`` (``custom``). A split ends as a loader of
 normalized ``(images, labels)`` batches on the device: a
 :class:`~mixtrain.data.device_loader.DeviceLoader` for small images held as uint8, a
 :class:`~mixtrain.data.folder.FolderLoader` streaming samples otherwise.
@@ -21,15 +22,18 @@ from torchvision.transforms import v2
 from mixtrain.config.dataset import DatasetConfig
 from mixtrain.config.registry import entry_of
 from mixtrain.config.schemas import TrainerConfig
-# Importing a source's module registers it: cifar, custom, folder, mini.
+# Importing a source's module registers it: cifar, custom, folder, hf, mini, shards (webdataset).
 from mixtrain.data.cifar import CifarConfig
 from mixtrain.data.custom import CustomDatasetConfig
 from mixtrain.data.folder import FolderConfig, bad_image_error, check_same_classes, stream_transform
+from mixtrain.data.hf import HFConfig
 from mixtrain.data.mini import MiniConfig
+from mixtrain.data.shards import WebDatasetConfig
 from mixtrain.data.source import DataSource, LoaderOptions, Split, register_source, resolve_workers
 from mixtrain.errors import MixtrainError
 
-__all__ = ["CifarConfig", "CustomDatasetConfig", "Data", "DataSource", "FolderConfig", "LoaderOptions", "MiniConfig",
+__all__ = ["CifarConfig", "CustomDatasetConfig", "Data", "DataSource", "FolderConfig", "HFConfig", "LoaderOptions", "MiniConfig",
+           "WebDatasetConfig",
            "Split", "build_data", "check_bad_images", "eval_image_transform", "open_split", "register_source",
            "resolve_workers", "unreadable_so_far"]
 
@@ -76,6 +80,7 @@ class Data:
     skipped: List[str] = field(default_factory=list)  # unreadable files left out when caching
     labels_changed: int = 0  # training labels moved to another class by dataset.label_noise
     stored_size: Optional[int] = None  # cached folders: the longest side of any training image as stored
+    notes: List[str] = field(default_factory=list)  # what opening the splits did that the run should say
 
     @property
     def num_classes(self) -> int:
@@ -110,4 +115,4 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
                             "needs at least 2 (each a folder of images under the split)")
     check_bad_images(cfg, (train, val))
     return Data(train.loader, val.loader, train.classes, train.skipped + val.skipped, train.labels_changed,
-                train.stored_size)
+                train.stored_size, [note for note in (train.note, val.note) if note])

@@ -42,6 +42,7 @@ class Split:
     skipped: List[str] = field(default_factory=list)  # unreadable files found when opening (left out)
     labels_changed: int = 0  # training labels moved to another class by dataset.label_noise
     stored_size: Optional[int] = None  # cached folders: the longest side of any image as stored
+    note: str = ""  # what opening it did that the run should say (e.g. counted the shards once)
 
 
 @dataclass(frozen=True)

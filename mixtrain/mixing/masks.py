@@ -86,4 +86,3 @@ def torch_generator(rng: np.random.Generator, device: torch.device) -> torch.Gen
     """A torch generator on ``device`` seeded from the mixer's NumPy stream: draws made with it on the
     device are as resumable as the stream (its state is in every checkpoint)."""
     return torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
-

@@ -124,10 +124,12 @@ def gather_in_order(parts: List[torch.Tensor]) -> torch.Tensor:
     if not _context.enabled:
         return mine
     shards = gather_objects(mine.cpu())
-    total = sum(len(shard) for shard in shards)
+    total, world = sum(len(shard) for shard in shards), _context.world_size
+    if any(len(shard) != len(range(rank, total, world)) for rank, shard in enumerate(shards)):
+        return torch.cat(shards)  # not a strided split (shards of a WebDataset): rank after rank
     out = torch.empty((total, *mine.shape[1:]), dtype=mine.dtype)
     for rank, shard in enumerate(shards):
-        out[rank::_context.world_size] = shard
+        out[rank::world] = shard
     return out
 
 

@@ -99,7 +99,8 @@ class Training:
         self.state, self.history, self.resume_note, self.wall_before = TrainState(), [], None, 0.0
         saved_parts: Dict[str, Dict[str, Any]] = {}
         if saved is not None:
-            self.resume_note = checkpoint.check_resumable(saved, self.config, self.data.classes, Path(cfg.resume))
+            self.resume_note = checkpoint.check_resumable(saved, self.config, self.data.classes, Path(cfg.resume),
+                                                          self.data.train.num_samples, self.loader_order())
             self.state, self.history = checkpoint.restore(saved, self.stateful(), self.mixer, ctx.rank,
                                                           ctx.world_size)
             saved_parts = checkpoint.part_states(saved)
@@ -123,6 +124,11 @@ class Training:
         self.parts = self.make_parts()
         for part in self.parts:
             part.load_state_dict(saved_parts.get(part.name, {}))
+
+    def loader_order(self) -> Optional[Dict[str, Any]]:
+        """What the training loader's order depends on beyond the config, if anything (shards: the workers)."""
+        order = getattr(self.data.train, "order", None)
+        return order() if order is not None else None
 
     def wall_time(self) -> float:
         """Seconds of this run so far, the processes before a resume included (up to their checkpoint)."""
@@ -161,7 +167,8 @@ class Training:
             try:
                 parts = {part.name: part.state_dict() for part in self.parts}
                 checkpoint.save_atomic(checkpoint.snapshot(self.stateful(), self.config, self.data.classes,
-                                                           self.state, self.history, ranks, parts), path)
+                                                           self.state, self.history, ranks, parts,
+                                                           self.data.train.num_samples, self.loader_order()), path)
             except OSError as ex:  # a full disk, a dir made read-only under the run, ...
                 kept = f"; continue from the last one with {resume_command(self.run_dir)}" \
                     if (self.run_dir / layout.LAST).is_file() else ""
@@ -196,6 +203,8 @@ class Training:
             monitor.warn_once("upscaled", f"every cached image is at most {data.stored_size} px and is upscaled to "
                                           f"dataset.image_size={train_size} ({(train_size / data.stored_size) ** 2:.0f}x "
                                           f"the compute): set dataset.image_size={data.stored_size} to keep their size")
+        for note in data.notes:
+            monitor.info(note)
         self.warn_stacked_smoothing()
         self.warn_unreadable()
         if self.resumed:

@@ -1,0 +1,388 @@
+"""WebDataset shards (``dataset=webdataset``): tar files of samples, local or at any URL WebDataset
+opens (``http://``, ``pipe:``), named in brace notation (``shards/train-{000000..000099}.tar``).
+
+A sample is the tar members that share a key: ``__key__``, the image under ``jpg`` / ``jpeg`` /
+``png`` / ``webp``, the class index under ``cls``. The class names and each shard's sample count
+come from ``_info.json`` beside the shards (timm's: ``splits.<split>.filenames`` and
+``shard_lengths``, plus ``classes``) or ``classes.json``; without counts, each shard is counted
+once, and the run says so. ``mixtrain shards`` writes shards and ``_info.json`` from a folder.
+
+Order, and exact resume. An epoch's shard order is a permutation drawn from (seed, epoch); rank
+``r`` of ``W`` takes every ``W``-th shard of it, and loader worker ``w`` of ``K`` every ``K``-th of
+the rank's; each shard's samples are shuffled by a permutation of their own drawn from (seed,
+epoch, shard), and each sample's augmentation by a seed of its own. Every sample of a split is
+read once an epoch (the ranks' training epochs are cut to the shortest rank's full batches, as a
+DistributedSampler with drop_last). Workers batch their own samples, and the DataLoader takes
+their batches in turn, so where each worker is at step ``s`` is known from the shard counts
+alone: a resumed run skips whole shards unopened, and reads (without decoding) the samples of
+the shard it stops inside, which it needs to shuffle. The order depends on the number of loader
+workers: resume with the same ``trainer.num_workers``.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+from PIL import Image
+
+from mixtrain.config.dataset import StreamedConfig
+from mixtrain.config.errors import require
+from mixtrain.data.device_loader import epoch_generator, normalize, normalizer
+from mixtrain.data.folder import IGNORE_LABEL, UNREADABLE, seeded, stream_transform, to_rgb
+from mixtrain.data.source import LoaderOptions, Split, erasing, register_source
+from mixtrain.errors import MixtrainError
+from mixtrain.files import forget_inherited_claims
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+INFO_FILES = ("_info.json", "classes.json")
+
+
+@dataclass
+class WebDatasetConfig(StreamedConfig):
+    """WebDataset tar shards, local or over http:// or pipe:, in brace notation; classes and counts from _info.json."""
+
+    name: str = "webdataset"
+    train_urls: str = MISSING  # shards/train-{000000..000099}.tar
+    val_urls: str = MISSING
+    info: Optional[str] = None  # _info.json or classes.json; None: beside the first train shard
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.label_noise == 0, "dataset.label_noise", "is not supported with dataset=webdataset (its labels "
+                "are read sample by sample)", self.label_noise)
+
+
+def wds():
+    """The ``webdataset`` package, an optional extra."""
+    try:
+        import webdataset  # the optional extra mixtrain[wds]
+    except ImportError:
+        raise MixtrainError("dataset=webdataset needs the webdataset package: pip install \"mixtrain[wds]\"") from None
+    return webdataset
+
+
+def expand(urls: str) -> List[str]:
+    """``a-{000..002}.tar`` -> three URLs (WebDataset's brace notation; ``::`` joins lists)."""
+    return list(wds().shardlists.expand_urls(urls))
+
+
+def open_url(url: str):
+    """A readable stream of a local path or any URL WebDataset opens (http://, pipe:, ...)."""
+    return wds().gopen(url, "rb")
+
+
+def beside(url: str, name: str) -> str:
+    return url.rsplit("/", 1)[0] + "/" + name if "/" in url else name
+
+
+def read_info(cfg: WebDatasetConfig, first_shard: str) -> Dict[str, Any]:
+    """``_info.json`` or ``classes.json`` as a dict with ``classes`` (and timm's ``splits``)."""
+    candidates = [cfg.info] if cfg.info else [beside(first_shard, name) for name in INFO_FILES]
+    for url in candidates:
+        try:
+            with open_url(url) as stream:
+                info = json.loads(stream.read())
+        except Exception:  # absent here: try the next name (gopen raises its own types for URLs)
+            continue
+        if isinstance(info, list):
+            info = {"classes": info}
+        info["classes"] = info.get("classes") or info.get("class_names") or info.get("label_names")
+        if info["classes"]:
+            return info
+    raise MixtrainError(f"no class names for the shards: put _info.json or classes.json (a list of class names) "
+                        f"beside {first_shard}, or pass dataset.info=URL (`mixtrain shards` writes both)")
+
+
+@dataclass
+class Shards:
+    """One split's shards: their URLs, sample counts and the class names."""
+
+    urls: List[str]
+    counts: List[int]
+    classes: List[str]
+    counted: bool = False  # the counts came from reading the shards (no _info.json had them)
+
+
+def shard_members(url: str) -> List[Dict[str, Any]]:
+    """The samples of one shard, raw: ``{"__key__": ..., "jpg": bytes, "cls": bytes, ...}``, in order.
+
+    The shard is read whole (its in-shard shuffle needs every sample). Plain ustar members (what
+    ``mixtrain shards``, ``tar`` and WebDataset's ``TarWriter`` write) are split by their headers
+    here; any other tar (pax or GNU long names, compression) goes through WebDataset's reader.
+    Either way WebDataset groups the files into samples.
+    """
+    tariterators = wds().tariterators
+    with open_url(url) as stream:
+        data = stream.read()
+    files = ustar_files(data)
+    if files is None:
+        files = list(tariterators.tar_file_iterator(io.BytesIO(data)))
+    return list(tariterators.group_by_keys({**f, "__url__": url} for f in files))
+
+
+META = re.compile(r"__[^/]*__($|/)")  # WebDataset's skip_meta: __x__ files and folders
+
+
+def ustar_files(data: bytes) -> Optional[List[Dict[str, Any]]]:
+    """The regular files of an uncompressed ustar archive as ``{"fname", "data"}``, as WebDataset's
+    ``tar_file_iterator`` gives them; None for anything else. Python's ``tarfile`` spends 0.13 ms a
+    member on header objects: at 32 px, more than decoding the image (bench/shards.py)."""
+    files, offset, view = [], 0, memoryview(data)
+    while offset + 512 <= len(data):
+        header = data[offset:offset + 512]
+        if header == bytes(512):  # the end-of-archive blocks
+            return files
+        if header[257:262] != b"ustar" or header[156:157] not in (b"0", b"\0", b"5"):
+            return None
+        checksum = header[148:156].split(b"\0", 1)[0].strip()
+        if not checksum or int(checksum, 8) != sum(header[:148]) + 256 + sum(header[156:]):
+            return None
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        name = header[:100].split(b"\0", 1)[0].decode()
+        prefix = header[345:500].split(b"\0", 1)[0].decode()
+        name = f"{prefix}/{name}" if prefix else name
+        start, offset = offset + 512, offset + 512 + -(-size // 512) * 512
+        if offset > len(data):
+            return None  # truncated: let tarfile name the error
+        meta = META.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__"))
+        if header[156:157] != b"5" and not meta:
+            files.append({"fname": name, "data": bytes(view[start:start + size])})
+    return files if offset == len(data) else None
+
+
+def open_shards(cfg: WebDatasetConfig, split: str) -> Shards:
+    urls_text = {"train": cfg.train_urls, "val": cfg.val_urls}.get(split)
+    if urls_text is None:
+        raise MixtrainError(f"dataset=webdataset has the splits train and val (got {split!r}): use heldout=train, or "
+                            "a fraction such as heldout=0.5")
+    urls = expand(urls_text)
+    if not urls:
+        raise MixtrainError(f"dataset.{split}_urls={urls_text!r} names no shard")
+    info = read_info(cfg, expand(cfg.train_urls)[0])
+    known: Dict[str, int] = {}
+    for part in (info.get("splits") or {}).values():
+        known.update(zip(part.get("filenames", ()), part.get("shard_lengths", ())))
+    counts, counted = [], False
+    for url in urls:
+        name = url.rsplit("/", 1)[-1]
+        if name in known:
+            counts.append(int(known[name]))
+            continue
+        try:
+            counts.append(sum(1 for _ in shard_members(url)))
+        except Exception as ex:  # a missing file, a refused connection, a broken tar
+            raise MixtrainError(f"cannot read the shard {url} ({str(ex).splitlines()[0][:160]}): check "
+                                f"dataset.{split}_urls") from None
+        counted = True
+    return Shards(urls, counts, [str(c) for c in info["classes"]], counted)
+
+
+# --------------------------------------------------------------------------- the epoch's order
+
+
+def epoch_shards(count: int, train: bool, seed: int, epoch: int) -> np.ndarray:
+    """The shards in this epoch's order: a permutation from (seed, epoch) to train, in order otherwise."""
+    if not train:
+        return np.arange(count)
+    return torch.randperm(count, generator=epoch_generator(seed, epoch)).numpy()
+
+
+def sample_order(count: int, train: bool, seed: int, epoch: int, shard: int) -> np.ndarray:
+    """A shard's samples in this epoch's order: shuffled by (seed, epoch, shard) to train."""
+    if not train:
+        return np.arange(count)
+    return np.random.default_rng([seed, epoch, shard, 23]).permutation(count)
+
+
+def sample_seeds(count: int, seed: int, epoch: int, shard: int) -> List[int]:
+    """The augmentation seeds of a shard's positions: a function of where a sample is, not of who reads it
+    (one generator a shard: one a sample costs 80 us)."""
+    return np.random.default_rng([seed, epoch, shard, 29]).integers(2**62, size=count).tolist()
+
+
+def split_among(items: Sequence[int], part: int, parts: int) -> List[int]:
+    return list(items[part::parts])
+
+
+def batches_of(counts: Sequence[int], shards: Sequence[int], batch: int, train: bool) -> int:
+    samples = sum(counts[s] for s in shards)
+    return samples // batch if train else -(-samples // batch)
+
+
+def delivered(per_worker: Sequence[int], steps: int) -> Tuple[List[int], int]:
+    """How many batches each worker has given after ``steps`` batches, the DataLoader taking them in
+    turn (worker 0, 1, ..., a worker that has run out skipped), and the worker whose turn is next."""
+    done, turn = [0] * len(per_worker), 0
+    while steps > 0 and any(d < t for d, t in zip(done, per_worker)):
+        if done[turn] < per_worker[turn]:
+            done[turn] += 1
+            steps -= 1
+        turn = (turn + 1) % len(per_worker)
+    return done, turn
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """This rank's samples of one epoch, ``(uint8 image, label, bad)``: ``bad`` is the key of an unreadable
+    sample this one replaced ("" for none). Set ``epoch``, ``skip`` (batches each worker has
+    already given) and ``turn`` (the worker whose batch comes next) before iterating: the DataLoader
+    starts its round at its worker 0, which plays worker ``turn``."""
+
+    def __init__(self, shards: Shards, transform, train: bool, options: LoaderOptions) -> None:
+        self.shards, self.transform, self.train = shards, transform, train
+        self.seed, self.rank, self.world = options.seed, options.rank, options.world_size
+        self.workers, self.batch_size = max(1, options.num_workers), options.batch_size
+        self.epoch, self.skip, self.turn = 0, [0] * max(1, options.num_workers), 0
+        self.full_batches = False  # each worker yields only what fills its full batches (training drops the rest)
+
+    def rank_shards(self, rank: int) -> List[int]:
+        order = epoch_shards(len(self.shards.urls), self.train, self.seed, self.epoch)
+        return split_among(order, rank, self.world)
+
+    def worker_shards(self, worker: int) -> List[int]:
+        return split_among(self.rank_shards(self.rank), worker, self.workers)
+
+    def per_worker_batches(self, rank: int) -> List[int]:
+        shards = self.rank_shards(rank)
+        return [batches_of(self.shards.counts, split_among(shards, w, self.workers), self.batch_size, self.train)
+                for w in range(self.workers)]
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = (info.id + self.turn) % self.workers if info is not None else 0
+        skip = self.skip[worker] * self.batch_size
+        samples = self.samples(self.worker_shards(worker), skip)
+        if self.full_batches:  # the samples of a last, partial batch (dropped) are not even decoded
+            samples = itertools.islice(samples, self.per_worker_batches(self.rank)[worker] * self.batch_size - skip)
+        yield from samples
+
+    def samples(self, shards: List[int], skip: int) -> Iterator[Tuple[torch.Tensor, int, str]]:
+        for shard in shards:
+            count = self.shards.counts[shard]
+            if skip >= count:  # a whole shard the run has seen: not even opened
+                skip -= count
+                continue
+            members = list(shard_members(self.shards.urls[shard]))
+            if len(members) != count:
+                raise MixtrainError(f"{self.shards.urls[shard]} holds {len(members)} samples but _info.json says "
+                                    f"{count}: rewrite _info.json (mixtrain shards), or drop it to count the shards")
+            order = sample_order(count, self.train, self.seed, self.epoch, shard)
+            seeds = sample_seeds(count, self.seed, self.epoch, shard) if self.train else [None] * count
+            for position in range(skip, count):
+                yield self.decode(members, order, position, shard, seeds[position])
+            skip = 0
+
+    def decode(self, members: List[Dict[str, Any]], order: np.ndarray, position: int, shard: int,
+               seed: Optional[int]):
+        """The sample at ``position``; an unreadable one is replaced by the next readable one of the shard
+        (for evaluation marked so that it is dropped from its batch), and named."""
+        for offset in range(len(order)):
+            sample = members[order[(position + offset) % len(order)]]
+            try:
+                image, label = read_sample(sample)
+            except UNREADABLE:
+                continue
+            with seeded(seed):
+                image = self.transform(image)
+            if offset == 0:
+                return image, label, ""
+            bad = members[order[position]].get("__key__", "?")
+            return image, (label if self.train else IGNORE_LABEL), f"{self.shards.urls[shard]}:{bad}"
+        raise MixtrainError(f"no readable sample in {self.shards.urls[shard]}")
+
+
+def read_sample(sample: Dict[str, Any]) -> Tuple[Image.Image, int]:
+    """The RGB image and class index of a raw sample; one of :data:`UNREADABLE` for a broken one."""
+    key = next((k for k in IMAGE_KEYS if k in sample), None)
+    key = key or next((k for k in sample if k not in ("__key__", "__url__", "cls", "json", "txt")
+                       and isinstance(sample[k], bytes)), None)  # another format PIL reads (bmp, tif, ...)
+    if key is None:
+        raise ValueError(f"no image member ({', '.join(IMAGE_KEYS)}) in sample {sample.get('__key__')}")
+    image = Image.open(io.BytesIO(sample[key]))
+    image.load()
+    label = sample.get("cls")
+    if label is None:
+        raise ValueError(f"no cls member in sample {sample.get('__key__')}")
+    return to_rgb(image), int(label.decode() if isinstance(label, bytes) else label)
+
+
+class ShardLoader:
+    """The DataLoader over a :class:`ShardStream`, with normalization on the device (as FolderLoader's)."""
+
+    def __init__(self, shards: Shards, transform, train: bool, options: LoaderOptions, mean, std, erase=None) -> None:
+        self.shards, self.train, self.options = shards, train, options
+        self.device, self.channels_last = options.device, options.channels_last
+        self.batch_size, self.max_batches = options.batch_size, options.max_batches
+        self.erasing = erase if train else None
+        self.stream = ShardStream(shards, transform, train, options)
+        self.stream.full_batches = train
+        self.scale, self.shift = normalizer(mean, std, self.device)
+        self.unreadable: Set[str] = set()
+        if train and len(self) == 0:
+            raise MixtrainError(f"trainer.batch_size ({self.batch_size}) is larger than the training samples of a "
+                                f"loader worker ({min(self.stream.per_worker_batches(0))}): lower trainer.batch_size or "
+                                "trainer.num_workers, or write more shards")
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.shards.counts)
+
+    def order(self) -> dict:
+        """What the epoch's order depends on beyond the config: the loader workers (each reads its shards)."""
+        return {"num_workers": self.options.num_workers}
+
+    def __len__(self) -> int:
+        if self.train:  # every rank takes as many steps as the shortest one has full batches
+            batches = min(sum(self.stream.per_worker_batches(r)) for r in range(self.options.world_size))
+        else:
+            batches = sum(self.stream.per_worker_batches(self.options.rank))
+        return batches if self.max_batches is None else min(batches, self.max_batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.epoch = epoch
+
+    def iter_from(self, start_step: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        self.stream.skip, self.stream.turn = delivered(self.stream.per_worker_batches(self.options.rank), start_step)
+        workers = self.options.num_workers
+        loader = torch.utils.data.DataLoader(
+            self.stream, batch_size=self.batch_size, num_workers=workers, drop_last=self.train,
+            pin_memory=self.device.type == "cuda", worker_init_fn=forget_inherited_claims if workers else None)
+        for step, (images, labels, bad) in enumerate(loader, start=start_step):
+            if step >= len(self):
+                break
+            if any(bad):
+                self.unreadable.update(b for b in bad if b)
+                if not self.train:
+                    keep = labels != IGNORE_LABEL
+                    if not keep.any():
+                        continue
+                    images, labels = images[keep], labels[keep]
+            images = normalize(images.to(self.device, non_blocking=True), self.scale, self.shift, self.channels_last)
+            if self.erasing is not None:
+                images = self.erasing(images, self.stream.epoch, step)
+            yield images, labels.to(self.device, non_blocking=True)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+
+def open_webdataset(cfg: WebDatasetConfig, split: str, train: bool, options: LoaderOptions) -> Split:
+    shards = open_shards(cfg, split)
+    loader = ShardLoader(shards, stream_transform(cfg, train), train, options, cfg.mean, cfg.std,
+                         erasing(cfg, options))
+    note = (f"counted the samples of {len(shards.urls)} {split} shard(s) once (no _info.json has their counts: "
+            "`mixtrain shards` writes one)") if shards.counted else ""
+    return Split(loader, shards.classes, note=note)
+
+
+register_source("webdataset", WebDatasetConfig, open_webdataset)
