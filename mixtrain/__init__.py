@@ -1,6 +1,9 @@
 """mixtrain: train image classifiers with Mixup and CutMix, and measure accuracy beside calibration."""
 
+from mixtrain.runtime import clock
+
 __version__ = "0.1.0"
+STARTED = clock.STARTED  # importing mixtrain starts the clock of a run's startup_time (metrics.jsonl)
 
 
 def load_model(path, device="cpu", weights="raw"):

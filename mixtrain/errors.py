@@ -8,6 +8,7 @@ Neither prints a traceback unless ``MIXTRAIN_DEBUG=1``. Anything else that escap
 bug in mixtrain.
 """
 
+import argparse
 import os
 import shlex
 import sys
@@ -45,3 +46,15 @@ def resume_command(run_dir) -> str:
     the path whole, so a ``,`` or ``[]`` in it needs no Hydra quoting)."""
 
     return f"mixtrain train {shlex.quote(f'resume={run_dir}')}"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for a plain command: a usage error is one line naming the usage, exit 2, as every
+    mixtrain error (argparse's own prints the usage block and exits itself)."""
+
+    def __init__(self, prog: str, usage: str, short: str) -> None:
+        super().__init__(prog=prog, usage=usage, add_help=False)
+        self.short = short
+
+    def error(self, message: str) -> None:
+        raise MixtrainError(f"{message} (usage: {self.short})")

@@ -28,7 +28,11 @@ COLUMNS = [("seeds", None), ("best top-1", "best_val_acc1"), ("final top-1", "fi
            ("FGSM 2/255", "fgsm_2"), ("FGSM 8/255", "fgsm_8")]
 # (label, arm, baseline): the paired comparisons of the study's claims.
 CLAIMS = [("mixup a=0.2 vs ERM", "mixup02", "erm"), ("mixup a=1 vs ERM", "mixup1", "erm"),
-          ("CutMix a=1 vs ERM", "cutmix1", "erm"), ("mixup a=1 vs ERM, 20% noise", "noise20_mixup1", "noise20_erm")]
+          ("CutMix a=1 vs ERM", "cutmix1", "erm"), ("mixup a=1 vs ERM, 20% noise", "noise20_mixup1", "noise20_erm"),
+          # the mixing family (issue 24), against ERM and against the best mixup of the study
+          *((f"{label} vs {base_label}", arm, base) for arm, label in (
+              ("fmix1", "FMix a=1"), ("resizemix", "ResizeMix"), ("saliencymix1", "SaliencyMix a=1"),
+              ("smoothmix", "SmoothMix")) for base, base_label in (("erm", "ERM"), ("mixup02", "mixup a=0.2")))]
 
 
 def read_run(run: Path) -> dict:

@@ -178,3 +178,19 @@ def test_subset_folder_links_the_first_images_of_each_class_and_the_whole_val_sp
     # A second call never overwrites: one line, exit code 2.
     assert subset_folder.main([str(tmp_path / "full"), str(tmp_path / "sub"), "--per-class", "2"]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size, hinted", [(16, True), (96, False)])
+def test_a_streamed_folder_of_small_images_gets_the_cache_hint_once(tmp_path, size, hinted):
+    from mixtrain.data import open_split
+    from mixtrain.data.folder import CACHE_SPEEDUP, FolderConfig
+
+    make_image_folder(tmp_path / "data", per_class=6, val_per_class=2, size=size)
+    cfg = FolderConfig(root=str(tmp_path / "data"), image_size=size)
+    train = open_split(cfg, "train", True, LoaderOptions(4))
+    val = open_split(cfg, "val", False, LoaderOptions(4))
+    expected = (f"the 18 images checked are at most {size}x{size} px: dataset.cache=true decodes the split once into "
+                f"memory (about 0 MB) and trains about {CACHE_SPEEDUP}x as fast")
+    assert train.note.startswith(expected) if hinted else train.note == ""
+    assert "instead of RandomResizedCrop" in train.note or not hinted
+    assert val.note == ""  # said once, for the training split

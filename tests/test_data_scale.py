@@ -105,12 +105,13 @@ def test_a_loader_resumes_mid_epoch_where_it_stopped(numbered):
         assert [labels.tolist() for _, labels in again.iter_from(start_step)] == whole[start_step:]
 
 
-def test_training_on_shards_resumes_bit_identical_after_sigkill(shards, tmp_path):
-    args = [*shard_args(shards), *SLOW, "trainer.num_workers=2"]
-    straight = tmp_path / "straight"
+def killed_and_resumed_equal_straight(args, tmp_path):
+    """Train ``args`` straight; train them again, SIGKILL inside epoch 1, resume: the same final weights.
+    Returns the resumed run's dir."""
+    args = [*args, *SLOW, "trainer.epochs=2", "trainer.num_workers=2"]
+    straight, run = tmp_path / "straight", tmp_path / "run"
     proc = start([*args, f"hydra.run.dir={straight}"], tmp_path)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
-    run = tmp_path / "run"
     proc = start([*args, f"hydra.run.dir={run}"], tmp_path)
     wait_until_inside(run, proc)
     proc.send_signal(signal.SIGKILL)
@@ -120,6 +121,11 @@ def test_training_on_shards_resumes_bit_identical_after_sigkill(shards, tmp_path
     assert run_cli("train", f"resume={run}", cwd=tmp_path).returncode == 0
     a, b = checkpoint.load(straight / "last.pt")["model"], checkpoint.load(run / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    return run
+
+
+def test_training_on_shards_resumes_bit_identical_after_sigkill(shards, tmp_path):
+    run = killed_and_resumed_equal_straight(shard_args(shards), tmp_path)
     changed = run_cli("train", f"resume={run}", "trainer.num_workers=1", "trainer.epochs=4", cwd=tmp_path)
     assert changed.returncode == 2 and "the training order depends on num_workers 2 -> 1" in changed.stderr
 
@@ -233,18 +239,7 @@ def hf_args(path):
 
 
 def test_an_hf_dataset_trains_evaluates_and_resumes_exactly(hf_dataset, tmp_path):
-    args = [*hf_args(hf_dataset), *SLOW, "trainer.num_workers=2"]
-    straight = tmp_path / "straight"
-    proc = start([*args, f"hydra.run.dir={straight}"], tmp_path)
-    assert proc.wait(timeout=600) == 0, proc.stderr.read()
-    run = tmp_path / "run"
-    proc = start([*args, f"hydra.run.dir={run}"], tmp_path)
-    wait_until_inside(run, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert run_cli("train", f"resume={run}", cwd=tmp_path).returncode == 0
-    a, b = checkpoint.load(straight / "last.pt")["model"], checkpoint.load(run / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    run = killed_and_resumed_equal_straight(hf_args(hf_dataset), tmp_path)
     assert checkpoint.load(run / "last.pt")["classes"] == ["red", "green", "blue"]
     assert main(["eval", f"checkpoint={run}", "fgsm_eps=[]", "bootstrap=0", f"hydra.run.dir={tmp_path / 'ev'}"]) == 0
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["dataset"]["samples"] == 12

@@ -214,14 +214,14 @@ def test_reliability_diagram_png_and_tensorboard_image_of_the_final_evaluation(t
     summary = fit(cfg, tmp_path / "run")
     assert set(OBJECTIVES) <= set(summary) and all(isinstance(summary[k], float) for k in OBJECTIVES)
     with Image.open(tmp_path / "run" / "reliability.png") as image:
-        assert image.format == "PNG" and image.size == (462, 462)  # 4.2 in x 110 dpi
+        assert image.format == "PNG" and image.size == (462, 594)  # 4.2 x 5.4 in at 110 dpi: diagram over counts
     events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
     events.Reload()
     assert "calibration/reliability" in events.Tags()["images"]
     (logged,) = events.Images("calibration/reliability")
     final_eval = events.Scalars("val/acc1")[-1]
     assert logged.step == final_eval.step > 0  # x = optimizer steps, at the final evaluation
-    assert (logged.width, logged.height) == (462, 462)
+    assert (logged.width, logged.height) == (462, 594)
 
 
 def test_reliability_figure_draws_the_bins_and_titles_the_ece():
@@ -243,6 +243,9 @@ def test_reliability_figure_draws_the_bins_and_titles_the_ece():
     assert sum(h > 0 for h in heights) == 2
     gap_bars = ax.containers[1]  # drawn only for bins with samples, from accuracy to confidence
     assert sorted((round(b.get_y(), 4), round(b.get_height(), 4)) for b in gap_bars) == [(0.5, 0.45), (0.55, 0.45)]
+    counts = [bar.get_height() for bar in fig.axes[1].containers[0]]  # the histogram under it: samples per bin
+    assert counts[14] == 4 and counts[8] == 1 and sum(counts) == 5
+    assert fig.axes[1].get_ylabel() == "samples (of 5)"
     pyplot().close(fig)
 
 

@@ -69,6 +69,34 @@ def test_alpha_seed_sweep_on_the_joblib_launcher_and_its_report(tmp_path):
             assert float(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
     assert (sweep / "report.png").stat().st_size > 10_000 and (sweep / "runs.csv").is_file()
 
+    # TensorBoard's HParams tab over the sweep dir: each job's swept keys beside its final metrics.
+    for job, summary in runs.items():
+        params, metrics = tensorboard_hparams(sweep / job / "tb")
+        assert params["augment.alpha"] == summary["config"]["augment"]["alpha"]
+        assert params["seed"] == summary["config"]["seed"] and params["augment.name"] == "mixup"
+        assert metrics["hparam/final_val_acc1"] == pytest.approx(summary["final_val_acc1"])
+
+
+def tensorboard_hparams(logdir):
+    """The hparams of a run's TensorBoard events (the HParams plugin's session start), and the
+    values of its hparam/* scalars, read with TensorBoard's own readers."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    params = {}
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    for event_file in sorted(logdir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(event_file)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    for key, v in data.session_start_info.hparams.items():
+                        params[key] = getattr(v, v.WhichOneof("kind"))
+    metrics = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("hparam/")}
+    return params, metrics
+
 
 def test_optuna_sweeper_receives_the_objective(tmp_path):
     # objective=final_val_nll, minimised by the plugin's own optuna config: the study's

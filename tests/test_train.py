@@ -29,6 +29,12 @@ def check_run_outputs(run_dir, epochs):
     assert 0 <= summary["final_val_ece"] <= 1 and summary["final_val_nll"] > 0
     assert (run_dir / "last.pt").is_file() and (run_dir / "best.pt").is_file()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    # Fixed costs in view: start-up (to the first batch) once, in the process's first record; each
+    # epoch split into training and what is outside it (evaluation and its extras).
+    assert records[0]["startup_time"] > 0 and all("startup_time" not in r for r in records[1:])
+    for r in records:
+        assert r["train_time"] > 0 and r["eval_time"] > 0
+        assert r["train_time"] + r["eval_time"] == pytest.approx(r["epoch_time"])
     return summary, records
 
 

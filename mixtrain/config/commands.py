@@ -27,7 +27,7 @@ class EvalConfig:
     # FGSM epsilons in pixel levels of 1/255, on [0, 1] images before normalization;
     # [] skips the attack.
     fgsm_eps: List[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
-    batch_size: int = 256
+    batch_size: int = 256  # evaluation batch size
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # the held-out split
     weights: str = "raw"  # raw: the trained weights | ema: the EMA weights (runs with trainer.ema.enabled)
@@ -64,14 +64,14 @@ class PredictConfig:
     checkpoint: str = MISSING  # a .pt file, or a run dir (its best.pt, else last.pt)
     inputs: str = MISSING  # an image, a folder (recursive), a glob, or a text file of paths
     out: str = "preds.csv"  # .csv, or .jsonl for JSON lines; unreadable files go to <out>_errors.csv
-    topk: int = 5
+    topk: int = 5  # classes listed per image, most probable first
     calibrated: Optional[bool] = None  # None: true when the checkpoint has a <checkpoint>.calibration.json
     tta: str = "none"  # none | flip: average the softmax of each image and its mirror image
-    batch_size: int = 64
-    device: str = "auto"
-    num_workers: Any = "auto"
+    batch_size: int = 64  # images per forward pass
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: Any = "auto"  # decoding workers: a count, or auto
     weights: str = "raw"  # raw | ema
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing out file
 
     def __post_init__(self) -> None:
         at_least(self.topk, 1, "topk")
@@ -85,12 +85,12 @@ class PredictConfig:
 class ExportConfig:
     """``mixtrain export``: the model in a format other tools load."""
 
-    checkpoint: str = MISSING
+    checkpoint: str = MISSING  # a .pt file, or a run dir (its best.pt, else last.pt)
     format: str = "safetensors"  # safetensors | onnx | torchscript
     out: Optional[str] = None  # a directory; default: export-<format> beside the checkpoint
     weights: str = "raw"  # raw | ema
     opset: Optional[int] = None  # ONNX opset; None: the exporter's default for the installed torch
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing out directory
 
     def __post_init__(self) -> None:
         choice(self.format, ("safetensors", "onnx", "torchscript"), "format")

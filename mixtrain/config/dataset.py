@@ -19,6 +19,7 @@ class DatasetConfig:
     num_classes: Optional[int] = None  # None: read from the data
     # Per-channel statistics in [0, 1] pixel units, applied on the training device.
     mean: List[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
+    # per-channel std of the normalization (CIFAR-10's by default)
     std: List[float] = field(default_factory=lambda: [0.2470, 0.2435, 0.2616])
     crop_padding: int = 4  # random-crop padding (px) on the device-resident path
     # Fraction of training labels replaced by a uniformly random *other* class, drawn
@@ -87,7 +88,9 @@ class StreamedConfig(DatasetConfig):
     auto_augment: Optional[str] = None
     # An unreadable image: skip it (warn once) | error (stop before training, listing them).
     on_bad_image: str = "skip"
+    # per-channel mean of the normalization (ImageNet's by default)
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    # per-channel std of the normalization (ImageNet's by default)
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
     def __post_init__(self) -> None:

@@ -25,8 +25,8 @@ from mixtrain.layout import OBJECTIVES
 @dataclass
 class OptimConfig:
     name: str = MISSING
-    lr: float = 0.1
-    weight_decay: float = 5e-4
+    lr: float = 0.1  # peak learning rate (after warmup)
+    weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw and lamb)
     # Exempt norm weights and biases (all 1-d parameters) from weight decay, as timm does.
     filter_bias_and_bn: bool = False
     # Set: optim.lr is for a global batch of this size and is scaled linearly to
@@ -43,8 +43,8 @@ class OptimConfig:
 @dataclass
 class SGDConfig(OptimConfig):
     name: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = False
+    momentum: float = 0.9  # heavy-ball momentum
+    nesterov: bool = False  # Nesterov momentum
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,8 +57,8 @@ class AdamWConfig(OptimConfig):
     name: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's running-average coefficients
+    eps: float = 1e-8  # added to the denominator for stability
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,8 +78,8 @@ class LambConfig(OptimConfig):
     lr: float = 5e-3
     weight_decay: float = 0.02
     filter_bias_and_bn: bool = True
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-6
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's running-average coefficients
+    eps: float = 1e-6  # added to the denominator for stability
     max_grad_norm: Optional[float] = 1.0  # clip the global gradient norm inside the optimizer; None: off
     trust_clip: bool = False  # clip the trust ratio at 1 (LAMBC)
     always_adapt: bool = False  # apply the trust ratio to tensors without weight decay too
@@ -113,7 +113,7 @@ class SchedConfig:
 @dataclass
 class CosineConfig(SchedConfig):
     name: str = "cosine"
-    min_lr: float = 0.0
+    min_lr: float = 0.0  # the learning rate the cosine decays to at the last step
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,7 +127,7 @@ class MultiStepConfig(SchedConfig):
     name: str = "multistep"
     # Epochs at which lr *= gamma; empty: at 1/2 and 3/4 of trainer.epochs (100 and 150 of 200).
     milestones: List[int] = field(default_factory=list)
-    gamma: float = 0.1
+    gamma: float = 0.1  # factor applied at each milestone
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -143,7 +143,7 @@ class MultiStepConfig(SchedConfig):
 class EmaConfig:
     """Model EMA (timm's ModelEmaV3): weights averaged over steps, evaluated beside the raw ones."""
 
-    enabled: bool = False
+    enabled: bool = False  # keep and evaluate an EMA of the weights
     decay: float = 0.9998  # per optimizer step (timm's --model-ema-decay)
     warmup: bool = False  # timm's ModelEmaV3 warmup: decay 1 - (1 + step) ** -2/3, capped at `decay`
     every: int = 1  # update every N optimizer steps (with decay ** N)
@@ -156,9 +156,9 @@ class EmaConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 15
+    epochs: int = 15  # epochs to train
     batch_size: int = 128  # the global batch of one optimizer step: under torchrun each process takes batch_size / world_size
-    eval_batch_size: int = 512
+    eval_batch_size: int = 512  # batch size of evaluation (no gradients: larger fits)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto: on CUDA (amp_dtype); on a CPU bf16 where it is native (AVX512-BF16, AMX) and faster,
     # else fp32. true / false: as asked.
@@ -167,9 +167,9 @@ class TrainerConfig:
     accum_steps: int = 1  # gradient accumulation: micro-batches per optimizer step (the batch is mixed whole first)
     clip_grad: Optional[str] = None  # null | norm | value | agc (timm's dispatch_clip_grad, after fp16 unscaling)
     clip_value: float = 1.0  # max norm, max absolute value, or AGC's clipping factor
-    ema: EmaConfig = field(default_factory=EmaConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)  # model EMA: trainer.ema.* (see EmaConfig)
     channels_last: bool = True  # NHWC: ~1.3x faster for ResNet-20 on this CPU, and on GPUs with AMP
-    compile: bool = False
+    compile: bool = False  # torch.compile the model before training
     # DataLoader workers (streaming ImageFolder path only): a count, or auto = min(8, usable cores).
     num_workers: Any = "auto"
     eval_every: int = 1  # epochs; the last epoch is always evaluated
@@ -182,7 +182,7 @@ class TrainerConfig:
     nan_skip_limit: int = 10  # with on_nan=skip: stop after more skipped steps than this
     # Smoke runs: stop each epoch's training / evaluation after this many batches.
     limit_train_batches: Optional[int] = None
-    limit_val_batches: Optional[int] = None
+    limit_val_batches: Optional[int] = None  # the same for evaluation
 
     def __post_init__(self) -> None:
         at_least(self.epochs, 1, "trainer.epochs")
@@ -217,13 +217,13 @@ class TrainerConfig:
 
 @dataclass
 class TrainConfig:
-    dataset: Any = MISSING
-    model: Any = MISSING
-    augment: Any = MISSING
-    optim: Any = MISSING
-    sched: Any = MISSING
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    seed: int = 0
+    dataset: Any = MISSING  # the dataset group: dataset=<option>, then dataset.* keys
+    model: Any = MISSING  # the model group: model=<option>, then model.* keys
+    augment: Any = MISSING  # the mixing group: augment=<option>, then augment.* keys
+    optim: Any = MISSING  # the optimizer group: optim=<option>
+    sched: Any = MISSING  # the schedule group: sched=<option>
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # loop, device, precision, checkpoints: trainer.* keys
+    seed: int = 0  # seeds weights, data order, augmentation and mixing (0 <= seed < 2**32)
     resume: Optional[str] = None  # a checkpoint file or a run dir to continue
     # The summary value `mixtrain train` returns to Hydra, so a sweeper (e.g. Optuna)
     # optimises it; pick the sweeper's direction to match (accuracies up, ECE/NLL down).

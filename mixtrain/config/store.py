@@ -92,3 +92,16 @@ def asdict(obj: Any) -> Dict[str, Any]:
         if dataclasses.is_dataclass(node) and not type(node).__module__.startswith("mixtrain."):
             tree[group] = {TARGET: f"{type(node).__module__}.{type(node).__qualname__}", **tree[group]}
     return tree
+
+
+def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree} if prefix else {}
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

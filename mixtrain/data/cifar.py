@@ -19,8 +19,9 @@ from mixtrain.errors import MixtrainError
 class CifarConfig(DatasetConfig):
     """CIFAR-10/100 in torchvision's on-disk format (``<root>/cifar-10-batches-py``)."""
 
+    # torchvision's CIFAR files; null: $MIXTRAIN_DATA, else ~/.cache/mixtrain/data
     root: str = "${oc.env:MIXTRAIN_DATA,'~/.cache/mixtrain/data'}"
-    download: bool = True
+    download: bool = True  # download the archive when it is not under root
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -31,7 +31,7 @@ class CustomDatasetConfig(StreamedConfig):
 
     name: str = "custom"  # how reports and logs name it
     _target_: str = MISSING  # the class, as a dotted path: my_pkg.data.Flowers
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # arguments for the class named by _target_
 
     def __post_init__(self) -> None:
         super().__post_init__()

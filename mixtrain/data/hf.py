@@ -30,11 +30,11 @@ class HFConfig(StreamedConfig):
     name: str = "hf"
     path: Optional[str] = None  # a DatasetDict saved with save_to_disk
     train_files: Optional[str] = None  # or parquet / arrow files, a glob: data/train-*.parquet
-    val_files: Optional[str] = None
-    train_split: str = "train"
-    val_split: str = "validation"
-    image_column: str = "image"
-    label_column: str = "label"
+    val_files: Optional[str] = None  # the validation files, as train_files
+    train_split: str = "train"  # the training split's name
+    val_split: str = "validation"  # the validation split's name
+    image_column: str = "image"  # the column of images (an Image feature, bytes or paths)
+    label_column: str = "label"  # the column of class indices (a ClassLabel feature)
 
     def __post_init__(self) -> None:
         super().__post_init__()

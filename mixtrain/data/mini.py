@@ -21,7 +21,7 @@ class MiniConfig(DatasetConfig):
     """The real CIFAR-10 subset shipped inside the package (the offline default)."""
 
     name: str = "cifar10_mini"
-    num_classes: Optional[int] = 10
+    num_classes: Optional[int] = 10  # 10: the bundled set's classes
 
 
 def decode_jpeg_blobs(data: np.ndarray, offsets: np.ndarray) -> torch.Tensor:

@@ -12,14 +12,13 @@ command prints the line).
 
 from __future__ import annotations
 
-import argparse
 import io
 import tarfile
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
 from mixtrain.data.folder import open_image_folder
-from mixtrain.errors import MixtrainError
+from mixtrain.errors import CommandParser, MixtrainError
 from mixtrain.files import claim_dir, write_atomic, write_json_atomic
 
 USAGE = """usage: mixtrain shards ROOT OUT [--splits train val] [--per-shard 1000] [--overwrite]
@@ -93,11 +92,7 @@ def brace(split: dict, out: Path) -> str:
 
 
 def main(args: Sequence[str]) -> int:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:  # one line and exit 2, as every mixtrain error
-            raise MixtrainError(f"{message} (usage: mixtrain shards ROOT OUT [--splits ...] [--per-shard N])")
-
-    parser = Parser(prog="mixtrain shards", usage=USAGE, add_help=False)
+    parser = CommandParser("mixtrain shards", USAGE, "mixtrain shards ROOT OUT [--splits ...] [--per-shard N]")
     parser.add_argument("root", nargs="?", type=Path)
     parser.add_argument("out", nargs="?", type=Path)
     parser.add_argument("--splits", nargs="+", default=None)

@@ -35,8 +35,8 @@ from PIL import Image
 
 from mixtrain.config.dataset import StreamedConfig
 from mixtrain.config.errors import require
-from mixtrain.data.device_loader import epoch_generator, normalize, normalizer
-from mixtrain.data.folder import IGNORE_LABEL, UNREADABLE, seeded, stream_transform, to_rgb
+from mixtrain.data.device_loader import epoch_generator, normalizer
+from mixtrain.data.folder import IGNORE_LABEL, UNREADABLE, device_batch, seeded, stream_transform, to_rgb
 from mixtrain.data.source import LoaderOptions, Split, erasing, register_source
 from mixtrain.errors import MixtrainError
 from mixtrain.files import forget_inherited_claims
@@ -51,7 +51,7 @@ class WebDatasetConfig(StreamedConfig):
 
     name: str = "webdataset"
     train_urls: str = MISSING  # shards/train-{000000..000099}.tar
-    val_urls: str = MISSING
+    val_urls: str = MISSING  # the validation shards, as train_urls
     info: Optional[str] = None  # _info.json or classes.json; None: beside the first train shard
 
     def __post_init__(self) -> None:
@@ -360,17 +360,10 @@ class ShardLoader:
         for step, (images, labels, bad) in enumerate(loader, start=start_step):
             if step >= len(self):
                 break
-            if any(bad):
-                self.unreadable.update(b for b in bad if b)
-                if not self.train:
-                    keep = labels != IGNORE_LABEL
-                    if not keep.any():
-                        continue
-                    images, labels = images[keep], labels[keep]
-            images = normalize(images.to(self.device, non_blocking=True), self.scale, self.shift, self.channels_last)
-            if self.erasing is not None:
-                images = self.erasing(images, self.stream.epoch, step)
-            yield images, labels.to(self.device, non_blocking=True)
+            self.unreadable.update(b for b in bad if b)
+            batch = device_batch(self, images, labels, self.stream.epoch, step)
+            if batch is not None:
+                yield batch
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)

@@ -22,13 +22,16 @@ def pyplot():
     return plt
 
 
-def reliability_figure(sums: torch.Tensor, title: str = "", ax=None):
-    """Accuracy against confidence per bin, with the gap to the diagonal, from ECE bin sums.
+def reliability_figure(sums: torch.Tensor, title: str = "", axes=None):
+    """Accuracy against confidence per bin, with the gap to the diagonal, over a histogram of how
+    many samples each bin holds, from ECE bin sums.
 
     ``sums``: ``[3, n_bins + 1]`` (count, confidence sum, correct sum), as
     :func:`mixtrain.evaluate.metrics.calibration_bins` returns; the extra last bin (confidence
     exactly 1.0) is drawn with the top bin. The ECE in the title is computed from the
-    same sums, so it is the number the run reports.
+    same sums, so it is the number the run reports. The counts keep the picture honest: a tall
+    gap over a bin of three samples weighs three samples in the ECE. ``axes``: (diagram,
+    histogram) to draw into; None makes a figure.
     """
     plt = pyplot()
     sums = sums.double().cpu()
@@ -43,8 +46,10 @@ def reliability_figure(sums: torch.Tensor, title: str = "", ax=None):
         accuracy = np.where(count > 0, correct / count, 0.0)
         confidence = np.where(count > 0, conf / count, centers)
     fig = None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
+    if axes is None:
+        fig, axes = plt.subplots(2, 1, figsize=(4.2, 5.4), dpi=110, sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 1]})
+    ax, hist = axes
     width = 1.0 / n_bins
     ax.bar(centers, accuracy, width=width, edgecolor="black", color="#4878d0", label="accuracy")
     gap_low, gap_high = np.minimum(accuracy, confidence), np.maximum(accuracy, confidence)
@@ -54,10 +59,13 @@ def reliability_figure(sums: torch.Tensor, title: str = "", ax=None):
     ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{title + ' - ' if title else ''}ECE {ece:.4f}")
     ax.legend(loc="upper left")
+    hist.bar(centers, count, width=width, edgecolor="black", color="#8c8c8c")
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("confidence")
+    hist.set_ylabel(f"samples (of {int(count.sum())})")
     return fig if fig is not None else ax.figure
 
 
@@ -73,9 +81,10 @@ def save_reliability_diagram(sums: torch.Tensor, path: Path, title: str = "") ->
 def save_reliability_panels(panels: Sequence[Tuple[torch.Tensor, str]], path: Path) -> Path:
     """Reliability diagrams side by side (e.g. before and after temperature scaling) in one PNG."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), dpi=110, squeeze=False)
-    for ax, (sums, title) in zip(axes[0], panels):
-        reliability_figure(sums, title, ax=ax)
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 5.4), dpi=110, squeeze=False,
+                             sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for k, (sums, title) in enumerate(panels):
+        reliability_figure(sums, title, axes=(axes[0][k], axes[1][k]))
     fig.tight_layout()
     write_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
     plt.close(fig)

@@ -75,11 +75,11 @@ class SwitchConfig(MixConfig):
     """Mixup or CutMix, chosen per batch (or per pair / sample) with probability switch_prob for CutMix."""
 
     name: str = "switch"
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
+    mixup_alpha: float = 0.8  # Beta(alpha, alpha) when mixup is drawn
+    cutmix_alpha: float = 1.0  # Beta(alpha, alpha) when CutMix is drawn
     switch_prob: float = 0.5  # probability of CutMix instead of Mixup
-    minmax: Optional[List[float]] = None
-    correct_lam: bool = True
+    minmax: Optional[List[float]] = None  # CutMix box side range [min, max] instead of alpha (timm's cutmix_minmax)
+    correct_lam: bool = True  # CutMix's lambda from the box kept after clipping
 
     def __post_init__(self) -> None:
         super().__post_init__()

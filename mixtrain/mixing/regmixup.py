@@ -22,7 +22,7 @@ class RegMixupConfig(MixupConfig):
     """
 
     name: str = "regmixup"
-    alpha: float = 20.0
+    alpha: float = 20.0  # Beta(alpha, alpha) of the mixed half of each batch
     eta: float = 1.0  # weight of the mixed half's loss
 
     def __post_init__(self) -> None:

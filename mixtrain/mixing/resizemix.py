@@ -31,8 +31,8 @@ class ResizeMixConfig(MixConfig):
     """ResizeMix (Qin et al. 2020): the partner, resized to a patch of side tau ~ U(scale_min, scale_max), pasted in."""
 
     name: str = "resizemix"
-    scale_min: float = 0.1
-    scale_max: float = 0.8
+    scale_min: float = 0.1  # smallest patch side, a fraction of the image side
+    scale_max: float = 0.8  # largest patch side, a fraction of the image side
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -28,8 +28,8 @@ class SmoothMixConfig(MixConfig):
     """SmoothMix (Lee et al. 2020): the partner blends in through a Gaussian mask of sigma ~ U(sigma_min, sigma_max) x side."""
 
     name: str = "smoothmix"
-    sigma_min: float = 0.25
-    sigma_max: float = 0.5
+    sigma_min: float = 0.25  # smallest Gaussian width of the mask, a fraction of the image side
+    sigma_max: float = 0.5  # largest Gaussian width of the mask, a fraction of the image side
 
     def __post_init__(self) -> None:
         super().__post_init__()

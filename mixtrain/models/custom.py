@@ -25,7 +25,7 @@ class CustomModelConfig:
 
     name: str = "custom"  # how reports and logs name it
     _target_: str = MISSING  # the class, as a dotted path: my_pkg.nets.MyNet
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # arguments for the class named by _target_
 
 
 def build_custom(cfg: CustomModelConfig, num_classes: int) -> nn.Module:

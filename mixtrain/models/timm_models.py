@@ -20,9 +20,9 @@ class TimmModelConfig:
 
     name: str = MISSING
     pretrained: bool = False  # needs network (or a local HF cache) when true
-    drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    drop_rate: float = 0.0  # dropout before the classifier
+    drop_path_rate: float = 0.0  # stochastic depth rate
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # more arguments for timm.create_model
 
     def __post_init__(self) -> None:
         probability(self.drop_rate, "model.drop_rate")

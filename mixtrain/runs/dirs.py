@@ -23,6 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from mixtrain.config.overrides import sweep_jobs
+from mixtrain.config.store import flatten
 from mixtrain.errors import MixtrainError
 from mixtrain.layout import EVAL, HYDRA, METRICS as METRICS_FILE, MULTIRUN, PREVIEW, REPORTED, SUMMARY
 from mixtrain.options import compose
@@ -98,19 +99,6 @@ def read_metrics(path: Path) -> List[dict]:
             if isinstance(record, dict):
                 records.append(record)
     return records
-
-
-def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; lists stay values."""
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree} if prefix else {}
-    out: Dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _hydra_config(run_dir: Path) -> Dict[str, Any]:

@@ -8,7 +8,6 @@ counted in its group and listed with its status, never dropped.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from pathlib import Path
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mixtrain import layout
-from mixtrain.errors import MixtrainError
+from mixtrain.errors import CommandParser, MixtrainError
 from mixtrain.files import claim_dir, write_atomic
 from mixtrain.runs.dirs import COMPLETED, METRICS, STATUSES, Run, collect
 from mixtrain.runs.groups import MISSING_VALUE, Group, differing_keys, format_value, group_runs, status_counts
@@ -190,12 +189,7 @@ run, with its status) and report.png (top-1 and ECE against the swept alpha).
 
 
 def main(args: Sequence[str]) -> int:
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:  # one line and exit 2, as every mixtrain error
-            raise MixtrainError(f"{message} (usage: mixtrain report PATH... [--out DIR] [--overwrite])")
-
-    parser = Parser(prog="mixtrain report", usage=USAGE, add_help=False)
+    parser = CommandParser("mixtrain report", USAGE, "mixtrain report PATH... [--out DIR] [--overwrite]")
     parser.add_argument("paths", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--overwrite", action="store_true")

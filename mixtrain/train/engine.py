@@ -26,7 +26,7 @@ from mixtrain.artifacts.checkpoint import EpochProgress, TrainState
 from mixtrain.evaluate.metrics import ClassificationMeter
 from mixtrain.mixing import Mixer
 from mixtrain.mixing.losses import Loss
-from mixtrain.runtime import distributed
+from mixtrain.runtime import clock, distributed
 from mixtrain.runtime.precision import Precision
 
 # A step the fp16 GradScaler skips does not call optimizer.step(), and the schedule steps
@@ -215,6 +215,8 @@ class Trainer:
     history: List[Dict[str, Any]] = field(default_factory=list)
     parts: List[Part] = field(default_factory=list)
     stop_requested: Callable[[], bool] = lambda: False
+    startup_time: Optional[float] = None  # seconds from mixtrain's import to this process's first batch
+    startup_reported: bool = False
 
     def call(self, event: str, *args) -> None:
         for part in self.parts:
@@ -253,6 +255,8 @@ class Trainer:
         self.first_step = state.step
         self.call("epoch_start", steps)
         for step, (x, y) in enumerate(loader.iter_from(state.step), start=state.step):
+            if self.startup_time is None:  # the first batch of this process is here
+                self.startup_time = clock.since_start()
             out = train_step(self.model, x, y, epoch, self.step)
             tally.add(out, y.shape[0], step)
             if self.step_on == "update":
@@ -270,8 +274,13 @@ class Trainer:
                                   "img_per_s": images * self.world_size / max(seconds, 1e-9) if images else nan}
         if self.step_on == "epoch":
             self.scheduler.step()
+        if not self.startup_reported and self.startup_time is not None:
+            record["startup_time"] = self.startup_time  # imports, data, model, workers: to the first batch
+            self.startup_reported = True
         self.call("epoch_end", record)  # evaluation adds val_* (and ema_val_*)
         record["epoch_time"] = time.perf_counter() - self.t_epoch
+        record["train_time"] = seconds
+        record["eval_time"] = record["epoch_time"] - seconds  # evaluation and its extras: outside training
         self.history.append(record)
         state.epoch, state.step, state.progress = epoch + 1, 0, EpochProgress()
         self.call("eval_end", record)  # checkpoints, metrics line, summary

@@ -7,7 +7,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -161,6 +161,15 @@ class RunMonitor:
             self.print(TRAIN_ACC_NOTE, style="dim")
         self._header_printed = True
         self.print(table)
+        if "startup_time" in record:
+            self.print(f"start-up {record['startup_time']:.1f}s to the first batch; outside training (evaluation and "
+                       f"its extras) {record['eval_time']:.1f}s of this epoch's {record['epoch_time']:.1f}s", style="dim")
+
+    def hparams(self, params: Dict[str, Any], metrics: Dict[str, float]) -> None:
+        """The run's hyperparameters beside its final metrics, for TensorBoard's HParams tab:
+        ``tensorboard --logdir <sweep dir>`` lines a sweep's jobs up there, one row each."""
+        if self.writer is not None:
+            self.writer.add_hparams(params, metrics, run_name=".")
 
     def close(self) -> None:
         self.stop_progress()

@@ -18,11 +18,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from mixtrain import layout
 from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.checkpoint import TrainState
 from mixtrain.config import MixConfig, TrainConfig, asdict
+from mixtrain.config.store import flatten
 from mixtrain.data import Data, build_data
 from mixtrain.errors import MixtrainError, RunStopped, resume_command
 from mixtrain.files import write_json_atomic
@@ -285,6 +287,8 @@ class Training:
                    "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "config": self.config}
         if self.ctx.is_main:
             write_summary(self.run_dir / layout.SUMMARY, summary)
+        monitor.hparams(hparams(self.config, self.run_dir), {f"hparam/{k}": summary[k] for k in layout.OBJECTIVES
+                                                             if isinstance(summary.get(k), float)})
         if not summary["ranks_in_sync"]:
             monitor.warn_once("sync", f"the ranks' final weights differ: {digests}")
         ema = f", EMA {summary['final_ema_val_acc1']:.2f}" if self.ema is not None else ""
@@ -308,6 +312,25 @@ def write_summary(path: Path, summary: Dict[str, Any]) -> None:
             path.write_text(json.dumps(summary, indent=2))
         except OSError:
             pass
+
+
+# What TensorBoard's HParams tab shows of every run, beside each key set on its command line.
+HPARAMS = ("dataset.name", "model.name", "augment.name", "augment.alpha", "augment.mode", "optim.name", "optim.lr",
+           "sched.name", "trainer.epochs", "trainer.batch_size", "seed")
+
+
+def hparams(config: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
+    """The run's hyperparameters for TensorBoard: :data:`HPARAMS` and the keys of its overrides
+    (``.hydra/overrides.yaml``: a sweep's swept keys), as numbers, strings or booleans."""
+    flat = flatten(config)
+    overrides = run_dir / layout.HYDRA / "overrides.yaml"
+    keys = list(HPARAMS)
+    if overrides.is_file():
+        for line in OmegaConf.load(overrides) or []:
+            key = str(line).split("=", 1)[0].lstrip("+~")
+            if key in flat and key not in keys:
+                keys.append(key)
+    return {k: flat[k] if isinstance(flat[k], (bool, int, float, str)) else str(flat[k]) for k in keys if k in flat}
 
 
 def summarize(history: List[dict], best_epoch: int, nan_skips: int, wall_time: float, data: Data,
