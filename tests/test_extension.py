@@ -155,3 +155,11 @@ def test_a_users_model_and_dataset_by_target_train(user):
     assert summary["num_classes"] == 2 and summary["status"] == "completed"
     assert main(["eval", f"checkpoint={run}", "fgsm_eps=[]", "bootstrap=0", f"hydra.run.dir={user / 'ev'}"]) == 0
     assert json.loads((user / "ev" / "eval.json").read_text())["dataset"]["samples"] == 12
+
+
+@pytest.mark.parametrize("group, example", [("model", "my_pkg.nets.MyNet"), ("dataset", "my_pkg.data.Flowers")])
+def test_a_target_that_cannot_be_imported_is_one_line(group, example, tmp_path, capsys):
+    assert main(["train", f"{group}=custom", f"{group}._target_=nope.Thing", f"hydra.run.dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mixtrain: error: {group}._target_='nope.Thing' cannot be imported") and err.count("\n") == 1
+    assert err.rstrip().endswith(f"name a class on the Python path, e.g. {example}")

@@ -105,3 +105,12 @@ def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def import_target(key: str, target: str, example: str) -> type:
+    """The class a ``_target_`` names (a user's own model or dataset), or one line naming the fix."""
+    try:
+        return get_class(target)
+    except Exception as ex:  # Hydra wraps the ImportError / AttributeError of the dotted path
+        raise MixtrainError(f"{key}={target!r} cannot be imported ({str(ex).splitlines()[0]}): "
+                            f"name a class on the Python path, e.g. {example}") from None

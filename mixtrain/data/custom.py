@@ -14,12 +14,12 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
-from hydra.utils import get_class
 from omegaconf import MISSING
 from PIL import Image
 
 from mixtrain.config.dataset import StreamedConfig
 from mixtrain.config.errors import require
+from mixtrain.config.store import import_target
 from mixtrain.data.folder import CheckedItems, load_rgb, stream_split, stream_transform, to_rgb
 from mixtrain.data.source import LoaderOptions, Split, register_source
 from mixtrain.errors import MixtrainError
@@ -73,12 +73,7 @@ class CustomItems(CheckedItems):
 
 
 def open_custom(cfg: CustomDatasetConfig, split: str, train: bool, options: LoaderOptions) -> Split:
-
-    try:
-        cls = get_class(cfg._target_)
-    except Exception as ex:  # Hydra wraps the ImportError / AttributeError of the dotted path
-        raise MixtrainError(f"dataset._target_={cfg._target_!r} cannot be imported ({str(ex).splitlines()[0]}): "
-                            "name a class on the Python path, e.g. my_pkg.data.Flowers") from None
+    cls = import_target("dataset._target_", cfg._target_, "my_pkg.data.Flowers")
     try:
         dataset = cls(split=cfg.split_name(split), **cfg.kwargs)
     except TypeError as ex:

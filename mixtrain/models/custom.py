@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
-from hydra.utils import get_class
 from omegaconf import MISSING
 from torch import nn
 
+from mixtrain.config.store import import_target
 from mixtrain.errors import MixtrainError
 from mixtrain.models.family import register_family
 
@@ -29,12 +29,7 @@ class CustomModelConfig:
 
 
 def build_custom(cfg: CustomModelConfig, num_classes: int) -> nn.Module:
-
-    try:
-        cls = get_class(cfg._target_)
-    except Exception as ex:  # Hydra wraps the ImportError / AttributeError of the dotted path
-        raise MixtrainError(f"model._target_={cfg._target_!r} cannot be imported ({str(ex).splitlines()[0]}): "
-                            "name a class on the Python path, e.g. my_pkg.nets.MyNet") from None
+    cls = import_target("model._target_", cfg._target_, "my_pkg.nets.MyNet")
     try:
         model = cls(num_classes=num_classes, **cfg.kwargs)
     except TypeError as ex:
