@@ -4,7 +4,9 @@ Per arm: mean +- sample std over seeds of best and final top-1, train accuracy a
 epoch, final ECE, ECE after temperature scaling, NLL, and FGSM top-1 at 2/255 and 8/255
 (from each run's `mixtrain eval` of last.pt). Per claim: the paired difference against its
 baseline on the pooled final predictions of all seeds (seed k of one arm with seed k of
-the other, the same validation images), with a 95% bootstrap interval.
+the other, the same validation images), with a 95% bootstrap interval: top-1, NLL and ECE from the
+final validation logits; ECE after T and FGSM 2/255 top-1 from each run's `mixtrain eval` (its own
+T, fitted on half of the images, applied to the other half; its per-image FGSM predictions).
 
     python scripts/evidence_tables.py outputs/evidence --out docs/evidence
 """
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from mixtrain.evaluate.bootstrap import paired_differences
+from mixtrain.evaluate.bootstrap import paired_accuracy, paired_differences
+from mixtrain.evaluate.calibration import heldout_indices
 
 COLUMNS = [("seeds", None), ("best top-1", "best_val_acc1"), ("final top-1", "final_val_acc1"),
            ("train acc (last epoch)", "train_acc"), ("final ECE", "final_val_ece"),
@@ -83,6 +86,29 @@ def pooled(arm_dir: Path) -> dict:
     return out
 
 
+def evaluated(arm_dir: Path, eps_255: float = 2.0) -> dict:
+    """seed -> (temperature-scaled logits of the report half, its labels, FGSM predictions at ``eps_255``, labels)
+    from the runs' `mixtrain eval` whose logits file keeps FGSM's per-image predictions."""
+    out = {}
+    for run in sorted(arm_dir.glob("s*")):
+        saved_path, report_path = run / "eval" / "val_logits.pt", run / "eval" / "eval.json"
+        if not (saved_path.is_file() and report_path.is_file() and read_run(run)):
+            continue
+        saved, report = torch.load(saved_path), json.loads(report_path.read_text())
+        if "fgsm" not in saved or eps_255 not in saved["fgsm"]["eps_255"]:
+            continue
+        logits, labels = saved["logits"], saved["labels"]
+        _, shown = heldout_indices(len(labels), float(report["eval_config"]["heldout"]), report["eval_config"]["seed"])
+        scaled = logits[shown].double() / report["temperature"]["value"]
+        attacked = saved["fgsm"]["predictions"][saved["fgsm"]["eps_255"].index(eps_255)]
+        out[run.name] = (scaled, labels[shown], attacked, labels)
+    return out
+
+
+def interval(d: float, lo: float, hi: float, digits: int) -> str:
+    return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
 def claims_table(study: Path) -> list:
     rows = []
     for part in sorted(p for p in study.iterdir() if p.is_dir()):
@@ -96,8 +122,16 @@ def claims_table(study: Path) -> list:
             diffs = paired_differences(torch.cat([a[s][0] for s in seeds]), torch.cat([b[s][0] for s in seeds]), labels)
             row = {"set": part.name, "comparison": label, "seeds": len(seeds), "images": len(labels)}
             for metric, digits in (("acc1", 2), ("nll", 4), ("ece", 4)):
-                d, lo, hi = diffs[metric]
-                row[f"{metric} difference [95%]"] = f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+                row[f"{metric} difference [95%]"] = interval(*diffs[metric], digits)
+            ea, eb = evaluated(part / arm), evaluated(part / base)
+            if set(seeds) <= set(ea) & set(eb):  # the same seeds as the columns before, or none at all
+                (scaled_a, shown, attacked_a, labels), (scaled_b, shown_b, attacked_b, labels_b) = (
+                    [torch.cat([runs[s][i] for s in seeds]) for i in range(4)] for runs in (ea, eb))
+                assert torch.equal(shown, shown_b) and torch.equal(labels, labels_b)
+                row["ECE after T difference [95%]"] = interval(*paired_differences(scaled_a, scaled_b, shown)["ece"], 4)
+                row["FGSM 2/255 difference [95%]"] = interval(*paired_accuracy(attacked_a, attacked_b, labels), 2)
+            else:
+                row["ECE after T difference [95%]"] = row["FGSM 2/255 difference [95%]"] = "-"
             rows.append(row)
     return rows
 

@@ -9,7 +9,7 @@ from torchmetrics.classification import MulticlassCalibrationError
 from mixtrain.evaluate.calibration import TEMPERATURE_BOUNDS, calibration_metrics, fit_temperature, heldout_indices
 from mixtrain.evaluate.metrics import (ClassificationMeter, adaptive_calibration_error, brier_sum, calibration_bins,
                                        ece_from_bins, equal_mass_bin_index, mce_from_bins)
-from mixtrain.evaluate.robustness import fgsm_accuracy, fgsm_step
+from mixtrain.evaluate.robustness import fgsm_accuracy, fgsm_predictions, fgsm_step
 
 # --------------------------------------------------------------------------- ECE, MCE, adaptive ECE, Brier
 
@@ -161,7 +161,8 @@ def test_fgsm_on_a_trained_tiny_model(one_thread):
 
     batches = [(val_x[i:i + 128], val_y[i:i + 128]) for i in range(0, 300, 128)]
     levels = [0, 1, 2, 4, 8]
-    accuracy = [row["acc1"] for row in fgsm_accuracy(model, batches, [e / 255 for e in levels], MEAN, STD)]
+    eps = [e / 255 for e in levels]
+    accuracy = [row["acc1"] for row in fgsm_accuracy(*fgsm_predictions(model, batches, eps, MEAN, STD), eps)]
     assert accuracy[0] == pytest.approx(clean, abs=1e-9)
     assert all(later <= earlier for earlier, later in zip(accuracy, accuracy[1:])), accuracy
     assert accuracy[-1] < clean - 30  # 8/255 hurts a model that relies on faint tints

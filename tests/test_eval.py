@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from helpers import TINY, compose_config, make_config, make_image_folder
 from PIL import Image
 
@@ -60,6 +61,13 @@ def test_eval_reports_what_training_measured_and_writes_its_files(trained, tmp_p
     fgsm = report["fgsm"]
     assert [row["eps_255"] for row in fgsm] == [0, 2, 8] and fgsm[1]["eps"] == pytest.approx(2 / 255)
     assert fgsm[0]["acc1"] == clean["acc1"]  # epsilon 0 is the clean accuracy, exactly
+    # Each image's class under attack is kept beside the logits, for paired tests between runs.
+    saved = torch.load(tmp_path / "ev" / "val_logits.pt")
+    attacked = saved["fgsm"]["predictions"]
+    assert saved["fgsm"]["eps_255"] == [0, 2, 8] and attacked.shape == (3, 30)
+    assert torch.equal(attacked[0], saved["logits"].argmax(1))
+    assert [100.0 * attacked[i].eq(saved["labels"]).double().mean().item() for i in range(3)] == pytest.approx(
+        [row["acc1"] for row in fgsm])
 
     width, height = Image.open(tmp_path / "ev" / "reliability.png").size
     assert (width, height) == (924, 594)  # before and after side by side (2 x 4.2 in), counts under each (5.4 in)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from helpers import TINY, make_config, make_image_folder
 
 from mixtrain.cli import main
-from mixtrain.evaluate.bootstrap import bootstrap_intervals, paired_differences
+from mixtrain.evaluate.bootstrap import bootstrap_intervals, paired_accuracy, paired_differences
 from mixtrain.evaluate.calibration import calibratability, fit_temperature, heldout_indices
 from mixtrain.evaluate.metrics import (classwise_calibration_error, debiased_calibration_error,
                                        expected_calibration_error)
@@ -67,6 +67,9 @@ def test_paired_bootstrap_separates_a_real_difference_from_noise():
     assert diff == pytest.approx(100.0 * float((better & ~worse).double().mean())) and low > 0
     same = paired_differences(logits_with(0.8, better), logits_with(0.8, better), labels)["acc1"]
     assert same == (0.0, 0.0, 0.0)  # no difference at all: the interval is the point
+    # From predicted classes alone (FGSM's): the same resamples, the same interval as from logits.
+    a, b = logits_with(0.8, better), logits_with(0.8, worse)
+    assert paired_accuracy(a.argmax(1), b.argmax(1), labels) == pytest.approx((diff, low, high))
 
 
 # --------------------------------------------------------------------------- calibratability and more ECEs

@@ -11,9 +11,11 @@ import torch
 from mixtrain.files import write_atomic
 
 
-def save_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor) -> None:
-    """``{"logits": [N, C] float32, "labels": [N]}``, written whole."""
-    write_atomic(path, lambda f: torch.save({"logits": logits.float(), "labels": labels}, f), binary=True)
+def save_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor, fgsm: Optional[dict] = None) -> None:
+    """``{"logits": [N, C] float32, "labels": [N]}``, written whole; ``mixtrain eval`` adds ``"fgsm":
+    {"eps_255": [E], "predictions": [E, N]}``, each image's top-1 class under attack, for paired tests."""
+    saved = {"logits": logits.float(), "labels": labels, **({"fgsm": fgsm} if fgsm is not None else {})}
+    write_atomic(path, lambda f: torch.save(saved, f), binary=True)
 
 
 def load_logits(path: Path) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:

@@ -73,3 +73,13 @@ def paired_differences(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: t
     diffs = torch.cat([metrics_of(w @ a, n) - metrics_of(w @ b, n) for w in resample_counts(n, resamples, seed)])
     observed = (metrics_of(a.sum(0), n) - metrics_of(b.sum(0), n)).tolist()
     return {m: (d, lo, hi) for m, d, (lo, hi) in zip(METRICS, observed, _interval(diffs))}
+
+
+def paired_accuracy(predictions_a: torch.Tensor, predictions_b: torch.Tensor, labels: torch.Tensor,
+                    resamples: int = 1000, seed: int = 0) -> Tuple[float, float, float]:
+    """``(a - b, low, high)`` of top-1 (%) from two models' predicted classes on the same images (FGSM's)."""
+    correct = 100.0 * (predictions_a.eq(labels).double() - predictions_b.eq(labels).double())
+    n = len(labels)
+    diffs = torch.cat([w @ correct / n for w in resample_counts(n, resamples, seed)])
+    low, high = _interval(diffs[:, None])[0]
+    return correct.mean().item(), low, high

@@ -31,7 +31,7 @@ from mixtrain.evaluate.bootstrap import bootstrap_intervals
 from mixtrain.evaluate.calibration import (TEMPERATURE_BOUNDS, calibration_metrics, fit_temperature, heldout_indices,
                                            reliability_sums)
 from mixtrain.evaluate.reliability import save_reliability_panels
-from mixtrain.evaluate.robustness import fgsm_accuracy
+from mixtrain.evaluate.robustness import fgsm_accuracy, fgsm_predictions
 from mixtrain.files import write_json_atomic
 from mixtrain.mixing import describe_augment
 from mixtrain.runtime.precision import resolve_device
@@ -204,7 +204,9 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
         heldout = (fit_logits, fit_labels, f"the {cfg.heldout} split ({len(fit_labels)} images, unaugmented)")
     temperature, sums = temperature_scaling(cfg, logits, labels, heldout)
     eps_levels = [float(e) for e in cfg.fgsm_eps]
-    fgsm = fgsm_accuracy(model, val.loader, [e / 255.0 for e in eps_levels], dataset.mean, dataset.std)
+    eps_list = [e / 255.0 for e in eps_levels]
+    attacked, attacked_labels = fgsm_predictions(model, val.loader, eps_list, dataset.mean, dataset.std)
+    fgsm = fgsm_accuracy(attacked, attacked_labels, eps_list)
     for row, level in zip(fgsm, eps_levels):
         row["eps_255"] = level
     unreadable = unreadable_so_far([p for s in splits for p in s.skipped], [s.loader for s in splits])
@@ -214,7 +216,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
                       highlight=False)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_logits(out_dir / layout.LOGITS, logits, labels)
+    save_logits(out_dir / layout.LOGITS, logits, labels, fgsm={"eps_255": eps_levels, "predictions": attacked})
     t = temperature["value"]
     save_reliability_panels([(sums["before"], f"before scaling (T=1), {temperature['report_samples']} images"),
                              (sums["after"], f"after scaling (T={t:.3f})")], out_dir / layout.RELIABILITY)

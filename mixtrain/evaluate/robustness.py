@@ -10,7 +10,7 @@ normalized images, so the step is taken in pixel space and mapped back.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -39,16 +39,18 @@ def input_gradient_sign(model: nn.Module, images: torch.Tensor, labels: torch.Te
     return grad.sign()
 
 
-def fgsm_accuracy(model: nn.Module, batches: Iterable, eps_list: Sequence[float], mean: Sequence[float],
-                  std: Sequence[float]) -> List[Dict[str, float]]:
-    """Top-1 (%) under FGSM for each ``eps`` (pixel units in [0, 1]) over ``(images, labels)`` batches.
+def fgsm_predictions(model: nn.Module, batches: Iterable, eps_list: Sequence[float], mean: Sequence[float],
+                     std: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(predictions [E, N], labels [N])``: the top-1 class of every image under FGSM at each ``eps``.
 
     One gradient per batch serves every epsilon: FGSM's direction depends only on the
     clean image. The model runs in eval mode (BatchNorm statistics fixed, no dropout).
+    Kept per image so that two models attacked on the same images can be compared paired.
     """
     model.eval()
-    correct = torch.zeros(len(eps_list), dtype=torch.float64)
-    seen = 0
+    if not eps_list:  # no attack asked for: no gradient to take
+        return torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    predictions, labels_seen = [], []
     requires_grad = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)  # gradients for the input only
@@ -59,13 +61,20 @@ def fgsm_accuracy(model: nn.Module, batches: Iterable, eps_list: Sequence[float]
             std_t = torch.tensor(std, dtype=images.dtype, device=device).view(1, -1, 1, 1)
             grad_sign = input_gradient_sign(model, images, labels)
             with torch.no_grad():
-                for i, eps in enumerate(eps_list):
-                    adversarial = fgsm_step(images, grad_sign, eps, mean_t, std_t)
-                    predictions = model(adversarial).argmax(dim=1)
-                    correct[i] += predictions.eq(labels).sum().item()
-            seen += len(labels)
+                predictions.append(torch.stack([model(fgsm_step(images, grad_sign, eps, mean_t, std_t)).argmax(dim=1)
+                                                for eps in eps_list]).cpu())
+            labels_seen.append(labels.cpu())
     finally:
         for p, flag in zip(model.parameters(), requires_grad):
             p.requires_grad_(flag)
+    if not predictions:
+        return torch.zeros(len(eps_list), 0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(predictions, 1), torch.cat(labels_seen)
+
+
+def fgsm_accuracy(predictions: torch.Tensor, labels: torch.Tensor, eps_list: Sequence[float]) -> List[Dict[str, float]]:
+    """Top-1 (%) under FGSM for each ``eps`` from :func:`fgsm_predictions`."""
+    correct = predictions.eq(labels).double().sum(1)
+    seen = len(labels)
     return [{"eps": float(eps), "acc1": 100.0 * float(c) / seen if seen else float("nan")}
             for eps, c in zip(eps_list, correct)]
