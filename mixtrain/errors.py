@@ -12,6 +12,7 @@ import argparse
 import os
 import shlex
 import sys
+from typing import Optional, Sequence
 
 EXIT_USAGE = 2
 
@@ -55,6 +56,15 @@ class CommandParser(argparse.ArgumentParser):
     def __init__(self, prog: str, usage: str, short: str) -> None:
         super().__init__(prog=prog, usage=usage, add_help=False)
         self.short = short
+        self.add_argument("-h", "--help", action="store_true")
+
+    def parse(self, args: Sequence[str]) -> Optional[argparse.Namespace]:
+        """The parsed arguments, or None after printing the usage for ``-h``/``--help``."""
+        parsed = self.parse_args(list(args))
+        if parsed.help:
+            print(self.usage, end="")
+            return None
+        return parsed
 
     def error(self, message: str) -> None:
         raise MixtrainError(f"{message} (usage: {self.short})")

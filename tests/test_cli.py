@@ -88,6 +88,16 @@ def test_unknown_command_and_usage(capsys):
     assert "mixtrain train" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["report", "shards"])
+def test_plain_commands_print_their_usage_and_name_a_bad_flag(command, capsys):
+    for flag in ("-h", "--help"):
+        assert main([command, flag]) == 0
+        assert capsys.readouterr().out.startswith(f"usage: mixtrain {command} ")
+    assert main([command, "--frobnicate"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixtrain: error: unrecognized arguments: --frobnicate (usage: mixtrain ") and "\n" not in err
+
+
 def test_subprocess_error_has_no_traceback(tmp_path):
     result = run_cli("train", "trainer.batch_size=0", cwd=tmp_path)
     assert result.returncode == 2

@@ -98,10 +98,8 @@ def main(args: Sequence[str]) -> int:
     parser.add_argument("--splits", nargs="+", default=None)
     parser.add_argument("--per-shard", type=int, default=1000)
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("-h", "--help", action="store_true")
-    parsed = parser.parse_args(list(args))
-    if parsed.help:
-        print(USAGE, end="")
+    parsed = parser.parse(args)
+    if parsed is None:
         return 0
     if parsed.root is None or parsed.out is None:
         raise MixtrainError("give the ImageFolder root and the output dir: mixtrain shards ROOT OUT")

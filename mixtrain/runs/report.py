@@ -193,10 +193,8 @@ def main(args: Sequence[str]) -> int:
     parser.add_argument("paths", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("-h", "--help", action="store_true")
-    parsed = parser.parse_args(list(args))
-    if parsed.help:
-        print(USAGE, end="")
+    parsed = parser.parse(args)
+    if parsed is None:
         return 0
     if not parsed.paths:
         raise MixtrainError("give at least one run or sweep directory: mixtrain report outputs/multirun/<date>/<time>")
