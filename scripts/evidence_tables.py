@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from mixtrain.artifacts.logits import load_logits
 from mixtrain.evaluate.bootstrap import paired_accuracy, paired_differences
 from mixtrain.evaluate.calibration import heldout_indices
 
@@ -80,9 +81,9 @@ def pooled(arm_dir: Path) -> dict:
     """seed -> (logits, labels) of the arm's completed runs."""
     out = {}
     for run in sorted(arm_dir.glob("s*")):
-        if (run / "val_logits.pt").is_file() and read_run(run):
-            saved = torch.load(run / "val_logits.pt")
-            out[run.name] = (saved["logits"], saved["labels"])
+        saved = load_logits(run / "val_logits.pt") if read_run(run) else None
+        if saved is not None:
+            out[run.name] = (saved.logits, saved.labels)
     return out
 
 
@@ -91,17 +92,14 @@ def evaluated(arm_dir: Path, eps_255: float = 2.0) -> dict:
     from the runs' `mixtrain eval` whose logits file keeps FGSM's per-image predictions."""
     out = {}
     for run in sorted(arm_dir.glob("s*")):
-        saved_path, report_path = run / "eval" / "val_logits.pt", run / "eval" / "eval.json"
-        if not (saved_path.is_file() and report_path.is_file() and read_run(run)):
+        saved, report_path = load_logits(run / "eval" / "val_logits.pt"), run / "eval" / "eval.json"
+        if saved is None or eps_255 not in saved.fgsm or not report_path.is_file() or not read_run(run):
             continue
-        saved, report = torch.load(saved_path), json.loads(report_path.read_text())
-        if "fgsm" not in saved or eps_255 not in saved["fgsm"]["eps_255"]:
-            continue
-        logits, labels = saved["logits"], saved["labels"]
-        _, shown = heldout_indices(len(labels), float(report["eval_config"]["heldout"]), report["eval_config"]["seed"])
-        scaled = logits[shown].double() / report["temperature"]["value"]
-        attacked = saved["fgsm"]["predictions"][saved["fgsm"]["eps_255"].index(eps_255)]
-        out[run.name] = (scaled, labels[shown], attacked, labels)
+        report = json.loads(report_path.read_text())
+        _, shown = heldout_indices(len(saved.labels), float(report["eval_config"]["heldout"]),
+                                   report["eval_config"]["seed"])
+        scaled = saved.logits[shown].double() / report["temperature"]["value"]
+        out[run.name] = (scaled, saved.labels[shown], saved.fgsm[eps_255], saved.labels)
     return out
 
 

@@ -1,13 +1,18 @@
 """Calibration you can trust: bootstrap intervals, calibratability, classwise and debiased ECE, RegMixup (issue 14)."""
 
+import csv
+import importlib.util
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import TINY, make_config, make_image_folder
 
+from mixtrain.artifacts.logits import load_logits
 from mixtrain.cli import main
 from mixtrain.evaluate.bootstrap import bootstrap_intervals, paired_accuracy, paired_differences
 from mixtrain.evaluate.calibration import calibratability, fit_temperature, heldout_indices
@@ -209,6 +214,20 @@ def test_compare_says_within_noise_unless_a_paired_bootstrap_holds(two_runs, tmp
     assert "within noise" in capsys.readouterr().out
 
 
+def test_compare_pairs_fgsm_rows_on_each_images_class_under_attack(two_runs, tmp_path):
+    root, _ = two_runs
+    assert main(["compare", str(root / "erm"), str(root / "mixup"), "fgsm_eps=[0,2]", "--out", str(tmp_path / "c")]) == 0
+    rows = {r["metric"]: r for r in json.loads((tmp_path / "c" / "compare.json").read_text())["rows"]}
+    saved = [load_logits(tmp_path / "c" / f"run{i}" / "val_logits.pt") for i in (1, 2)]
+    for level, row in ((0.0, rows["FGSM 0/255 top-1 (%)"]), (2.0, rows["FGSM 2/255 top-1 (%)"])):
+        best, second = sorted((0, 1), key=lambda i: -row["values"][i])
+        diff, low, high = paired_accuracy(saved[best].fgsm[level], saved[second].fgsm[level], saved[0].labels)
+        assert row["paired_test"].split(": ", 1)[1].startswith(f"{diff:.2f} [{low:.2f}, {high:.2f}]")
+        assert row["holds"] == (low > 0 or high < 0)
+    # At epsilon 0 the attack is no attack: its paired test is the clean top-1's.
+    assert rows["FGSM 0/255 top-1 (%)"]["paired_test"] == rows["top-1 (%)"]["paired_test"]
+
+
 def test_report_pools_the_saved_predictions_and_plots_ece_after_scaling(two_runs, tmp_path):
     from PIL import Image
 
@@ -218,3 +237,28 @@ def test_report_pools_the_saved_predictions_and_plots_ece_after_scaling(two_runs
     assert "final_val_ece_ts_mean" in header and "pooled_acc1_low" in header
     with Image.open(tmp_path / "rep" / "report.png") as image:
         assert image.size[0] > 2.5 * image.size[1]  # three panels side by side
+
+
+def test_evidence_tables_pair_ece_after_t_and_fgsm_as_each_eval_reported_them(two_runs, tmp_path, capsys):
+    """scripts/evidence_tables.py: with one seed, its paired ECE-after-T and FGSM differences are the
+    differences of the two runs' own `mixtrain eval` reports (same T, same half, same attack)."""
+    root, _ = two_runs
+    reports = {}
+    for arm, run in (("erm", "erm"), ("mixup02", "mixup")):
+        seed_dir = tmp_path / "study" / "mini" / arm / "s0"
+        shutil.copytree(root / run, seed_dir, ignore=shutil.ignore_patterns("*.lock"))
+        assert main(["eval", f"checkpoint={seed_dir / 'last.pt'}", "fgsm_eps=[2,8]",
+                     f"hydra.run.dir={seed_dir / 'eval'}"]) == 0
+        reports[arm] = json.loads((seed_dir / "eval" / "eval.json").read_text())
+    spec = importlib.util.spec_from_file_location("evidence_tables", Path(__file__).parents[1] / "scripts" /
+                                                  "evidence_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    capsys.readouterr()
+    assert tables.main([str(tmp_path / "study"), "--out", str(tmp_path / "docs")]) == 0
+    (row,) = list(csv.DictReader((tmp_path / "docs" / "claims.csv").read_text().splitlines()))
+    assert row["comparison"] == "mixup a=0.2 vs ERM" and row["seeds"] == "1"
+    ece_t = reports["mixup02"]["temperature"]["after"]["ece"] - reports["erm"]["temperature"]["after"]["ece"]
+    fgsm = reports["mixup02"]["fgsm"][0]["acc1"] - reports["erm"]["fgsm"][0]["acc1"]
+    assert row["ECE after T difference [95%]"].startswith(f"{ece_t:+.4f} [")
+    assert row["FGSM 2/255 difference [95%]"].startswith(f"{fgsm:+.2f} [")

@@ -4,7 +4,7 @@ pooled intervals without evaluating again."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, NamedTuple, Optional
 
 import torch
 
@@ -18,10 +18,18 @@ def save_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor, fgsm: Op
     write_atomic(path, lambda f: torch.save(saved, f), binary=True)
 
 
-def load_logits(path: Path) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """``(logits, labels)`` saved by :func:`save_logits`, or None when there is no readable file."""
+class Predictions(NamedTuple):
+    logits: torch.Tensor  # [N, C]
+    labels: torch.Tensor  # [N]
+    fgsm: Dict[float, torch.Tensor]  # eps in 1/255 -> [N] top-1 class under FGSM (mixtrain eval's files only)
+
+
+def load_logits(path: Path) -> Optional[Predictions]:
+    """What :func:`save_logits` wrote, or None when there is no readable file."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return saved["logits"], saved["labels"]
+        attacked = saved.get("fgsm") or {"eps_255": [], "predictions": []}
+        return Predictions(saved["logits"], saved["labels"],
+                           dict(zip(map(float, attacked["eps_255"]), attacked["predictions"])))
     except Exception:  # absent, or not ours: the caller goes without
         return None

@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from mixtrain import layout
-from mixtrain.artifacts.logits import load_logits
+from mixtrain.artifacts.logits import Predictions, load_logits
 from mixtrain.config import to_object
 from mixtrain.errors import MixtrainError
-from mixtrain.evaluate.bootstrap import paired_differences
+from mixtrain.evaluate.bootstrap import paired_accuracy, paired_differences
 from mixtrain.evaluate.evaluation import dataset_override_keys, eval_overrides, evaluate_checkpoint, quote_override
 from mixtrain.evaluate.tables import METRIC_ROWS, eps_label
 from mixtrain.files import claim_dir, write_json_atomic
@@ -92,9 +92,13 @@ def comparison_rows(reports: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, O
         add(f"{label} after T", "{:.4f}", LOWER, lambda r, k=key: _get(r, "temperature", "after", k))
     levels = sorted({row["eps_255"] for r in reports for row in r.get("fgsm", [])})
     for level in levels:
-        add(f"FGSM {eps_label(level)} top-1 (%)", "{:.2f}", HIGHER,
+        add(fgsm_row(level), "{:.2f}", HIGHER,
             lambda r, e=level: next((row["acc1"] for row in r.get("fgsm", []) if row["eps_255"] == e), None))
     return rows
+
+
+def fgsm_row(level: float) -> str:
+    return f"FGSM {eps_label(level)} top-1 (%)"
 
 
 def best_marks(values: Sequence[Optional[float]], direction: Optional[str]) -> List[bool]:
@@ -106,11 +110,12 @@ def best_marks(values: Sequence[Optional[float]], direction: Optional[str]) -> L
     return [v is not None and v == best for v in values]
 
 
-# Rows whose difference is tested by a paired bootstrap on the same images (mixtrain.evaluate.bootstrap).
+# Rows whose difference is tested by a paired bootstrap on the same images (mixtrain.evaluate.bootstrap),
+# and every FGSM row, from the per-image predictions under attack that `mixtrain eval` saves.
 PAIRED = {"top-1 (%)": "acc1", "NLL": "nll", "Brier": "brier", "ECE (15 bins)": "ece"}
 
 
-def paired_tests(reports: Sequence[Dict[str, Any]], logits: Sequence[Optional[tuple]], labels: Sequence[str],
+def paired_tests(reports: Sequence[Dict[str, Any]], logits: Sequence[Optional[Predictions]], labels: Sequence[str],
                  resamples: int = 1000) -> Dict[str, Tuple[bool, str]]:
     """``row label -> (holds, text)``: the best run against the runner-up under a paired bootstrap.
 
@@ -118,18 +123,23 @@ def paired_tests(reports: Sequence[Dict[str, Any]], logits: Sequence[Optional[tu
     only when both saved their predictions on the same images in the same order.
     """
     tests: Dict[str, Tuple[bool, str]] = {}
+    fgsm_rows = {fgsm_row(level): level for r in reports for level in (row["eps_255"] for row in r.get("fgsm", []))}
     for label, fmt, direction, values in comparison_rows(reports):
-        key = PAIRED.get(label)
+        key, level = PAIRED.get(label), fgsm_rows.get(label)
         ranked = sorted((i for i, v in enumerate(values) if v is not None and v == v),
                         key=lambda i: -values[i] if direction == HIGHER else values[i])
-        if key is None or len(ranked) < 2:
+        if (key is None and level is None) or len(ranked) < 2:
             continue
         best, second = ranked[:2]
         a, b = logits[best], logits[second]
-        if a is None or b is None or not torch.equal(a[1], b[1]):
+        if (a is None or b is None or not torch.equal(a.labels, b.labels)
+                or (level is not None and not (level in a.fgsm and level in b.fgsm))):
             tests[label] = (True, "not paired (no saved predictions on the same images)")
             continue
-        diff, low, high = paired_differences(a[0], b[0], a[1], resamples)[key]
+        if level is None:
+            diff, low, high = paired_differences(a.logits, b.logits, a.labels, resamples)[key]
+        else:
+            diff, low, high = paired_accuracy(a.fgsm[level], b.fgsm[level], a.labels, resamples)
         holds = low > 0 or high < 0
         interval = f"{fmt.format(diff)} [{fmt.format(low)}, {fmt.format(high)}]"
         tests[label] = (holds, f"{labels[best]} vs {labels[second]}: {interval}" + ("" if holds else ", within noise"))

@@ -55,7 +55,7 @@ class Group:
         saved = [p for p in (load_logits(r.path / layout.LOGITS) for r in self.completed) if p is not None]
         if not saved:
             return {}
-        return bootstrap_intervals(torch.cat([lg for lg, _ in saved]), torch.cat([lb for _, lb in saved]))
+        return bootstrap_intervals(torch.cat([p.logits for p in saved]), torch.cat([p.labels for p in saved]))
 
 
 def status_counts(runs: Sequence[Run]) -> Dict[str, int]:
