@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 from collections import OrderedDict
 from itertools import product
+from pathlib import Path
 from typing import List
+
+from omegaconf import OmegaConf
+
+from mixtrain.layout import HYDRA
 
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
@@ -45,3 +50,14 @@ def sweep_jobs(overrides: list) -> List[List[str]]:
         else:
             choices[key] = [f"{key}={override.get_value_element_as_str()}"]
     return [list(job) for job in product(*choices.values())]
+
+
+def override_key(override: str) -> str:
+    """The key an override sets: ``+optim.lr=0.1`` -> ``optim.lr``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def saved_overrides(run_dir: Path) -> List[str]:
+    """The overrides Hydra saved for a run (``.hydra/overrides.yaml``); [] where there are none."""
+    path = Path(run_dir) / HYDRA / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(path) or []] if path.is_file() else []

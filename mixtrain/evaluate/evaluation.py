@@ -25,6 +25,7 @@ from mixtrain.artifacts.logits import save_logits
 from mixtrain.artifacts.model import build_model, resolve_checkpoint
 from mixtrain.config import (DatasetConfig, EvalConfig, TrainConfig, config_from_dict, describe_config_error,
                              heldout_fraction, schema_for)
+from mixtrain.config.overrides import override_key
 from mixtrain.data import FolderConfig, LoaderOptions, check_bad_images, open_split, resolve_workers, unreadable_so_far
 from mixtrain.errors import MixtrainError
 from mixtrain.evaluate.bootstrap import bootstrap_intervals
@@ -39,13 +40,9 @@ from mixtrain.runtime.precision import resolve_device
 # --------------------------------------------------------------------------- inputs
 
 
-def _override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def dataset_override_keys(overrides: Sequence[str]) -> List[str]:
     """The dataset keys an override list sets (``dataset.root=X`` -> ``root``)."""
-    keys = [_override_key(o)[len("dataset."):] for o in overrides if _override_key(o).startswith("dataset.")]
+    keys = [override_key(o)[len("dataset."):] for o in overrides if override_key(o).startswith("dataset.")]
     return [k.split(".", 1)[0] for k in keys]
 
 
@@ -56,9 +53,9 @@ def eval_overrides(overrides: List[str]) -> List[str]:
     would refuse ``dataset.root=...`` on its own; naming the checkpoint's dataset makes
     the keys valid, and :func:`eval_dataset_config` then lays them over the saved values.
     """
-    if not dataset_override_keys(overrides) or any(_override_key(o) == "dataset" for o in overrides):
+    if not dataset_override_keys(overrides) or any(override_key(o) == "dataset" for o in overrides):
         return overrides
-    given = [o for o in overrides if _override_key(o) == "checkpoint"]
+    given = [o for o in overrides if override_key(o) == "checkpoint"]
     if not given:
         raise MixtrainError("checkpoint is required: pass checkpoint=PATH (a .pt file or a run dir)")
     saved = checkpoint.load(resolve_checkpoint(override_value(given[-1])))["config"]["dataset"]

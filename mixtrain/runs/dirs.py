@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from mixtrain.config.overrides import sweep_jobs
+from mixtrain.config.overrides import override_key, sweep_jobs
 from mixtrain.config.store import flatten
 from mixtrain.errors import MixtrainError
 from mixtrain.layout import EVAL, HYDRA, METRICS as METRICS_FILE, MULTIRUN, PREVIEW, REPORTED, SUMMARY
@@ -250,7 +250,7 @@ def job_params(overrides: Sequence[str]) -> Dict[str, Any]:
         cfg = compose("train", [o for o in overrides if not o.startswith("hydra")])
         return flatten(OmegaConf.to_container(cfg, resolve=True))
     except Exception:  # the config changed since the sweep ran: keep what the overrides say
-        return {o.split("=", 1)[0].lstrip("+~"): _parse_scalar(o.split("=", 1)[1]) for o in overrides if "=" in o}
+        return {override_key(o): _parse_scalar(o.split("=", 1)[1]) for o in overrides if "=" in o}
 
 
 def _parse_scalar(text: str) -> Any:

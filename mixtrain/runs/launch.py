@@ -35,7 +35,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from mixtrain.artifacts.checkpoint import checkpoint_path
 from mixtrain.config import GROUPS, config_dir, debug_enabled, describe_config_error, to_object
-from mixtrain.config.overrides import hydra_args_parser, sweep_jobs
+from mixtrain.config.overrides import hydra_args_parser, override_key, saved_overrides, sweep_jobs
 from mixtrain.errors import MixtrainError, RunStopped, fail, resume_command, say
 from mixtrain.evaluate.evaluation import eval_overrides, override_value
 from mixtrain.files import claim_dir, records_in, release_dir
@@ -120,7 +120,7 @@ def hint_config(config_name: str, parsed):
     """The config with only the group choices of the command line, composed the way Hydra did (its
     config name and dir), to suggest keys that exist; None when it does not compose."""
 
-    groups = [o for o in parsed.overrides if o.split("=", 1)[0].lstrip("+~") in (*GROUPS, "trainer", "recipe")]
+    groups = [o for o in parsed.overrides if override_key(o) in (*GROUPS, "trainer", "recipe")]
     if parsed.config_dir:
         groups.append(f"hydra.searchpath=[file://{Path(parsed.config_dir).resolve()}]")
     GlobalHydra.instance().clear()
@@ -149,8 +149,7 @@ def resume_args(args: List[str], parsed) -> List[str]:
     ckpt = checkpoint_path(value if isinstance(value, str) else given[-1].split("=", 1)[1]).resolve()
     run_dir = ckpt.parent
     hydra_dir = run_dir / HYDRA
-    original = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")] if (hydra_dir / "overrides.yaml").is_file() else []
-    original = [o for o in original if not o.startswith(("resume=", "hydra."))]
+    original = [o for o in saved_overrides(run_dir) if not o.startswith(("resume=", "hydra."))]
     flags = [a for a in args if a not in parsed.overrides]
     if (hydra_dir / "hydra.yaml").is_file() and not (parsed.config_name or parsed.config_dir):
         saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra

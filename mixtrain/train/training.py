@@ -18,12 +18,12 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from mixtrain import layout
 from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.checkpoint import TrainState
 from mixtrain.config import MixConfig, TrainConfig, asdict
+from mixtrain.config.overrides import override_key, saved_overrides
 from mixtrain.config.store import flatten
 from mixtrain.data import Data, build_data
 from mixtrain.errors import MixtrainError, RunStopped, resume_command
@@ -323,13 +323,10 @@ def hparams(config: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     """The run's hyperparameters for TensorBoard: :data:`HPARAMS` and the keys of its overrides
     (``.hydra/overrides.yaml``: a sweep's swept keys), as numbers, strings or booleans."""
     flat = flatten(config)
-    overrides = run_dir / layout.HYDRA / "overrides.yaml"
     keys = list(HPARAMS)
-    if overrides.is_file():
-        for line in OmegaConf.load(overrides) or []:
-            key = str(line).split("=", 1)[0].lstrip("+~")
-            if key in flat and key not in keys:
-                keys.append(key)
+    for key in map(override_key, saved_overrides(run_dir)):
+        if key in flat and key not in keys:
+            keys.append(key)
     return {k: flat[k] if isinstance(flat[k], (bool, int, float, str)) else str(flat[k]) for k in keys if k in flat}
 
 
