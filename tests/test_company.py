@@ -249,7 +249,7 @@ MODES = {  # PIL mode -> (how to make it from a grey level g in 0..255, the grey
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_every_pil_mode_a_folder_holds_reads_at_its_grey_level(mode, tmp_path):
-    from mixtrain.data.folder import load_rgb
+    from mixtrain.data.images import load_rgb
 
     for g in (40, 200):
         path = tmp_path / f"{g}.{'tiff' if mode in ('CMYK', 'I') else 'png'}"

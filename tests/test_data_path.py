@@ -84,7 +84,7 @@ def test_every_command_opens_a_split_through_the_same_factory(tmp_path):
 
 
 def test_randaugment_posterize_never_asks_pillow_for_zero_bits():
-    from mixtrain.data.folder import auto_augment_transform
+    from mixtrain.data.transforms import auto_augment_transform
 
     image = Image.new("RGB", (16, 16), (200, 120, 40))
     # Magnitude 10 makes timm's PosterizeIncreasing keep 0 bits, which Pillow refuses mid-epoch.

@@ -8,7 +8,7 @@ folders (``folder``), WebDataset shards (``shards``), Hugging Face datasets (``h
 ``Dataset`` (``custom``). A split ends as a loader of
 normalized ``(images, labels)`` batches on the device: a
 :class:`~mixtrain.data.device_loader.DeviceLoader` for small images held as uint8, a
-:class:`~mixtrain.data.folder.FolderLoader` streaming samples otherwise.
+:class:`~mixtrain.data.streaming.FolderLoader` streaming samples otherwise.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from mixtrain.config.schemas import TrainerConfig
 # Importing a source's module registers it: cifar, custom, folder, hf, mini, shards (webdataset).
 from mixtrain.data.cifar import CifarConfig
 from mixtrain.data.custom import CustomDatasetConfig
-from mixtrain.data.folder import FolderConfig, bad_image_error, check_same_classes, stream_transform
+from mixtrain.data.folder import FolderConfig, bad_image_error, check_same_classes
+from mixtrain.data.transforms import stream_transform
 from mixtrain.data.hf import HFConfig
 from mixtrain.data.mini import MiniConfig
 from mixtrain.data.shards import WebDatasetConfig

@@ -20,7 +20,9 @@ from PIL import Image
 from mixtrain.config.dataset import StreamedConfig
 from mixtrain.config.errors import require
 from mixtrain.config.store import import_target
-from mixtrain.data.folder import CheckedItems, load_rgb, stream_split, stream_transform, to_rgb
+from mixtrain.data.images import load_rgb, to_rgb
+from mixtrain.data.streaming import CheckedItems, stream_split
+from mixtrain.data.transforms import stream_transform
 from mixtrain.data.source import LoaderOptions, Split, register_source
 from mixtrain.errors import MixtrainError
 

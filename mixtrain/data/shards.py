@@ -36,7 +36,9 @@ from PIL import Image
 from mixtrain.config.dataset import StreamedConfig
 from mixtrain.config.errors import require
 from mixtrain.data.device_loader import epoch_generator, normalizer
-from mixtrain.data.folder import IGNORE_LABEL, UNREADABLE, device_batch, seeded, stream_transform, to_rgb
+from mixtrain.data.images import UNREADABLE, to_rgb
+from mixtrain.data.streaming import IGNORE_LABEL, device_batch, seeded
+from mixtrain.data.transforms import stream_transform
 from mixtrain.data.source import LoaderOptions, Split, erasing, register_source
 from mixtrain.errors import MixtrainError
 from mixtrain.files import forget_inherited_claims

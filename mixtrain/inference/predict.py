@@ -23,7 +23,7 @@ from PIL import Image
 from mixtrain.artifacts.calibration import calibration_path, read_calibration
 from mixtrain.artifacts.model import LoadedModel, load_model
 from mixtrain.data import resolve_workers
-from mixtrain.data.folder import UNREADABLE, load_rgb
+from mixtrain.data.images import UNREADABLE, load_rgb
 from mixtrain.errors import MixtrainError
 from mixtrain.files import forget_inherited_claims, write_atomic
 from mixtrain.runtime.precision import resolve_device

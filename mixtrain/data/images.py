@@ -1,0 +1,47 @@
+"""Reading an image file: every image becomes 8-bit RGB, and a file that cannot be read raises one
+of :data:`UNREADABLE` (the loaders count, name and leave it out)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+# What PIL raises for a broken, truncated, non-image or too-large file (DecompressionBombError
+# is an Exception of its own, not an OSError).
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode a file fully (a truncated file fails here, not later) and convert it to RGB."""
+    with warnings.catch_warnings():
+        # "Palette images with Transparency expressed in bytes should be converted to RGBA"
+        warnings.simplefilter("ignore", UserWarning)
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+            return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode PIL reads. PIL's own ``convert("RGB")`` clips 16-bit grey (mode
+    ``I;16``, or ``I`` from a 16-bit file) at 255, so most of such an image turns white: its top
+    8 bits are kept instead. A float image (mode ``F``) has no range to scale from: it is refused
+    (and counted and named as unreadable, as a broken file is)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.asarray(image, dtype=np.int64)
+        top = int(pixels.max()) if pixels.size else 0
+        if pixels.min(initial=0) < 0 or top > 65535:
+            raise ValueError(f"a 32-bit integer image (mode {image.mode}, values up to {top}): save it with 8 or 16 bits")
+        shift = 8 if image.mode.startswith("I;16") or top > 255 else 0  # mode I holding 0..255 is 8-bit data
+        return Image.fromarray((pixels >> shift).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        raise ValueError("a 32-bit float image (mode F): save it with 8 or 16 bits per channel")
+    return image.convert("RGB")
+
+
+def read_bytes(path: str) -> torch.Tensor:
+    with open(path, "rb") as f:
+        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
