@@ -32,7 +32,7 @@ from common import cifar10_jpeg_root, median, spread
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from mixtrain.config import AugmentConfig, CosineConfig, EmaConfig, SGDConfig, TrainConfig, TrainerConfig
+from mixtrain.config import AugmentConfig, EmaConfig, OptimConfig, SchedConfig, TrainConfig, TrainerConfig
 from mixtrain.data import FolderConfig
 from mixtrain.models import CifarModelConfig
 from mixtrain.train.engine import Part, Trainer
@@ -98,7 +98,8 @@ def mixtrain_config(root, steps, batch, dtype, device, ema_accum=False) -> Train
                             log_every=10**9, checkpoint=False, accum_steps=2 if ema_accum else 1,
                             ema=EmaConfig(enabled=ema_accum))
     return TrainConfig(dataset=dataset, model=CifarModelConfig(name=MODEL), augment=AugmentConfig(),
-                       optim=SGDConfig(lr=0.05), sched=CosineConfig(), trainer=trainer)
+                       optim=OptimConfig(name="sgd", lr=0.05, filter_bias_and_bn=False, kwargs={"nesterov": False}),
+                       sched=SchedConfig(name="cosine"), trainer=trainer)
 
 
 def bench_mixtrain(training: Training, epoch: int, device):

@@ -49,3 +49,12 @@ OBJECTIVES = ("best_val_acc1", "final_val_acc1", "final_val_acc5", "final_val_ec
               "final_train_loss", "img_per_s", "wall_time_s")
 # The metrics `mixtrain report` tabulates per group of runs.
 REPORTED = ("best_val_acc1", "final_val_acc1", "final_val_ece", "final_val_ece_ts", "final_val_nll")
+
+
+def objective_metric(objective: str):
+    """The ``metrics.jsonl`` key an objective is made from, and whether it is better ``min`` or ``max``
+    (what a plateau schedule steps on); None when it has no per-epoch value (``wall_time_s``)."""
+    key = objective.split("_", 1)[1] if objective.startswith(("best_", "final_")) else objective
+    if key == "wall_time_s":
+        return None
+    return key, "min" if key.endswith(("_ece", "_nll", "_loss")) else "max"

@@ -41,7 +41,7 @@ def test_every_config_group_option_composes_and_validates(group, option):
     ("dataset=imagefolder", "dataset.root is required"),
     ("trainer.device=tpu", "trainer.device must be auto, cpu, cuda"),
     ("trainer.amp_dtype=fp8", "trainer.amp_dtype must be one of fp16, bf16"),
-    ("sched=multistep sched.milestones=[100]", "sched.milestones must be < trainer.epochs"),
+    ("sched=multistep sched.decay_milestones=[100]", "sched.decay_milestones must be < trainer.epochs"),
     ("augment.label_smoothing=1.5", "augment.label_smoothing must be in [0, 1)"),
     ("augment.disable_epochs=99", "augment.disable_epochs must be <= trainer.epochs"),
     ("seed=-3", "seed must be >= 0"),

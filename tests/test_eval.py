@@ -199,7 +199,7 @@ def test_noisy_label_recipes_follow_table_2(name):
     assert cfg.model.name == "preact_resnet18" and cfg.augment.name == augment
     assert getattr(cfg.augment, "alpha", None) == alpha
     assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.optim.lr, cfg.optim.weight_decay) == (200, 128, 0.1, 1e-4)
-    assert cfg.sched.name == "multistep" and cfg.sched.milestones == [100, 150]
+    assert cfg.sched.name == "multistep" and cfg.sched.decay_milestones == [100, 150]
     header = (recipes_dir() / f"{name}.yaml").read_text().splitlines()
     assert header[0] == "# @package _global_"
     assert header[2].startswith("# source: ") and "Table 2" in header[2]

@@ -54,7 +54,7 @@ def test_wheel_in_a_fresh_venv_runs_from_another_directory(wheel, tmp_path):
     shown = subprocess.run([mixtrain, "train", "--cfg", "job", "recipe=resnet20_cifar10"], cwd=work, env=env,
                            capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
-    assert "milestones:" in shown.stdout and "name: resnet20" in shown.stdout
+    assert "decay_milestones:" in shown.stdout and "name: resnet20" in shown.stdout
 
     run = subprocess.run([mixtrain, "train", "trainer.epochs=1", "trainer.limit_train_batches=2",
                           "trainer.limit_val_batches=1", "trainer.device=cpu"], cwd=work, env=env,

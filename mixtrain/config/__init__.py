@@ -16,13 +16,12 @@ from mixtrain.config.commands import EvalConfig, ExportConfig, PredictConfig, he
 from mixtrain.config.dataset import AUTO_AUGMENT_POLICIES, DatasetConfig, StreamedConfig
 from mixtrain.config.errors import check_no_extra_keys, debug_enabled, describe_config_error, to_object
 from mixtrain.config.registry import GROUPS, Entry, entry_of, options, register
-from mixtrain.config.schemas import (AdamWConfig, CosineConfig, EmaConfig, LambConfig, MultiStepConfig, OptimConfig,
-                                     SchedConfig, SGDConfig, TrainConfig, TrainerConfig)
+from mixtrain.config.schemas import EmaConfig, OptimConfig, SchedConfig, TrainConfig, TrainerConfig
 from mixtrain.config.store import asdict, config_dir, config_from_dict, recipes_dir, register_configs, schema_for
 
-__all__ = ["AUTO_AUGMENT_POLICIES", "AdamWConfig", "AugmentConfig", "CosineConfig", "DatasetConfig", "EmaConfig",
-           "Entry", "EvalConfig", "ExportConfig", "GROUPS", "LambConfig", "MIX_MODES", "MixConfig",
-           "MultiStepConfig", "OptimConfig", "PredictConfig", "SGDConfig", "SchedConfig", "StreamedConfig",
+__all__ = ["AUTO_AUGMENT_POLICIES", "AugmentConfig", "DatasetConfig", "EmaConfig",
+           "Entry", "EvalConfig", "ExportConfig", "GROUPS", "MIX_MODES", "MixConfig",
+           "OptimConfig", "PredictConfig", "SchedConfig", "StreamedConfig",
            "TrainConfig", "TrainerConfig", "asdict", "check_no_extra_keys", "config_dir", "config_from_dict",
            "debug_enabled", "describe_config_error", "entry_of", "heldout_fraction", "options", "recipes_dir",
            "register", "register_configs", "schema_for", "to_object"]

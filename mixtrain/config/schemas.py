@@ -9,131 +9,168 @@ live with their registry entries (``mixtrain/data``, ``mixtrain/models``, ``mixt
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
 from mixtrain.config.augment import AugmentConfig
 from mixtrain.config.errors import at_least, choice, require, valid_device, valid_seed
 from mixtrain.config.registry import Entry, check_run, register
-from mixtrain.layout import OBJECTIVES
+from mixtrain.errors import MixtrainError
+from mixtrain.layout import OBJECTIVES, objective_metric
 
 # --------------------------------------------------------------------------- optim
 
 
 @dataclass
 class OptimConfig:
-    name: str = MISSING
-    lr: float = 0.1  # peak learning rate (after warmup)
-    weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw and lamb)
-    # Exempt norm weights and biases (all 1-d parameters) from weight decay, as timm does.
-    filter_bias_and_bn: bool = False
-    # Set: optim.lr is for a global batch of this size and is scaled linearly to
-    # trainer.batch_size (timm's --lr-base / --lr-base-size, Goyal et al. 2017).
-    lr_base_batch: Optional[int] = None
+    """Any optimizer timm lists (timm.optim.list_optimizers()), built by timm.optim.create_optimizer_v2.
 
-    def __post_init__(self) -> None:
-        require(self.lr > 0, "optim.lr", "must be > 0", self.lr)
-        at_least(self.weight_decay, 0.0, "optim.weight_decay")
-        if self.lr_base_batch is not None:
-            at_least(self.lr_base_batch, 1, "optim.lr_base_batch")
-
-
-@dataclass
-class SGDConfig(OptimConfig):
-    name: str = "sgd"
-    momentum: float = 0.9  # heavy-ball momentum
-    nesterov: bool = False  # Nesterov momentum
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(0.0 <= self.momentum < 1.0, "optim.momentum", "must be in [0, 1)", self.momentum)
-        require(not self.nesterov or self.momentum > 0, "optim.nesterov", "needs optim.momentum > 0", self.nesterov)
-
-
-@dataclass
-class AdamWConfig(OptimConfig):
-    name: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's running-average coefficients
-    eps: float = 1e-8  # added to the denominator for stability
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "optim.betas", "must be two values in [0, 1)", self.betas)
-        require(self.eps > 0, "optim.eps", "must be > 0", self.eps)
-
-
-@dataclass
-class LambConfig(OptimConfig):
-    """LAMB (You et al. 2020) as ``timm.optim.Lamb``: Adam steps scaled per tensor by a trust ratio.
-
-    The defaults are timm's, and ResNet Strikes Back's (Wightman et al. 2021), which
-    exempts norm weights and biases from weight decay (timm's ``filter_bias_and_bn``).
+    The typed keys are timm's common arguments (``--opt``, ``--lr``, ``--weight-decay``, ``--momentum``,
+    ``--opt-betas``, ``--opt-eps``, ``--layer-decay``); ``kwargs`` passes any other argument of the
+    optimizer's class (``--opt-kwargs``). The ``optim=sgd|adamw|lamb`` options are presets of this one schema.
     """
 
-    name: str = "lamb"
-    lr: float = 5e-3
-    weight_decay: float = 0.02
+    name: str = MISSING  # timm's optimizer name (sgd, momentum, adamw, lamb, lion, adopt, lars, ...; lookahead_<name>)
+    lr: float = 0.1  # peak learning rate (after warmup)
+    weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw, lamb and the other *w optimizers)
+    momentum: float = 0.9  # for optimizers with momentum (timm passes it to those only)
+    betas: Optional[List[float]] = None  # Adam-style running-average coefficients; null: the optimizer's default
+    eps: Optional[float] = None  # added to the denominator; null: the optimizer's default
+    # Exempt norm weights and biases (all 1-d parameters) and the model's no_weight_decay() from weight decay.
     filter_bias_and_bn: bool = True
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's running-average coefficients
-    eps: float = 1e-6  # added to the denominator for stability
-    max_grad_norm: Optional[float] = 1.0  # clip the global gradient norm inside the optimizer; None: off
-    trust_clip: bool = False  # clip the trust ratio at 1 (LAMBC)
-    always_adapt: bool = False  # apply the trust ratio to tensors without weight decay too
+    # Layer-wise learning-rate decay (BEiT; timm's --layer-decay): the LR of layer i is scaled by
+    # layer_decay ** (last - i), the head keeping the full LR. null: off.
+    layer_decay: Optional[float] = None
+    layer_decay_min_scale: float = 0.0  # no layer's scale goes below this (timm's --layer-decay-min-scale)
+    # The classifier's own learning rate (a new head trains faster than the backbone); null: optim.lr.
+    # Needs a model whose pretrained_cfg names its classifier (timm's and the bundled models do).
+    head_lr: Optional[float] = None
+    # Set: optim.lr is for a global batch of this size and is scaled to trainer.batch_size
+    # (timm's --lr-base / --lr-base-size).
+    lr_base_batch: Optional[int] = None
+    # How optim.lr scales with the batch: linear (Goyal et al. 2017) | sqrt; null: timm's rule
+    # (sqrt for the ada* and lamb optimizers, linear for the rest).
+    lr_base_scale: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # any other argument of the optimizer (timm's --opt-kwargs)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "optim.betas", "must be two values in [0, 1)", self.betas)
-        require(self.eps > 0, "optim.eps", "must be > 0", self.eps)
-        if self.max_grad_norm is not None:
-            require(self.max_grad_norm > 0, "optim.max_grad_norm", "must be > 0 (or null to turn clipping off)", self.max_grad_norm)
+        valid_optimizer(self.name, "optim.name")
+        require(self.lr > 0, "optim.lr", "must be > 0", self.lr)
+        at_least(self.weight_decay, 0.0, "optim.weight_decay")
+        require(0.0 <= self.momentum < 1.0, "optim.momentum", "must be in [0, 1)", self.momentum)
+        if self.betas is not None:
+            require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "optim.betas",
+                    "must be two values in [0, 1)", self.betas)
+        if self.eps is not None:
+            require(self.eps > 0, "optim.eps", "must be > 0", self.eps)
+        if self.layer_decay is not None:
+            require(0.0 < self.layer_decay <= 1.0, "optim.layer_decay", "must be in (0, 1]", self.layer_decay)
+        require(0.0 <= self.layer_decay_min_scale <= 1.0, "optim.layer_decay_min_scale", "must be in [0, 1]",
+                self.layer_decay_min_scale)
+        if self.head_lr is not None:
+            require(self.head_lr > 0, "optim.head_lr", "must be > 0", self.head_lr)
+        if self.lr_base_batch is not None:
+            at_least(self.lr_base_batch, 1, "optim.lr_base_batch")
+        if self.lr_base_scale is not None:
+            choice(self.lr_base_scale, ("linear", "sqrt"), "optim.lr_base_scale")
+        for key in ("lr", "weight_decay", "momentum", "betas", "eps", "params", "foreach"):
+            require(key not in self.kwargs, f"optim.kwargs.{key}",
+                    f"is {'a key of its own: set optim.' + key if key in ('lr', 'weight_decay', 'momentum', 'betas', 'eps') else 'set by mixtrain'}",
+                    self.kwargs[key] if key in self.kwargs else None)
+
+    def base_scale(self) -> str:
+        """``lr_base_scale``, or timm's rule when unset (train.py: sqrt for ada* and lamb, else linear)."""
+        if self.lr_base_scale:
+            return self.lr_base_scale
+        return "sqrt" if any(part in self.name.lower() for part in ("ada", "lamb")) else "linear"
+
+
+def valid_optimizer(name: str, key: str) -> None:
+    """``name`` is one of timm's optimizers (an optional ``lookahead_`` prefix), else one line with the close ones."""
+    # timm's optimizer registry: its list is the one truth (0.6 s to import, paid by every run that trains)
+    from timm.optim import list_optimizers
+
+    known = list_optimizers()
+    base = name.lower().split("_")[-1]
+    if base not in known or (name.count("_") and not name.lower().startswith("lookahead_")):
+        close = difflib.get_close_matches(base, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise MixtrainError(f"{key}={name!r} is not one of timm's {len(known)} optimizers{hint} "
+                            "(python -c 'import timm.optim; print(timm.optim.list_optimizers())')")
 
 
 # --------------------------------------------------------------------------- sched
 
 
+# The schedules timm.scheduler.create_scheduler_v2 builds (since timm 1.0.12, the oldest mixtrain takes).
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "plateau", "poly")
+
+
 @dataclass
 class SchedConfig:
-    """Learning-rate schedule, stepped every optimizer step (or once per epoch)."""
+    """A learning-rate schedule of timm's, built by timm.scheduler.create_scheduler_v2.
 
-    name: str = MISSING
-    warmup_epochs: float = 0.0  # linear warmup, may be fractional
-    warmup_start_factor: float = 0.1  # warmup starts at lr * this
-    step_on: str = "update"  # update: every optimizer step | epoch: once per epoch (RSB, timm's default)
+    The keys are timm's (train.py's flags with ``sched.`` in front: ``--warmup-lr`` is
+    ``sched.warmup_lr``, ``--lr-cycle-mul`` is ``sched.cycle_mul``, ``--lr-noise`` is ``sched.noise``).
+    One difference: ``trainer.epochs`` is the whole run, and the schedule (its warmup prefix, cycles and
+    cooldown) is fitted inside it; timm's ``--epochs`` leaves out the cooldown.
+    """
+
+    name: str = MISSING  # cosine | tanh | step | multistep | plateau | poly
+    # update: every optimizer step (timm's --sched-on-updates) | epoch: once per epoch (timm's default)
+    step_on: str = "update"
+    min_lr: float = 0.0  # the LR the schedule decays to (cosine, tanh, poly, plateau)
+    warmup_epochs: float = 0.0  # linear warmup from warmup_lr, may be fractional with step_on=update
+    warmup_lr: float = 1e-5  # the LR at the start of warmup
+    warmup_prefix: bool = False  # warmup comes before the schedule, which then starts at its peak
+    cooldown_epochs: float = 0.0  # epochs at min_lr at the end of the run
+    # step: decay every decay_epochs by decay_rate; multistep: at each of decay_milestones (empty: at 1/2
+    # and 3/4 of the run); plateau: by decay_rate after patience_epochs without improvement of the run's
+    # objective; poly: decay_rate is the power.
+    decay_epochs: float = 30.0
+    decay_milestones: List[int] = field(default_factory=list)
+    decay_rate: float = 0.1
+    patience_epochs: int = 10
+    cycle_mul: float = 1.0  # each cycle this much longer than the one before (cosine, tanh, poly)
+    cycle_decay: float = 0.1  # each cycle's peak this fraction of the one before
+    cycle_limit: int = 1  # cycles in the run
+    k_decay: float = 1.0  # k-decay (Zhang et al. 2020; cosine, poly)
+    # LR noise (timm's --lr-noise): on from this fraction of the schedule, or [on, off] fractions; null: off.
+    noise: Optional[List[float]] = None
+    noise_pct: float = 0.67  # the noise's limit, as a fraction of the LR
+    noise_std: float = 1.0  # the noise's standard deviation
 
     def __post_init__(self) -> None:
-        at_least(self.warmup_epochs, 0.0, "sched.warmup_epochs")
+        choice(self.name, SCHEDULES, "sched.name")
         choice(self.step_on, ("update", "epoch"), "sched.step_on")
-        require(0.0 < self.warmup_start_factor <= 1.0, "sched.warmup_start_factor", "must be in (0, 1]", self.warmup_start_factor)
+        for key in ("min_lr", "warmup_epochs", "warmup_lr", "cooldown_epochs", "k_decay"):
+            at_least(getattr(self, key), 0.0, f"sched.{key}")
+        require(self.decay_epochs > 0, "sched.decay_epochs", "must be > 0", self.decay_epochs)
+        require(list(self.decay_milestones) == sorted(self.decay_milestones) and all(m > 0 for m in self.decay_milestones),
+                "sched.decay_milestones", "must be increasing positive epochs", self.decay_milestones)
+        require(self.decay_rate > 0, "sched.decay_rate", "must be > 0", self.decay_rate)
+        at_least(self.patience_epochs, 0, "sched.patience_epochs")
+        require(self.cycle_mul > 0, "sched.cycle_mul", "must be > 0", self.cycle_mul)
+        at_least(self.cycle_limit, 1, "sched.cycle_limit")
+        if self.noise is not None:
+            require(len(self.noise) in (1, 2) and all(0.0 <= n for n in self.noise), "sched.noise",
+                    "must be [on] or [on, off]: fractions of the schedule", self.noise)
+        require(not (self.name == "plateau" and self.step_on == "update"), "sched.step_on",
+                "must be epoch for sched=plateau (it steps on each evaluation's objective, as timm's does)",
+                self.step_on)
 
+    def cycles(self) -> float:
+        """The run's cycles, each counted in units of the first (cycle_mul ** i summed)."""
+        if self.cycle_mul == 1.0:
+            return float(self.cycle_limit)
+        return sum(self.cycle_mul ** i for i in range(self.cycle_limit))
 
-@dataclass
-class CosineConfig(SchedConfig):
-    name: str = "cosine"
-    min_lr: float = 0.0  # the learning rate the cosine decays to at the last step
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        at_least(self.min_lr, 0.0, "sched.min_lr")
-
-
-@dataclass
-class MultiStepConfig(SchedConfig):
-    """Multiply the learning rate by gamma at each milestone epoch."""
-
-    name: str = "multistep"
-    # Epochs at which lr *= gamma; empty: at 1/2 and 3/4 of trainer.epochs (100 and 150 of 200).
-    milestones: List[int] = field(default_factory=list)
-    gamma: float = 0.1  # factor applied at each milestone
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(list(self.milestones) == sorted(self.milestones) and all(m > 0 for m in self.milestones),
-                 "sched.milestones", "must be increasing positive epochs", self.milestones)
-        require(0.0 < self.gamma <= 1.0, "sched.gamma", "must be in (0, 1]", self.gamma)
+    def schedule_epochs(self, epochs: int) -> float:
+        """timm's ``num_epochs`` (one cycle, without the warmup prefix and the cooldown) for a run of ``epochs``."""
+        return (epochs - self.cooldown_epochs - (self.warmup_epochs if self.warmup_prefix else 0.0)) / self.cycles()
 
 
 # --------------------------------------------------------------------------- trainer
@@ -243,13 +280,18 @@ class TrainConfig:
 # --------------------------------------------------------------------------- registry
 
 
-class MultiStepEntry(Entry):
-    def check_run(self, config: MultiStepConfig, run: TrainConfig) -> None:
-        require(all(m < run.trainer.epochs for m in config.milestones), "sched.milestones",
-                f"must be < trainer.epochs ({run.trainer.epochs})", config.milestones)
+class SchedEntry(Entry):
+    def check_run(self, config: SchedConfig, run: "TrainConfig") -> None:
+        epochs = run.trainer.epochs
+        require(config.schedule_epochs(epochs) > 0, "sched.cooldown_epochs",
+                f"with the warmup prefix must leave some of trainer.epochs ({epochs}) to the schedule",
+                config.cooldown_epochs)
+        require(all(m < epochs for m in config.decay_milestones), "sched.decay_milestones",
+                f"must be < trainer.epochs ({epochs})", config.decay_milestones)
+        require(config.name != "plateau" or objective_metric(run.objective) is not None, "objective",
+                "has no per-epoch value for sched=plateau to step on: pick another objective", run.objective)
 
 
-for _kind, _schema in (("sgd", SGDConfig), ("adamw", AdamWConfig), ("lamb", LambConfig)):
-    register(Entry("optim", _kind, _schema))
-register(Entry("sched", "cosine", CosineConfig))
-register(MultiStepEntry("sched", "multistep", MultiStepConfig))
+# One schema each: every optimizer timm lists, every schedule it builds (conf/optim, conf/sched hold presets).
+register(Entry("optim", "timm", OptimConfig, names=()))
+register(SchedEntry("sched", "timm", SchedConfig, names=()))

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from mixtrain.config.commands import EvalConfig, ExportConfig, PredictConfig
 from mixtrain.config.errors import to_object
 from mixtrain.config.registry import GROUPS, option_names, saved_entry
-from mixtrain.config.schemas import TrainConfig
+from mixtrain.config.schemas import OptimConfig, TrainConfig
 from mixtrain.errors import MixtrainError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -51,8 +51,28 @@ def schema_for(group: str, saved: Dict[str, Any]) -> type:
     return entry.schema
 
 
+def upgrade_saved(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """A config saved before the optimizer and the schedule were timm's, in today's keys: the same
+    optimizer (torch's non-Nesterov SGD is timm's ``momentum``; its other arguments in ``kwargs``) and
+    schedule (``milestones``, ``gamma`` and ``warmup_start_factor`` are timm's ``decay_milestones``,
+    ``decay_rate`` and an absolute ``warmup_lr``)."""
+    optim, sched = dict(saved["optim"]), dict(saved["sched"])
+    if "filter_bias_and_bn" in optim and "kwargs" not in optim and TARGET not in optim:
+        if optim.get("name") == "sgd" and not optim.pop("nesterov", False):
+            optim["name"] = "momentum"
+        known = {f.name for f in dataclasses.fields(OptimConfig)}
+        optim["kwargs"] = {k: optim.pop(k) for k in list(optim) if k not in known}
+    if "warmup_start_factor" in sched and TARGET not in sched:
+        sched["warmup_lr"] = sched.pop("warmup_start_factor") * optim.get("lr", 0.1)
+        for old, new in (("milestones", "decay_milestones"), ("gamma", "decay_rate")):
+            if old in sched:
+                sched[new] = sched.pop(old)
+    return {**saved, "optim": optim, "sched": sched}
+
+
 def config_from_dict(saved: Dict[str, Any]) -> "TrainConfig":
     """Rebuild (and re-validate) a TrainConfig from its ``asdict`` form, e.g. a checkpoint's."""
+    saved = upgrade_saved(saved)
     nodes = {}
     for group in GROUPS:
         schema = schema_for(group, saved[group])

@@ -101,6 +101,8 @@ class CifarResNet(nn.Module):
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.head = head
+        # timm's convention for where the classifier is: its layer decay, optim.head_lr and a new head use it.
+        self.pretrained_cfg = {"classifier": "head.fc"}
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

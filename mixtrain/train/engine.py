@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -28,11 +27,6 @@ from mixtrain.mixing import Mixer
 from mixtrain.mixing.losses import Loss
 from mixtrain.runtime import clock, distributed
 from mixtrain.runtime.precision import Precision
-
-# A step the fp16 GradScaler skips does not call optimizer.step(), and the schedule steps
-# anyway (it counts batches); torch then warns as if the two calls were out of order.
-warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
-
 
 # --------------------------------------------------------------------------- one step
 
@@ -204,11 +198,11 @@ class Trainer:
     model: nn.Module  # what trains: the model, or its DDP / torch.compile wrapper
     loader: Any  # the training split's loader: set_epoch, iter_from, len
     step: Step
-    scheduler: Any
+    schedule: Any  # mixtrain.train.optim.Schedule: step_update after each update, step after each epoch
     state: TrainState
     epochs: int
     device: torch.device
-    step_on: str = "update"  # sched.step_on: update | epoch
+    schedule_metric: Optional[str] = None  # the record key a plateau schedule steps on (the run's objective)
     log_every: int = 50
     checkpoint_every: Optional[int] = None  # trainer.checkpoint_every_steps
     world_size: int = 1
@@ -259,9 +253,8 @@ class Trainer:
                 self.startup_time = clock.since_start()
             out = train_step(self.model, x, y, epoch, self.step)
             tally.add(out, y.shape[0], step)
-            if self.step_on == "update":
-                self.scheduler.step()
             state.step, state.global_step, images = step + 1, state.global_step + 1, images + y.shape[0]
+            self.schedule.step_update(state.global_step)
             self.call("step_end", out)
             if self.sync_due(step + 1) and step + 1 < steps:
                 self.sync(tally, steps)
@@ -270,14 +263,14 @@ class Trainer:
         nan = float("nan")
         record: Dict[str, Any] = {"epoch": epoch, "train_loss": stats["loss_sum"] / seen if seen else nan,
                                   "train_acc": 100.0 * stats["correct"] / seen if seen else nan,
-                                  "lr": self.step.optimizer.param_groups[0]["lr"],
+                                  "lr": self.schedule.lr(),
                                   "img_per_s": images * self.world_size / max(seconds, 1e-9) if images else nan}
-        if self.step_on == "epoch":
-            self.scheduler.step()
         if not self.startup_reported and self.startup_time is not None:
             record["startup_time"] = self.startup_time  # imports, data, model, workers: to the first batch
             self.startup_reported = True
         self.call("epoch_end", record)  # evaluation adds val_* (and ema_val_*)
+        # As timm's train.py: after the evaluation, with its metric (a plateau's; the others ignore it).
+        self.schedule.step(epoch + 1, record.get(self.schedule_metric) if self.schedule_metric else None)
         record["epoch_time"] = time.perf_counter() - self.t_epoch
         record["train_time"] = seconds
         record["eval_time"] = record["epoch_time"] - seconds  # evaluation and its extras: outside training

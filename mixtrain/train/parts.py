@@ -288,7 +288,7 @@ class Records(Part):
         eta = (stats["steps"] - state.step) * self.batch_size / max(rate, 1e-9)
         monitor.sync_line(state.epoch, state.step, int(stats["steps"]), loss, rate, eta)
         monitor.scalar("train/loss_running", loss, state.global_step)
-        monitor.scalar("train/lr_step", trainer.step.optimizer.param_groups[0]["lr"], state.global_step)
+        monitor.scalar("train/lr_step", trainer.schedule.lr(), state.global_step)
         if not math.isnan(stats["grad_norm"]):
             monitor.scalar("train/grad_norm", stats["grad_norm"], state.global_step)
         if state.step == stats["steps"]:  # the epoch's last sync: its bar goes before evaluation

@@ -14,12 +14,13 @@ import random
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from mixtrain import layout
+from mixtrain.layout import objective_metric
 from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.checkpoint import TrainState
 from mixtrain.config import MixConfig, TrainConfig, asdict
@@ -36,7 +37,7 @@ from mixtrain.runtime import distributed
 from mixtrain.runtime.precision import resolve_device, resolve_precision
 from mixtrain.train.engine import Step, Trainer
 from mixtrain.train.monitor import RunMonitor, reconcile_metrics
-from mixtrain.train.optim import create_optimizer, create_scheduler, scaled_lr
+from mixtrain.train.optim import Schedule, create_optimizer, scaled_lr
 from mixtrain.train.parts import Checkpoints, Ema, Evaluation, NanPolicy, Records, StopOnSignal, StopRequest
 
 
@@ -49,6 +50,17 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(seed + rank)
     random.seed(seed + rank)
     np.random.seed(seed + rank)
+
+
+def schedule_metric(cfg: TrainConfig) -> Optional[Tuple[str, str]]:
+    """What a plateau schedule steps on: the record key of the run's objective (the EMA weights' with
+    ``trainer.ema.select_best``) and its direction; None for the other schedules."""
+    if cfg.sched.name != "plateau":
+        return None
+    key, mode = objective_metric(cfg.objective)
+    if cfg.trainer.ema.enabled and cfg.trainer.ema.select_best and key.startswith("val_"):
+        key = f"ema_{key}"
+    return key, mode
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -86,8 +98,9 @@ class Training:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.lr = scaled_lr(cfg.optim, trainer.batch_size)
         self.optimizer = create_optimizer(cfg.optim, self.model, self.lr)
-        steps = len(self.data.train) if cfg.sched.step_on == "update" else 1
-        self.scheduler = create_scheduler(cfg.sched, self.optimizer, steps, trainer.epochs)
+        self.schedule_metric = schedule_metric(cfg)
+        self.scheduler = Schedule(cfg.sched, self.optimizer, trainer.epochs, len(self.data.train), cfg.seed,
+                                  self.schedule_metric[1] if self.schedule_metric else "max")
         self.mixer = create_mixer(cfg.augment, self.data.num_classes, trainer.epochs, cfg.seed, ctx.rank)
         self.step = Step(self.optimizer, self.precision, self.mixer, create_loss(cfg.augment), trainer.accum_steps,
                          trainer.clip_grad, trainer.clip_value)
@@ -110,8 +123,8 @@ class Training:
             if ctx.is_main:
                 reconcile_metrics(run_dir / layout.METRICS, self.history)
             if self.resume_note:
-                lr_next = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-                self.resume_note += f"; here: lr {saved['optimizer']['param_groups'][0]['lr']:.4g} -> {lr_next:.4g}"
+                lr_next = self.scheduler.lr_at(self.state.epoch, self.state.global_step)
+                self.resume_note += f"; here: lr {self.scheduler.lr():.4g} -> {lr_next:.4g}"
         # DDP after restoring, so that every rank starts from the same weights.
         self.train_model = distributed.wrap_model(self.model, self.device, trainer.sync_bn)
         if trainer.compile:
@@ -258,7 +271,8 @@ class Training:
     def trainer(self) -> Trainer:
         cfg = self.cfg.trainer
         return Trainer(self.train_model, self.data.train, self.step, self.scheduler, self.state, cfg.epochs,
-                       self.device, self.cfg.sched.step_on, cfg.log_every, cfg.checkpoint_every_steps,
+                       self.device, self.schedule_metric[0] if self.schedule_metric else None, cfg.log_every,
+                       cfg.checkpoint_every_steps,
                        self.ctx.world_size, self.history, self.parts, self.stop)
 
     def train(self) -> Dict[str, Any]:
