@@ -24,12 +24,14 @@ def reference_normalize(x):
 
 def test_train_batches_are_exact_crops_and_flips_of_the_padded_images():
     images, labels = uint8_images(37), torch.arange(37)
-    loader = DeviceLoader(images, labels, MEAN, STD, train=True, options=LoaderOptions(8, seed=3), padding=2)
+    loader = DeviceLoader(images, labels, MEAN, STD, train=True, options=LoaderOptions(8, seed=3), padding=2,
+                          hflip=0.5, vflip=0.3)
     loader.set_epoch(5)
     g = epoch_generator(3, 5)
     order = torch.randperm(37, generator=g)
     offsets = torch.randint(0, 5, (37, 2), generator=g)
-    flips = torch.randint(0, 2, (37,), generator=g).bool()
+    flips = torch.rand(37, 2, generator=g) < torch.tensor([0.5, 0.3])
+    assert flips[:, 0].any() and flips[:, 1].any() and not flips.all()
     padded = F.pad(images, (2, 2, 2, 2))
     batches = list(loader)
     assert len(batches) == 4  # 37 // 8, last partial batch dropped
@@ -39,8 +41,10 @@ def test_train_batches_are_exact_crops_and_flips_of_the_padded_images():
             idx = order[k]
             dy, dx = offsets[k].tolist()
             crop = padded[idx, :, dy:dy + 8, dx:dx + 8]
-            if flips[k]:
+            if flips[k, 0]:
                 crop = crop.flip(-1)
+            if flips[k, 1]:
+                crop = crop.flip(-2)
             assert y[i] == labels[idx]
             torch.testing.assert_close(x[i], reference_normalize(crop[None])[0], rtol=0, atol=1e-6)
 

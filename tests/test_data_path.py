@@ -84,14 +84,17 @@ def test_every_command_opens_a_split_through_the_same_factory(tmp_path):
 
 
 def test_randaugment_posterize_never_asks_pillow_for_zero_bits():
-    from mixtrain.data.transforms import auto_augment_transform
+    from mixtrain.config.dataset import StreamedConfig
+    from mixtrain.data.transforms import augment_ops, stream_transform
 
     image = Image.new("RGB", (16, 16), (200, 120, 40))
     # Magnitude 10 makes timm's PosterizeIncreasing keep 0 bits, which Pillow refuses mid-epoch.
-    transform = auto_augment_transform("rand-m10-n3-inc1", 16, [0.5] * 3)
+    cfg = StreamedConfig(name="x", image_size=16, auto_augment="rand-m10-n3-inc1")
+    cfg.resolve_preprocessing()
+    transform = stream_transform(cfg, train=True)
     for _ in range(100):
         transform(image)
-    posterize = next(op for op in transform.ops if op.name == "PosterizeIncreasing")
+    posterize = next(op for op in augment_ops(transform) if op.name == "PosterizeIncreasing")
     assert set(np.asarray(posterize.aug_fn(image, 0)).ravel().tolist()) <= {0, 128}  # 1 bit kept
 
 

@@ -210,9 +210,12 @@ def test_train_and_eval_sizes_differ_and_randaugment_runs(tmp_path):
                       "dataset.eval_image_size=64", "trainer.batch_size=4", "sched.warmup_epochs=0")
     data = build_data(cfg.dataset, cfg.trainer, torch.device("cpu"), seed=0)
     train_transforms = [type(t).__name__ for t in data.train.dataset.transform.transforms]
-    assert train_transforms == ["RandomResizedCrop", "RandomHorizontalFlip", "RandAugment", "PILToTensor"]
+    # timm's transforms; no ColorJitter with RandAugment on, as in timm
+    assert train_transforms == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment",
+                                "MaybePILToTensor"]
     resize, crop = data.val.dataset.transform.transforms[:2]
-    assert resize.size == [round(64 / 0.95)] and crop.size == (64, 64)
+    assert resize.size == int(64 / 0.95) and crop.size == (64, 64)  # timm floors: 67 (236 -> 235 at 224)
+    assert cfg.dataset.interpolation == "bicubic"  # resnet50's own (its pretrained config), as RSB trained
     assert next(iter(data.train))[0].shape == (4, 3, 48, 48)
     assert next(iter(data.val))[0].shape == (6, 3, 64, 64)
     # The cached path decodes the val split at the eval size.

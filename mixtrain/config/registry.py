@@ -50,6 +50,11 @@ class Entry:
     def check_run(self, config: Any, run: Any) -> None:
         """Checks that need the whole run config (``run``), beyond the schema's own; override."""
 
+    def preprocessing(self, config: Any) -> Optional[Dict[str, Any]]:
+        """A model kind's own preprocessing (timm's pretrained config: mean, std, interpolation, crop,
+        input size) for the data to take where it sets none; None: the kind has none. Override."""
+        return None
+
 
 def register(entry: Entry) -> Entry:
     """Add ``entry`` to its group, and its schema to Hydra's ConfigStore."""

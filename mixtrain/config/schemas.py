@@ -17,7 +17,8 @@ from omegaconf import MISSING
 
 from mixtrain.config.augment import AugmentConfig
 from mixtrain.config.errors import at_least, choice, require, valid_device, valid_seed
-from mixtrain.config.registry import Entry, check_run, register
+from mixtrain.config.dataset import StreamedConfig
+from mixtrain.config.registry import Entry, check_run, entry_of, register
 from mixtrain.errors import MixtrainError
 from mixtrain.layout import OBJECTIVES, objective_metric
 
@@ -275,6 +276,11 @@ class TrainConfig:
         require(self.sched.warmup_epochs < self.trainer.epochs or self.sched.warmup_epochs == 0,
                 "sched.warmup_epochs", f"must be < trainer.epochs ({self.trainer.epochs})", self.sched.warmup_epochs)
         check_run(self)  # each option's own checks against the whole run (its registry entry)
+        if isinstance(self.dataset, StreamedConfig):  # the model's own preprocessing where the data sets none
+            model = entry_of("model", self.model)
+            # Where each value came from, for the run's first line (not a key: the values are what is saved).
+            self.dataset.preprocessing_from = self.dataset.resolve_preprocessing(
+                model.preprocessing(self.model) if model is not None else None)
 
 
 # --------------------------------------------------------------------------- registry

@@ -19,14 +19,14 @@ from typing import List, Optional, Sequence
 import torch
 from torchvision.transforms import v2
 
-from mixtrain.config.dataset import DatasetConfig
+from mixtrain.config.dataset import DatasetConfig, StreamedConfig
 from mixtrain.config.registry import entry_of
 from mixtrain.config.schemas import TrainerConfig
 # Importing a source's module registers it: cifar, custom, folder, hf, mini, shards (webdataset).
 from mixtrain.data.cifar import CifarConfig
 from mixtrain.data.custom import CustomDatasetConfig
 from mixtrain.data.folder import FolderConfig, bad_image_error, check_same_classes
-from mixtrain.data.transforms import stream_transform
+from mixtrain.data.transforms import square_resize, stream_transform
 from mixtrain.data.hf import HFConfig
 from mixtrain.data.mini import MiniConfig
 from mixtrain.data.shards import WebDatasetConfig
@@ -47,6 +47,8 @@ def open_split(cfg: DatasetConfig, split: str, train: bool, options: LoaderOptio
     evaluation size. Unreadable files are never served as samples: see ``Split.skipped``
     and the loader's ``unreadable``; :func:`check_bad_images` applies the policy.
     """
+    if isinstance(cfg, StreamedConfig) and not cfg.resolved:  # built outside a run (a script, a benchmark)
+        cfg.resolve_preprocessing()
     source = entry_of("dataset", cfg)
     if source is None:
         raise MixtrainError(f"dataset {cfg.name!r} has no registered source (mixtrain/data/source.py)")
@@ -61,7 +63,7 @@ def eval_image_transform(cfg: DatasetConfig):
     if cfg.streams:
         return stream_transform(cfg, train=False)
     size = cfg.size(False) or 32
-    return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True)])
+    return v2.Compose([v2.PILToTensor(), square_resize(size, getattr(cfg, "interpolation", None) or "bilinear")])
 
 
 def check_bad_images(cfg: DatasetConfig, splits: Sequence[Split]) -> None:

@@ -42,14 +42,14 @@ class DeviceLoader:
     """Iterates ``(images, labels)`` batches of a device-resident uint8 dataset.
 
     Training (``train=True``): a new random order every epoch, random crop with
-    ``padding`` pixels of zero padding and random horizontal flip, incomplete last
+    ``padding`` pixels of zero padding and random flips (``hflip``, ``vflip``), incomplete last
     batch dropped. Evaluation: the data in order, unaugmented, every sample once.
     With ``world_size > 1`` each rank takes its own slice of the same epoch order.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                  train: bool, options, padding: int = 4, repeats: int = 1,
-                 erasing: Optional[RandomErasing] = None) -> None:
+                 erasing: Optional[RandomErasing] = None, hflip: float = 0.5, vflip: float = 0.0) -> None:
         """``options``: a :class:`~mixtrain.data.source.LoaderOptions` (batch size, channels_last,
         seed, rank, world size, max batches)."""
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -58,6 +58,7 @@ class DeviceLoader:
         self.batch_size = batch_size = options.batch_size
         self.train = train
         self.padding = padding if train else 0
+        self.hflip, self.vflip = hflip, vflip
         self.channels_last = options.channels_last
         self.seed = options.seed
         self.rank, self.world_size = options.rank, options.world_size
@@ -100,17 +101,16 @@ class DeviceLoader:
         self.epoch = epoch
 
     def _epoch_plan(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This rank's sample order, crop offsets ``[n, 2]`` and flips ``[n]`` for the epoch."""
+        """This rank's sample order, crop offsets ``[n, 2]`` and flips ``[n, 2]`` (horizontal, vertical)."""
         n = self.num_samples
         if not self.train:
             order = torch.arange(self.rank, n, self.world_size)
-            zeros = torch.zeros(len(order), dtype=torch.long)
-            return order, torch.zeros(len(order), 2, dtype=torch.long), zeros.bool()
+            return order, torch.zeros(len(order), 2, dtype=torch.long), torch.zeros(len(order), 2, dtype=torch.bool)
         g = epoch_generator(self.seed, self.epoch)
         order = repeated(torch.randperm(n, generator=g), self.repeats)
         # Crops and flips per position: the copies of a repeated image get their own.
         offsets = torch.randint(0, 2 * self.padding + 1, (len(order), 2), generator=g)
-        flips = torch.randint(0, 2, (len(order),), generator=g).bool()
+        flips = torch.rand(len(order), 2, generator=g) < torch.tensor([self.hflip, self.vflip])
         # Each rank takes an equal strided share of one shared order (rank-major batches).
         take = epoch_positions(n, self.repeats, self.rank, self.world_size)
         return order[take], offsets[take], flips[take]
@@ -126,9 +126,9 @@ class DeviceLoader:
             idx = order[step * bs:(step + 1) * bs]
             if self.train:
                 dy, dx = offsets[step * bs:(step + 1) * bs].unbind(1)
-                flip = flips[step * bs:(step + 1) * bs]
-                r = (dy[:, None] + rows).view(-1, 1, self.height, 1)
-                c = torch.where(flip[:, None], self.width - 1 - cols, cols) + dx[:, None]
+                hflip, vflip = flips[step * bs:(step + 1) * bs].unbind(1)
+                r = (torch.where(vflip[:, None], self.height - 1 - rows, rows) + dy[:, None]).view(-1, 1, self.height, 1)
+                c = torch.where(hflip[:, None], self.width - 1 - cols, cols) + dx[:, None]
                 batch = self.images[idx.view(-1, 1, 1, 1), channels, r, c.view(-1, 1, 1, self.width)]
             else:
                 batch = self.images[idx]

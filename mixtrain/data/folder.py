@@ -23,7 +23,6 @@ from omegaconf import MISSING
 from PIL import Image
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import v2
 
 from mixtrain.config.dataset import StreamedConfig
 from mixtrain.config.errors import require
@@ -31,7 +30,7 @@ from mixtrain.data.images import UNREADABLE, load_rgb, read_bytes
 from mixtrain.data.label_noise import corrupt_folder_labels
 from mixtrain.data.source import LoaderOptions, Split, device_split, register_source
 from mixtrain.data.streaming import CheckedItems, stream_split
-from mixtrain.data.transforms import stream_transform
+from mixtrain.data.transforms import square_resize, stream_transform
 from mixtrain.errors import MixtrainError
 
 
@@ -145,11 +144,12 @@ def check_same_classes(train: Sequence[str], val: Sequence[str]) -> None:
         )
 
 
-def decode_folder(dataset: datasets.ImageFolder, image_size: int) -> Tuple[torch.Tensor, torch.Tensor, List[str], int]:
+def decode_folder(dataset: datasets.ImageFolder, image_size: int,
+                  interpolation: str = "bilinear") -> Tuple[torch.Tensor, torch.Tensor, List[str], int]:
     """Every readable image of an ImageFolder as uint8 ``[N, 3, S, S]`` (resized if not S x S),
     its labels, the paths of the files that could not be read (left out), and the longest
     side of any image as stored (to tell when every image is being enlarged)."""
-    resize = v2.Resize((image_size, image_size), antialias=True)
+    resize = square_resize(image_size, interpolation)
     images, labels, bad, longest = [], [], [], 0
     chunk = 4096
     for start in range(0, len(dataset.samples), chunk):
@@ -182,7 +182,7 @@ def open_folder(cfg: FolderConfig, split: str, train: bool, options: LoaderOptio
     key = {cfg.train_split: "dataset.train_split", cfg.val_split: "dataset.val_split"}.get(folder, "heldout")
     if not cfg.streams:
         dataset = open_image_folder(cfg.root, folder, key, train=train)
-        images, labels, bad, stored = decode_folder(dataset, cfg.size(train))
+        images, labels, bad, stored = decode_folder(dataset, cfg.size(train), cfg.interpolation)
         return device_split(cfg, images, labels, list(dataset.classes), train, options, bad, stored)
     dataset = open_image_folder(cfg.root, folder, key, stream_transform(cfg, train), train)
     skipped = unreadable_files(dataset) if cfg.on_bad_image == "error" else []  # a full decoding pass

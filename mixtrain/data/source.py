@@ -82,5 +82,6 @@ def device_split(cfg: DatasetConfig, images: torch.Tensor, labels: torch.Tensor,
     if train:
         labels, changed = corrupt_labels(labels, cfg.label_noise, len(classes), options.seed)
     loader = DeviceLoader(images.to(options.device), labels.to(options.device), cfg.mean, cfg.std, train, options,
-                          padding=cfg.crop_padding, repeats=cfg.repeated_aug, erasing=erasing(cfg, options))
+                          padding=cfg.crop_padding, repeats=cfg.repeated_aug, erasing=erasing(cfg, options),
+                          hflip=cfg.hflip, vflip=cfg.vflip)
     return Split(loader, classes, list(skipped or []), changed, stored_size)

@@ -1,44 +1,72 @@
-"""The streaming path's transforms: PIL image in, uint8 ``[3, S, S]`` out (normalized later, on the device)."""
+"""The streaming path's transforms: timm's ``create_transform``, whole, with the dataset's keys.
+
+PIL image in, uint8 ``[3, S, S]`` out (timm's prefetcher form: normalization happens on the device,
+as mixtrain's loaders do it, and random erasing there too, batched). Training: timm's
+RandomResizedCrop with its interpolation, flips, colour jitter or an auto-augment policy;
+evaluation: resize to ``floor(size / crop_pct)`` and crop (``crop_mode``), as timm evaluates.
+timm's transforms draw from Python's ``random`` and from torch; :func:`mixtrain.data.streaming.seeded`
+seeds both for each sample.
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Dict
 
 from PIL import Image, ImageOps
+from timm.data import create_transform
 from torchvision.transforms import v2
 
 from mixtrain.config.dataset import StreamedConfig
 from mixtrain.errors import MixtrainError
 
 
-def train_transform(image_size: int, scale: Sequence[float], auto_augment: Optional[str] = None,
-                    mean: Sequence[float] = (0.485, 0.456, 0.406)) -> v2.Compose:
-    steps = [v2.RandomResizedCrop(image_size, scale=tuple(scale), antialias=True), v2.RandomHorizontalFlip()]
-    if auto_augment:
-        steps.append(auto_augment_transform(auto_augment, image_size, mean))
-    return v2.Compose([*steps, v2.PILToTensor()])
+def transform_kwargs(cfg: StreamedConfig, train: bool) -> Dict[str, Any]:
+    """``timm.data.create_transform``'s arguments for this dataset's training or evaluation images."""
+    common = dict(mean=tuple(cfg.mean), std=tuple(cfg.std), use_prefetcher=True)
+    if not train:
+        return dict(input_size=cfg.size(False), is_training=False, interpolation=cfg.interpolation,
+                    crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode, **common)
+    return dict(input_size=cfg.size(True), is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+                hflip=cfg.hflip, vflip=cfg.vflip, color_jitter=cfg.color_jitter or None,
+                color_jitter_prob=cfg.color_jitter_prob, grayscale_prob=cfg.grayscale_prob,
+                gaussian_blur_prob=cfg.gaussian_blur_prob, auto_augment=cfg.auto_augment,
+                interpolation=cfg.train_interpolation or cfg.interpolation, **common)
 
 
-def auto_augment_transform(policy: str, image_size: int, mean: Sequence[float]):
-    """timm's RandAugment / AugMix / AutoAugment on PIL images, with the hparams of timm's create_transform."""
-    # timm imports its model registry (0.6 s over torchvision): only when a policy is asked for.
-    from timm.data.auto_augment import (augment_and_mix_transform, auto_augment_transform as timm_auto_augment,
-                                        rand_augment_transform)
-
-    hparams = dict(translate_const=int(image_size * 0.45), img_mean=tuple(min(255, round(255 * m)) for m in mean))
-    if policy.startswith("augmix"):
-        hparams["translate_pct"] = 0.3
-    make = (rand_augment_transform if policy.startswith("rand")
-            else augment_and_mix_transform if policy.startswith("augmix") else timm_auto_augment)
+def stream_transform(cfg: StreamedConfig, train: bool):
+    """The streaming path's transform: timm's, augmenting to train, resize and crop otherwise."""
+    if not cfg.resolved:  # a bug: open_split and TrainConfig resolve them
+        raise ValueError("the dataset's preprocessing keys are not resolved (StreamedConfig.resolve_preprocessing)")
     try:
-        transform = make(policy, hparams)
+        transform = create_transform(**transform_kwargs(cfg, train))
     except (AssertionError, KeyError, ValueError, IndexError) as ex:
-        raise MixtrainError(f"dataset.auto_augment={policy!r} is not a timm policy string ({ex or type(ex).__name__}): "
-                            f"use e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2 or original") from None
-    for op in [*getattr(transform, "ops", []), *(op for sub in getattr(transform, "policy", []) for op in sub)]:
+        if train and cfg.auto_augment:
+            raise MixtrainError(f"dataset.auto_augment={cfg.auto_augment!r} is not a timm policy string "
+                                f"({ex or type(ex).__name__}): use e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2 or "
+                                "original") from None
+        raise
+    for op in augment_ops(transform):
         if op.name.startswith("Posterize"):
             op.aug_fn = posterize_at_least_one_bit
     return transform
+
+
+def square_resize(size: int, interpolation: str = "bilinear") -> v2.Resize:
+    """A resize to ``size`` x ``size`` (aspect ratio not kept) of a uint8 tensor or a PIL image: how the
+    cached path stores its images, and how images held on the device are read to evaluate."""
+    if interpolation not in ("nearest", "bilinear", "bicubic"):
+        raise MixtrainError(f"dataset.interpolation={interpolation!r} resizes PIL images only, and "
+                            "dataset.cache=true resizes tensors: use nearest, bilinear or bicubic")
+    return v2.Resize((size, size), interpolation=v2.InterpolationMode(interpolation), antialias=True)
+
+
+def augment_ops(transform):
+    """The operations of the auto-augment policy inside a composed timm transform (RandAugment and AugMix
+    hold ``ops``, AutoAugment sub-policies of them)."""
+    for step in getattr(transform, "transforms", []):
+        yield from getattr(step, "ops", [])
+        for sub in getattr(step, "policy", []):
+            yield from sub
 
 
 def posterize_at_least_one_bit(image: Image.Image, bits_to_keep: int, **_) -> Image.Image:
@@ -47,18 +75,3 @@ def posterize_at_least_one_bit(image: Image.Image, bits_to_keep: int, **_) -> Im
     magnitude noise), which Pillow >= 11 refuses with a ValueError mid-epoch."""
 
     return image if bits_to_keep >= 8 else ImageOps.posterize(image, max(1, int(bits_to_keep)))
-
-
-def eval_transform(image_size: int, crop_pct: float) -> v2.Compose:
-    return v2.Compose([
-        v2.Resize(int(round(image_size / crop_pct)), antialias=True),
-        v2.CenterCrop(image_size),
-        v2.PILToTensor(),
-    ])
-
-
-def stream_transform(cfg: StreamedConfig, train: bool):
-    """The streaming path's transform: augmentation to train, resize + center crop otherwise."""
-    if train:
-        return train_transform(cfg.image_size, cfg.scale, cfg.auto_augment, cfg.mean)
-    return eval_transform(cfg.size(train), cfg.crop_pct)

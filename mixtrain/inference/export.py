@@ -30,10 +30,14 @@ FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torchscript"
 
 
 def pretrained_cfg(loaded: LoadedModel) -> Dict[str, Any]:
-    cfg = loaded.config
-    return {"architecture": cfg.model.name, "num_classes": len(loaded.classes), "label_names": loaded.classes,
-            "input_size": [3, loaded.image_size, loaded.image_size],
-            "crop_pct": getattr(cfg.dataset, "crop_pct", 1.0), "interpolation": "bilinear",
+    """timm's pretrained_cfg of the exported model: the preprocessing its run evaluated with (a streamed
+    dataset's resolved keys; data held on the device was resized to its size, not cropped)."""
+    dataset = loaded.config.dataset
+    return {"architecture": loaded.config.model.name, "num_classes": len(loaded.classes),
+            "label_names": loaded.classes, "input_size": [3, loaded.image_size, loaded.image_size],
+            "crop_pct": dataset.crop_pct if dataset.streams else 1.0,
+            "crop_mode": dataset.crop_mode if dataset.streams else "squash",
+            "interpolation": getattr(dataset, "interpolation", None) or "bilinear",
             "mean": list(loaded.mean), "std": list(loaded.std)}
 
 

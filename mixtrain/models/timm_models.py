@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from omegaconf import MISSING
 from torch import nn
@@ -49,5 +49,17 @@ def create_timm_model(cfg: TimmModelConfig, num_classes: int) -> nn.Module:
         raise
 
 
+def timm_pretrained_cfg(cfg: TimmModelConfig) -> Optional[Dict[str, Any]]:
+    """The model's pretrained config as timm has it (its preprocessing), without building the model; None
+    for a name timm does not know (creating the model says so in its own line)."""
+    import timm  # its model registry, as above
+
+    try:
+        found = timm.models.get_pretrained_cfg(cfg.name, allow_unregistered=True)
+    except (RuntimeError, ValueError, KeyError):
+        return None
+    return found.to_dict() if found is not None else None
+
+
 # Any name that is not a bundled model's is a timm model's (names=None: it owns the rest).
-register_family("timm", TimmModelConfig, create_timm_model)
+register_family("timm", TimmModelConfig, create_timm_model, pretrained_cfg=timm_pretrained_cfg)

@@ -63,6 +63,26 @@ def schedule_metric(cfg: TrainConfig) -> Optional[Tuple[str, str]]:
     return key, mode
 
 
+def describe_preprocessing(dataset: Any, model_name: str) -> str:
+    """``preprocessing: 224 px, mean ..., bicubic, crop 0.9 center (from the model ...)``: the values a
+    streamed dataset reads its images with, and where each came from; empty for data held on the device."""
+    sources = getattr(dataset, "preprocessing_from", None)
+    if not sources:
+        return ""
+    origin = {"model": f"model {model_name}", "default": "dataset default", "set": "set"}
+    parts = {"image_size": f"{dataset.image_size} px", "mean": f"mean {fmt_floats(dataset.mean)}",
+             "std": f"std {fmt_floats(dataset.std)}", "interpolation": dataset.interpolation,
+             "crop_pct": f"crop {dataset.crop_pct:g}", "crop_mode": dataset.crop_mode}
+    groups: Dict[str, List[str]] = {}
+    for key, text in parts.items():
+        groups.setdefault(sources[key], []).append(text)
+    return "preprocessing: " + "; ".join(f"{', '.join(texts)} ({origin[source]})" for source, texts in groups.items())
+
+
+def fmt_floats(values: List[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
 def holds_run(run_dir: Path) -> bool:
     """Whether a run has written into ``run_dir`` (even one whose first epoch crashed)."""
     return any((run_dir / name).exists() for name in layout.RUN_FILES)
@@ -212,6 +232,9 @@ class Training:
             f"{f' x {self.ctx.world_size} processes' if self.ctx.enabled else ''} | augment={cfg.augment.name} | "
             f"{lr} | run dir {self.run_dir}"
         )
+        preprocessing = describe_preprocessing(cfg.dataset, cfg.model.name)
+        if preprocessing:
+            monitor.info(preprocessing)
         if self.precision.warning:
             monitor.warn_once("precision", self.precision.warning)
         if data.stored_size and data.stored_size < train_size:
