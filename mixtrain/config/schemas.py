@@ -128,13 +128,10 @@ class SchedConfig:
     warmup_lr: float = 1e-5  # the LR at the start of warmup
     warmup_prefix: bool = False  # warmup comes before the schedule, which then starts at its peak
     cooldown_epochs: float = 0.0  # epochs at min_lr at the end of the run
-    # step: decay every decay_epochs by decay_rate; multistep: at each of decay_milestones (empty: at 1/2
-    # and 3/4 of the run); plateau: by decay_rate after patience_epochs without improvement of the run's
-    # objective; poly: decay_rate is the power.
-    decay_epochs: float = 30.0
-    decay_milestones: List[int] = field(default_factory=list)
-    decay_rate: float = 0.1
-    patience_epochs: int = 10
+    decay_epochs: float = 30.0  # step: decay every this many epochs
+    decay_milestones: List[int] = field(default_factory=list)  # multistep: decay at these epochs; empty: 1/2, 3/4 of the run
+    decay_rate: float = 0.1  # the factor of each decay (step, multistep, plateau); poly: the power
+    patience_epochs: int = 10  # plateau: evaluations without improvement of the objective before it decays
     cycle_mul: float = 1.0  # each cycle this much longer than the one before (cosine, tanh, poly)
     cycle_decay: float = 0.1  # each cycle's peak this fraction of the one before
     cycle_limit: int = 1  # cycles in the run

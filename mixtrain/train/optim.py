@@ -15,7 +15,7 @@ import warnings
 from typing import Any, Dict, List, Optional
 
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
@@ -82,8 +82,6 @@ def create_optimizer(cfg: OptimConfig, model: nn.Module, lr: Optional[float] = N
 
 def timm_param_groups(model: nn.Module, cfg: OptimConfig) -> List[Dict[str, Any]]:
     """The groups ``create_optimizer_v2`` makes for ``cfg`` itself (weight decay, layer decay), from timm."""
-    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
-
     skip = getattr(model, "no_weight_decay", lambda: set())()
     if cfg.layer_decay is not None:
         extra = {"min_scale": cfg.layer_decay_min_scale} if cfg.layer_decay_min_scale else {}
