@@ -35,7 +35,7 @@ def test_every_config_group_option_composes_and_validates(group, option):
     ("trainer.epoch=3", "did you mean trainer.epochs?"),
     ("lr=0.1", "did you mean optim.lr?"),
     ("+foo=1", "unknown config key 'foo'"),
-    ("model=resnet21", "unknown model 'resnet21': choose one of custom, preact_resnet18, resnet20, resnet56, timm, wrn28_10"),
+    ("model=resnet21", "unknown model 'resnet21': choose one of auto, custom, preact_resnet18, resnet20, resnet56, timm, wrn28_10"),
     ("dataset=imagenet", "unknown dataset 'imagenet'"),
     ("optim=lion", "unknown optim 'lion'"),
     ("dataset=imagefolder", "dataset.root is required"),

@@ -151,7 +151,9 @@ def test_a_users_model_and_dataset_by_target_train(user):
     assert main(["train", "-cd", str(user / "conf"), "model=tiny_net", "dataset=stripes", *TINY, "trainer.epochs=2",
                  "augment=manifold", "augment.layers=[0,1]", f"hydra.run.dir={run}"]) == 0
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["config"]["model"] == {"name": "tiny_net", "_target_": "user_models.TinyNet", "kwargs": {"width": 4}}
+    assert summary["config"]["model"] == {"name": "tiny_net", "_target_": "user_models.TinyNet", "kwargs": {"width": 4},
+                                          "pretrained_path": None, "strict": True, "freeze": None,
+                                          "freeze_epochs": None, "grad_checkpointing": False}
     assert summary["num_classes"] == 2 and summary["status"] == "completed"
     assert main(["eval", f"checkpoint={run}", "fgsm_eps=[]", "bootstrap=0", f"hydra.run.dir={user / 'ev'}"]) == 0
     assert json.loads((user / "ev" / "eval.json").read_text())["dataset"]["samples"] == 12

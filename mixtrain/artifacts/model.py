@@ -4,7 +4,6 @@ scripts (``mixtrain.load_model``)."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List
@@ -33,11 +32,9 @@ def build_model(train_cfg: TrainConfig, state: Dict[str, Any], num_classes: int,
                 device: torch.device, weights: str = "raw") -> nn.Module:
     """The checkpoint's model in eval mode, with its trained (``raw``) or EMA (``ema``) weights."""
     model_cfg = train_cfg.model
-    if getattr(model_cfg, "pretrained", False):
-        model_cfg = dataclasses.replace(model_cfg, pretrained=False)  # the checkpoint holds the weights
     if weights == "ema" and "ema" not in state:
         raise MixtrainError(f"{path} holds no EMA weights (trained without trainer.ema.enabled=true): drop weights=ema")
-    model = create_model(model_cfg, num_classes)
+    model = create_model(model_cfg, num_classes, load_weights=False)  # the checkpoint holds the weights
     try:
         model.load_state_dict(state["ema" if weights == "ema" else "model"])
     except RuntimeError as ex:

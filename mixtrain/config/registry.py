@@ -17,10 +17,12 @@ schemas) import it, and what reads it runs after they were imported.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 GROUPS = ("dataset", "model", "augment", "optim", "sched")
 
@@ -50,6 +52,15 @@ class Entry:
     def check_run(self, config: Any, run: Any) -> None:
         """Checks that need the whole run config (``run``), beyond the schema's own; override."""
 
+    def resolve(self, config: Any, run: Any) -> Any:
+        """The option as the run uses it, once the whole run is known (``model=auto`` picks a model by the
+        data's image size); the run saves what this returns. Override."""
+        return config
+
+    def advice(self, config: Any, run: Any) -> Optional[str]:
+        """A warning for the run's first lines when the option does not suit the rest of the run. Override."""
+        return None
+
     def preprocessing(self, config: Any) -> Optional[Dict[str, Any]]:
         """A model kind's own preprocessing (timm's pretrained config: mean, std, interpolation, crop,
         input size) for the data to take where it sets none; None: the kind has none. Override."""
@@ -60,8 +71,18 @@ def register(entry: Entry) -> Entry:
     """Add ``entry`` to its group, and its schema to Hydra's ConfigStore."""
 
     REGISTRY[entry.group][entry.name] = entry
-    ConfigStore.instance().store(group=f"schema/{entry.group}", name=entry.name, node=entry.schema)
+    ConfigStore.instance().store(group=f"schema/{entry.group}", name=entry.name, node=schema_node(entry.schema))
     return entry
+
+
+def schema_node(schema: type) -> DictConfig:
+    """The schema as Hydra composes it, its dict fields (``kwargs``: another library's arguments) open, so
+    that ``model.kwargs={depth:18}`` or ``model.kwargs.depth=18`` adds a key without ``+``."""
+    node = OmegaConf.structured(schema)
+    for f in dataclasses.fields(schema):
+        if typing.get_origin(typing.get_type_hints(schema).get(f.name)) in (dict, Dict):
+            OmegaConf.set_struct(node[f.name], False)
+    return node
 
 
 def options(group: str) -> Dict[str, Entry]:
@@ -91,9 +112,25 @@ def option_names(group: str) -> Tuple[str, ...]:
 
 
 def check_run(run: Any) -> None:
-    """Each group's entry checks its part of a whole run config (``TrainConfig``)."""
+    """Each group's entry resolves, then checks, its part of a whole run config (``TrainConfig``)."""
+    for group in GROUPS:
+        entry = entry_of(group, getattr(run, group, None))
+        if entry is not None:
+            setattr(run, group, entry.resolve(getattr(run, group), run))
     for group in GROUPS:
         config = getattr(run, group, None)
         entry = entry_of(group, config)
         if entry is not None:
             entry.check_run(config, run)
+
+
+def advice(run: Any) -> List[str]:
+    """Each group's entry's warnings about the whole run, if any."""
+    found = []
+    for group in GROUPS:
+        config = getattr(run, group, None)
+        entry = entry_of(group, config)
+        line = entry.advice(config, run) if entry is not None else None
+        if line:
+            found.append(line)
+    return found

@@ -259,13 +259,20 @@ class TrainConfig:
     sched: Any = MISSING  # the schedule group: sched=<option>
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # loop, device, precision, checkpoints: trainer.* keys
     seed: int = 0  # seeds weights, data order, augmentation and mixing (0 <= seed < 2**32)
-    resume: Optional[str] = None  # a checkpoint file or a run dir to continue
+    resume: Optional[str] = None  # a run dir (or its last.pt) to continue
+    # A new run starting from another run's model weights: a run dir (its best.pt, else last.pt) or a
+    # checkpoint file; a new classifier when the classes differ; optimizer, schedule and epochs start anew.
+    init_from: Optional[str] = None
+    init_from_ema: bool = False  # with init_from: take the checkpoint's EMA weights (runs with trainer.ema.enabled)
     # The summary value `mixtrain train` returns to Hydra, so a sweeper (e.g. Optuna)
     # optimises it; pick the sweeper's direction to match (accuracies up, ECE/NLL down).
     objective: str = "best_val_acc1"
 
     def __post_init__(self) -> None:
         valid_seed(self.seed, "seed")
+        require(not (self.resume and self.init_from), "init_from",
+                "starts a new run and resume continues one: pass one of them", self.init_from)
+        require(self.init_from or not self.init_from_ema, "init_from_ema", "needs init_from", self.init_from_ema)
         choice(self.objective, OBJECTIVES, "objective")
         if isinstance(self.augment, AugmentConfig):
             require(self.augment.disable_epochs <= self.trainer.epochs, "augment.disable_epochs",

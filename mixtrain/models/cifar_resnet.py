@@ -16,15 +16,17 @@ stages one by one and act on the hidden state between them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mixtrain.config.errors import choice, probability
-from mixtrain.models.family import register_family
+from mixtrain.config.model import ModelConfig
+from mixtrain.models.family import register_family, run_image_size
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -103,6 +105,7 @@ class CifarResNet(nn.Module):
         self.head = head
         # timm's convention for where the classifier is: its layer decay, optim.head_lr and a new head use it.
         self.pretrained_cfg = {"classifier": "head.fc"}
+        self.grad_checkpointing = False
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -110,10 +113,17 @@ class CifarResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass (timm models' method of the same name)."""
+        self.grad_checkpointing = enable
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for stage in self.stages:
-            x = stage(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
         return self.head(x)
 
 
@@ -163,21 +173,33 @@ BUILDERS = {
     "preact_resnet18": preact_resnet18,
     "wrn28_10": lambda num_classes, drop_rate: wide_resnet(28, 10, num_classes, drop_rate),
 }
+LARGE_PX = 96  # from this image size on, a model with a downsampling stem suits (model=auto picks one)
 # Their number of stages (for Manifold Mixup's layer choice).
 STAGES = {"resnet20": 3, "resnet56": 3, "preact_resnet18": 4, "wrn28_10": 3}
 
 
 @dataclass
-class CifarModelConfig:
+class CifarModelConfig(ModelConfig):
     """A ResNet bundled with mixtrain for 32x32 inputs (stem -> stages -> head)."""
 
     name: str = MISSING
     drop_rate: float = 0.0  # dropout inside wide blocks (WRN) or before the classifier
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         choice(self.name, tuple(BUILDERS), "model.name")
         probability(self.drop_rate, "model.drop_rate")
 
 
+def too_small_a_stem(cfg: CifarModelConfig, run) -> Optional[str]:
+    """These models keep the full resolution through their first stage: at photo sizes they are slow and big."""
+    size = run_image_size(run)
+    if size < LARGE_PX:
+        return None
+    return (f"{cfg.name} is built for 32 px images and keeps their full size through its first stage: at {size} px it "
+            f"needs about {(size / 32) ** 2:.0f}x the memory and compute; use model=auto (timm's resnet18 here) or "
+            "model=timm model.name=<a timm model>, or set dataset.image_size=32")
+
+
 register_family("cifar", CifarModelConfig, lambda cfg, num_classes: BUILDERS[cfg.name](num_classes, cfg.drop_rate),
-                names=tuple(BUILDERS), stages=lambda cfg: STAGES[cfg.name])
+                names=tuple(BUILDERS), stages=lambda cfg: STAGES[cfg.name], advise=too_small_a_stem)

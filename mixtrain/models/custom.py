@@ -14,13 +14,14 @@ from typing import Any, Dict
 from omegaconf import MISSING
 from torch import nn
 
+from mixtrain.config.model import ModelConfig
 from mixtrain.config.store import import_target
 from mixtrain.errors import MixtrainError
 from mixtrain.models.family import register_family
 
 
 @dataclass
-class CustomModelConfig:
+class CustomModelConfig(ModelConfig):
     """Your own nn.Module: its class by `_target_`, built as cls(num_classes=N, **kwargs)."""
 
     name: str = "custom"  # how reports and logs name it

@@ -23,8 +23,10 @@ from mixtrain import layout
 from mixtrain.layout import objective_metric
 from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.checkpoint import TrainState
+from mixtrain.artifacts.init_from import init_weights
 from mixtrain.config import MixConfig, TrainConfig, asdict
 from mixtrain.config.overrides import override_key, saved_overrides
+from mixtrain.config.registry import advice
 from mixtrain.config.store import flatten
 from mixtrain.data import Data, build_data
 from mixtrain.errors import MixtrainError, RunStopped, resume_command
@@ -36,6 +38,7 @@ from mixtrain.models import create_model
 from mixtrain.runtime import distributed
 from mixtrain.runtime.precision import resolve_device, resolve_precision
 from mixtrain.train.engine import Step, Trainer
+from mixtrain.train.freeze import Freeze
 from mixtrain.train.monitor import RunMonitor, reconcile_metrics
 from mixtrain.train.optim import Schedule, create_optimizer, scaled_lr
 from mixtrain.train.parts import Checkpoints, Ema, Evaluation, NanPolicy, Records, StopOnSignal, StopRequest
@@ -113,7 +116,18 @@ class Training:
         self.precision = resolve_precision(trainer, self.device)
         seed_everything(cfg.seed, ctx.rank)
         self.data: Data = build_data(cfg.dataset, trainer, self.device, cfg.seed, ctx.rank, ctx.world_size)
-        self.model = create_model(cfg.model, self.data.num_classes).to(self.device)  # the unwrapped model
+        # The first weights: a resumed run's come from its checkpoint (no file or hub is read again).
+        self.weights_notes: List[str] = []
+        self.model = create_model(cfg.model, self.data.num_classes, load_weights=saved is None and not cfg.init_from,
+                                  notes=self.weights_notes)
+        self.init_source: Optional[Dict[str, Any]] = None
+        if saved is None and cfg.init_from:
+            self.init_source, line = init_weights(self.model, cfg.model.name, cfg.init_from, cfg.init_from_ema)
+            self.weights_notes.append(line)
+        if cfg.model.freeze and ctx.world_size > 1:
+            raise MixtrainError("model.freeze under torchrun is not supported (DDP needs the same parameters to "
+                                "train throughout): train frozen on one process, or drop model.freeze")
+        self.model = self.model.to(self.device)  # the unwrapped model
         if trainer.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.lr = scaled_lr(cfg.optim, trainer.batch_size)
@@ -180,8 +194,11 @@ class Training:
     # ---- records
 
     def summary(self) -> Dict[str, Any]:
-        return summarize(self.history, self.checkpoints.best_epoch, self.nan_policy.skips, self.wall_time(), self.data,
-                         self.cfg.dataset.label_noise)
+        summary = summarize(self.history, self.checkpoints.best_epoch, self.nan_policy.skips, self.wall_time(),
+                            self.data, self.cfg.dataset.label_noise)
+        if self.init_source is not None:
+            summary["init_from"] = self.init_source  # where the weights came from: path, sha256, raw or EMA
+        return summary
 
     def write_status(self, status: str, **fields: Any) -> None:
         """``summary.json``: ``running`` (with pid and host, so a dead run can be told apart),
@@ -232,9 +249,16 @@ class Training:
             f"{f' x {self.ctx.world_size} processes' if self.ctx.enabled else ''} | augment={cfg.augment.name} | "
             f"{lr} | run dir {self.run_dir}"
         )
+        chosen = getattr(cfg.model, "chosen_by", None)
+        if chosen:
+            monitor.info(chosen)
+        for line in self.weights_notes:
+            monitor.info(line)
         preprocessing = describe_preprocessing(cfg.dataset, cfg.model.name)
         if preprocessing:
             monitor.info(preprocessing)
+        for key, line in enumerate(advice(cfg)):
+            monitor.warn_once(f"advice{key}", line)
         if self.precision.warning:
             monitor.warn_once("precision", self.precision.warning)
         if data.stored_size and data.stored_size < train_size:
@@ -280,6 +304,8 @@ class Training:
                                        trainer.ema.select_best and self.ema is not None, trainer.keep_best,
                                        trainer.checkpoint_every_steps)
         parts = [self.nan_policy, StopOnSignal(self.stop, self.save, self.run_dir, trainer.checkpoint)]
+        if cfg.model.freeze:
+            parts.append(Freeze(self.model, cfg.model.freeze_epochs))
         if self.ema is not None:
             parts.append(Ema(self.ema, self.model, trainer.ema.every))
         evaluation = Evaluation(self.model, self.ema.module if self.ema is not None else None, self.data.val,
