@@ -61,9 +61,14 @@ def fmt(values: list, digits: int) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
-def arms_table(study: Path) -> tuple:
+def parts_of(study: Path, names=None) -> list:
+    """The study's data sets (its subfolders of arms), or those named."""
+    return [p for p in sorted(study.iterdir()) if p.is_dir() and (names is None or p.name in names)]
+
+
+def arms_table(study: Path, names=None) -> tuple:
     rows, wall = [], 0.0
-    for part in sorted(p for p in study.iterdir() if p.is_dir()):
+    for part in parts_of(study, names):
         for arm in sorted(p for p in part.iterdir() if p.is_dir()):
             runs = [r for r in (read_run(s) for s in sorted(arm.glob("s*")) if (s / "summary.json").is_file()) if r]
             if not runs:
@@ -107,10 +112,10 @@ def interval(d: float, lo: float, hi: float, digits: int) -> str:
     return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
-def claims_table(study: Path) -> list:
+def claims_table(study: Path, names=None, claims=CLAIMS) -> list:
     rows = []
-    for part in sorted(p for p in study.iterdir() if p.is_dir()):
-        for label, arm, base in CLAIMS:
+    for part in parts_of(study, names):
+        for label, arm, base in claims:
             a, b = pooled(part / arm), pooled(part / base)
             seeds = sorted(set(a) & set(b))
             if not seeds:
@@ -134,6 +139,12 @@ def claims_table(study: Path) -> list:
     return rows
 
 
+def claim(spec: str) -> tuple:
+    """``ARM:BASELINE:LABEL`` as a row of :data:`CLAIMS`: ``(label, arm, baseline)``."""
+    arm, base, label = spec.split(":", 2)
+    return label, arm, base
+
+
 def markdown(rows: list) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -145,13 +156,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--parts", default=None, help="the data sets (subfolders) to tabulate, comma-separated")
+    parser.add_argument("--claims", nargs="*", default=None, metavar="ARM:BASELINE:LABEL",
+                        help="the paired comparisons (default: the evidence study's)")
     args = parser.parse_args(argv)
     if not args.study.is_dir():
         print(f"error: no study at {args.study}: run scripts/evidence_study.sh first", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    arms, wall = arms_table(args.study)
-    claims = claims_table(args.study)
+    names = args.parts.split(",") if args.parts else None
+    claims = CLAIMS if args.claims is None else [claim(spec) for spec in args.claims]
+    arms, wall = arms_table(args.study, names)
+    claims = claims_table(args.study, names, claims)
     for name, rows in (("arms", arms), ("claims", claims)):
         with open(args.out / f"{name}.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
