@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Collection, Dict, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
@@ -15,6 +15,7 @@ from mixtrain.config.commands import EvalConfig, ExportConfig, PredictConfig
 from mixtrain.config.errors import to_object
 from mixtrain.config.registry import GROUPS, option_names, saved_entry
 from mixtrain.config.schemas import TrainConfig
+from mixtrain.config.trust import TARGET, check_stored
 from mixtrain.errors import MixtrainError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -51,8 +52,12 @@ def schema_for(group: str, saved: Dict[str, Any]) -> type:
     return entry.schema
 
 
-def config_from_dict(saved: Dict[str, Any]) -> "TrainConfig":
-    """Rebuild (and re-validate) a TrainConfig from its ``asdict`` form, e.g. a checkpoint's."""
+def config_from_dict(saved: Dict[str, Any], source: Any, given: Collection[str] = (), commands: bool = True,
+                     fix: Optional[Callable[[Sequence[str]], str]] = None) -> "TrainConfig":
+    """Rebuild (and re-validate) a TrainConfig from its ``asdict`` form, e.g. a checkpoint's (``source``),
+    once :func:`~mixtrain.config.trust.check_stored` has found no code in it that the command line
+    (``given``: the keys it passes) does not pass."""
+    check_stored(saved, source, given, commands, fix)
     nodes = {}
     for group in GROUPS:
         schema = schema_for(group, saved[group])
@@ -78,8 +83,6 @@ def register_configs() -> None:
     for path in sorted(recipes_dir().glob("*.yaml")):
         cs.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
-
-TARGET = "_target_"
 
 
 def asdict(obj: Any) -> Dict[str, Any]:
