@@ -145,7 +145,8 @@ def test_resume_runs_no_command_from_a_planted_overrides_file(trained, tmp_path)
     result = run_cli("train", f"resume={run}", "trainer.epochs=2", cwd=tmp_path)
     assert result.returncode == 2
     err = one_line_error(result.stderr)
-    assert f"{run / '.hydra' / 'overrides.yaml'} names code to run (dataset.train_urls='pipe:touch {marker}/train'" in err
+    source = run / ".hydra" / "overrides.yaml"
+    assert f"{source} names code to run (dataset.train_urls='pipe:touch {marker}/train'" in err
     assert err.rstrip().endswith("pass dataset.train_urls=... dataset.val_urls=... on this command line")
     assert list(marker.iterdir()) == [] and not list(tmp_path.glob("*.json"))
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # no .hydra/resume-* either
@@ -299,7 +300,8 @@ def test_eval_and_compare_refuse_data_whose_classes_were_renamed(trained, tmp_pa
     assert main(["eval", f"checkpoint={trained / 'run'}", f"dataset.root={renamed}", "fgsm_eps=[]",
                  f"hydra.run.dir={tmp_path / 'ev'}"]) == 2
     err = one_line_error(capsys.readouterr().err)
-    assert "the data's classes differ from the checkpoint's (3 of 3: 'ant' -> 'bee', 'bee' -> 'cat', 'cat' -> 'dog')" in err
+    assert ("the data's classes differ from the checkpoint's (3 of 3: 'ant' -> 'bee', 'bee' -> 'cat', 'cat' -> 'dog'); "
+            "evaluate on a dataset with the classes it was trained on") in err
     assert main(["compare", str(trained / "run"), f"dataset.root={renamed}", "fgsm_eps=[]",
                  "--out", str(tmp_path / "cmp" / "out")]) == 2
     assert "the data's classes differ" in one_line_error(capsys.readouterr().err)
@@ -328,7 +330,8 @@ def test_a_bit_flipped_checkpoint_is_one_line_not_silent_nan(trained, tmp_path, 
     assert not all(torch.equal(a, b) for a, b in zip(state["model"].values(),
                                                      torch.load(trained / "run" / "best.pt")["model"].values()))
     capsys.readouterr()
-    assert main(["predict", f"checkpoint={run}", f"inputs={trained / 'data' / 'val'}", f"out={tmp_path / 'p.csv'}"]) == 2
+    assert main(["predict", f"checkpoint={run}", f"inputs={trained / 'data' / 'val'}",
+                 f"out={tmp_path / 'p.csv'}"]) == 2
     err = one_line_error(capsys.readouterr().err)
     assert f"{run / 'best.pt'} is damaged: its tensors no longer match the checksum saved with them" in err
     assert main(["eval", f"checkpoint={run}", f"hydra.run.dir={tmp_path / 'ev'}"]) == 2
@@ -341,7 +344,10 @@ def test_a_checkpoint_without_a_checksum_still_loads(trained, tmp_path):
     torch.save(state, tmp_path / "last.pt")  # as mixtrain wrote them before checksums
     loaded = checkpoint.load(tmp_path / "last.pt")["model"]
     assert all(torch.equal(loaded[key], value) for key, value in state["model"].items())
-    assert checkpoint.tensor_checksum({"a": torch.ones(2)}) != checkpoint.tensor_checksum({"a": torch.tensor([1.0, 1.5])})
+    digest = checkpoint.tensor_checksum
+    assert digest({"a": torch.ones(2)}) != digest({"a": torch.tensor([1.0, 1.5])})  # a value,
+    assert digest({"a": torch.ones(2)}) != digest({"b": torch.ones(2)})  # its place in the tree
+    assert digest({"a": torch.zeros(2, 2)}) != digest({"a": torch.zeros(4)})  # and its shape
 
 # --------------------------------------------------------------------------- 13: leftovers after a refusal
 

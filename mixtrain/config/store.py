@@ -39,7 +39,8 @@ def recipes_dir() -> Path:
 
 def schema_for(group: str, saved: Dict[str, Any]) -> type:
     """The schema class of a saved group config (``{"name": "resnet20", ...}``, e.g. a checkpoint's):
-    the class its ``_target_`` names (a user's own option), else the kind that owns it."""
+    the class its ``_target_`` names (a user's own option), else the kind that owns it. Importing
+    that class runs its module: a caller asks :func:`~mixtrain.config.trust.check_stored` first."""
     if TARGET in saved:
 
         cls = get_class(saved[TARGET])

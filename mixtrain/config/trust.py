@@ -5,7 +5,8 @@ A checkpoint's config and a run dir's ``.hydra/`` are data. They may name regist
 importing a module runs it) or a shell command (a ``pipe:`` URL, which WebDataset runs), unless
 the user passes that key on this command line (the key itself, or ``trust=[KEY]``). Every command
 that reads a stored config (eval, compare, predict, export, ``mixtrain.load_model``, train
-``resume=``) asks :func:`check_stored` first (issue 32).
+``resume=``) asks :func:`check_stored` first; a run dir's overrides name a group's option by its
+name, never by a path to a YAML file (:func:`check_option_names`) (issue 32).
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, open_dict, read_write
 
+from mixtrain.artifacts.calibration import claim_calibration
+from mixtrain.artifacts.model import resolve_checkpoint
 from mixtrain.config import GROUPS, config_dir, debug_enabled, describe_config_error, to_object
 from mixtrain.config.overrides import hydra_args_parser, override_key, sweep_jobs
 from mixtrain.errors import MixtrainError, RunStopped, fail, say
@@ -244,6 +246,8 @@ def prepare_run(cfg, command: str):
         with hydra_config_of(cfg, Path(str(cfg.hydra.run.dir))):
             check_replayed(task_config(cfg), set(OmegaConf.to_container(cfg.hydra.runtime.choices)))
     check_job(cfg, Path(str(cfg.hydra.run.dir)))
+    if command == "eval" and OmegaConf.select(cfg, "calibrate"):  # its run must not be running: before any work
+        claim_calibration(resolve_checkpoint(str(cfg.checkpoint)).resolve())
     resuming = command == "train" and OmegaConf.select(cfg, "resume") is not None
     ctx = distributed.context()
     if command == "train" and distributed.launched_by_torchrun():
