@@ -26,7 +26,7 @@ import mixtrain
 from mixtrain import layout
 from mixtrain.config import debug_enabled, to_object
 from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped, fail, say
-from mixtrain.files import claim_dir, release_claims
+from mixtrain.files import release_claims
 from mixtrain.runtime import distributed
 
 # Each command imports what it runs when it runs: the registries and the training stack import
@@ -72,13 +72,11 @@ def task(function: Callable) -> Callable:
     return run
 
 
-def output_dir() -> Path:
+def output_dir(cfg) -> Path:
     """This job's dir, which this process holds (the Guard claimed it; a sweep's job claims its own)."""
+    from mixtrain.runs import claims, launch  # imported by now: this runs inside launch's Hydra command
 
-    out = Path(HydraConfig.get().runtime.output_dir)
-    if distributed.context().is_main and not claim_dir(out):
-        raise MixtrainError(f"{out} is being written by another mixtrain process: pick another hydra.run.dir")
-    return out
+    return claims.job_dir(launch.COMMAND, cfg)
 
 
 def in_sweep() -> bool:
@@ -90,8 +88,9 @@ def in_sweep() -> bool:
 def _train_task(cfg) -> float:
     from mixtrain.train.training import fit  # start-up: see the note at the imports
 
+    out = output_dir(cfg)  # first: a sweep's job writes its Hydra files there once it holds it
     try:
-        summary = fit(to_object(cfg), output_dir())
+        summary = fit(to_object(cfg), out)
     except RunStopped as ex:
         # A diverged job of a sweep is recorded (summary.json says failed) and the sweep goes
         # on; a signal stops everything.
@@ -127,8 +126,8 @@ def _preview_task(cfg) -> None:
     from mixtrain.mixing.preview import mixed_batch_grid, write_png
     from mixtrain.runtime.precision import resolve_device
 
+    out = output_dir(cfg)
     run = to_object(cfg)
-    out = output_dir()
     options = LoaderOptions(run.trainer.batch_size, resolve_device(run.trainer.device),
                             resolve_workers(run.trainer.num_workers), run.trainer.channels_last, run.seed)
     train = open_split(run.dataset, "train", True, options)
@@ -144,7 +143,7 @@ def _eval_task(cfg) -> None:
     from mixtrain.evaluate.evaluation import dataset_override_keys, evaluate_checkpoint
     from mixtrain.evaluate.tables import print_report
 
-    out = output_dir()
+    out = output_dir(cfg)
     console = Console(width=None if Console().is_terminal else 120)
     keys = dataset_override_keys(HydraConfig.get().overrides.task)
     print_report(evaluate_checkpoint(to_object(cfg), out, keys, console), out, console)

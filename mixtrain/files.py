@@ -2,19 +2,25 @@
 
 Write to a temp file with a unique name in the same directory, fsync it, rename it over
 the target, fsync the directory: a crash at any point leaves the old file or the new
-one, never half of one, and two writers never share a temp file.
+one, never half of one, and two writers never share a temp file. A rename replaces a
+symbolic link planted at the target's name, never the file it points to; the two files a
+run appends to are opened without following one (:func:`open_append`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import fnmatch
+import glob
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Optional
 
-from mixtrain.layout import RECORDS
+from mixtrain.errors import MixtrainError
+from mixtrain.layout import RECORDS, WRITTEN, WRITTEN_DIRS
 
 
 def _umask() -> int:
@@ -32,11 +38,12 @@ def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False, 
     """Write ``path`` through a temp file: readers see the old file or the new one, never half.
 
     ``overwrite=False`` puts the file in place only if none exists (a hard link: atomic too), and
-    raises FileExistsError otherwise. A temp file left by a killed writer is an orphan that
-    :func:`remove_orphan_temps` clears when the dir is claimed again.
+    raises FileExistsError otherwise. The temp file is locked while it is written: one left by a
+    killed writer is an orphan, which the next write of ``path`` removes (and a claim of the dir).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    remove_orphan_temps(path.parent, path.name)
+    fd, tmp = _locked_temp(path)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
@@ -57,12 +64,96 @@ def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False, 
         os.close(dir_fd)
 
 
-def remove_orphan_temps(folder: Path) -> None:
-    """Delete the temp files of :func:`write_atomic` in ``folder``: call it only while holding the
-    folder's claim, when no other writer can be using one."""
-    for tmp in Path(folder).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
+def _locked_temp(path: Path):
+    """A new temp file beside ``path``, open and locked (flock: the kernel lets go when its writer
+    ends, however it ends); made again if an orphan sweep took it before it was locked."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return fd, tmp
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def remove_orphan_temps(folder: Path, name: Optional[str] = None) -> None:
+    """Delete the temp files of :func:`write_atomic` in ``folder`` (of the file ``name``, or of any)
+    whose writer has ended: one that a live writer holds locked stays."""
+    of = f"{glob.escape(name)}." if name else ""
+    for tmp in Path(folder).glob(f"{TEMP_PREFIX}{of}*{TEMP_SUFFIX}"):
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:  # gone meanwhile, a link, unreadable: not an orphan of ours to take
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                tmp.unlink(missing_ok=True)
+        except OSError:  # locked: its writer is alive
+            pass
+        finally:
+            os.close(fd)
+
+
+def open_append(path: Path) -> IO:
+    """``path`` opened to append text (made if absent), never through a symbolic link and only if it
+    is a regular file: a run writes only files in its own dir (a FIFO would block it forever)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, FILE_MODE)
+    except OSError as ex:
+        if os.path.islink(path):
+            raise MixtrainError(not_own_file(Path(path), "is a symbolic link")) from None
+        if os.path.lexists(path) and not os.path.isfile(path):  # a FIFO (ENXIO without a reader), a device, ...
+            raise MixtrainError(not_own_file(Path(path), "is not a regular file")) from None
+        raise MixtrainError(f"cannot write {path} ({ex.strerror}): free space or fix the dir's permissions") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise MixtrainError(not_own_file(Path(path), "is not a regular file"))
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def not_own_file(path: Path, what: str) -> str:
+    return (f"{path} {what}: a run writes only regular files that it made in its own dir; remove it, or pick "
+            "another dir")
+
+
+def check_own_names(folder: Path) -> None:
+    """Refuse a dir where a name a command writes (:data:`~mixtrain.layout.WRITTEN`) is a symbolic link
+    (dangling or not), or something other than a regular file (a folder for the folders it writes):
+    its writes would land outside the dir, or block."""
+    folder = Path(folder)
+    for name in sorted(os.listdir(folder)):
+        written = [p for p in (*WRITTEN, *WRITTEN_DIRS) if fnmatch.fnmatchcase(name, p)]
+        if not written:
+            continue
+        path = folder / name
+        if path.is_symlink():
+            raise MixtrainError(not_own_file(path, f"is a symbolic link (to {os.readlink(path)})"))
+        if not (path.is_dir() if written[0] in WRITTEN_DIRS else path.is_file()):
+            what = "folder" if written[0] in WRITTEN_DIRS else "file"
+            raise MixtrainError(not_own_file(path, f"is not a regular {what}"))
+
+
+def first_missing(path: Path) -> Optional[Path]:
+    """The topmost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    path, missing = Path(path), None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
+def remove_made_dirs(path: Path, made: Optional[Path]) -> None:
+    """Take back the empty folders a command made for ``path`` (``made``: the topmost, from
+    :func:`first_missing`), after it refused before writing anything there."""
+    if made is None:
+        return
+    path = Path(path)
+    while path != made.parent and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -26,6 +26,11 @@ REPORT_FILES = ("report.csv", "runs.csv", "report.png")
 RUN_FILES = (SUMMARY, METRICS, LAST)
 # What a command leaves in a dir it wrote: a dir holding any of these belongs to that command.
 RECORDS = (HYDRA, *RUN_FILES, EVAL, PREVIEW, MULTIRUN)
+# Every name a command writes in its dir (files, then folders; globs for the names that vary): a dir
+# where one is a symbolic link, or not a regular file, is refused (its writes would land elsewhere).
+WRITTEN = (SUMMARY, METRICS, LAST, BEST, LOGITS, RELIABILITY, TRAIN_LOG, EVAL, PREVIEW, MULTIRUN, COMPARE,
+           *REPORT_FILES, "epoch-*.pt", "*.calibration.json", f"{METRICS}.replaced-*")
+WRITTEN_DIRS = (HYDRA, TENSORBOARD)
 
 
 def epoch_checkpoint(epoch: int) -> str:

@@ -130,8 +130,10 @@ def test_a_checkpoint_from_a_future_format_version(trained, tmp_path, capsys):
     torch.save(state, tmp_path / "future.pt")
     err = eval_fails(capsys, f"checkpoint={tmp_path / 'future.pt'}", f"hydra.run.dir={tmp_path / 'ev'}")
     assert "has checkpoint format v2, and this mixtrain reads v1 only" in err and not (tmp_path / "ev").exists()
+    (tmp_path / "r").mkdir()
+    torch.save(state, tmp_path / "r" / "last.pt")
     with pytest.raises(MixtrainError, match="format v2"):
-        fit(make_config(*folder(trained / "data", True), f"resume={tmp_path / 'future.pt'}"), tmp_path / "r")
+        fit(make_config(*folder(trained / "data", True), f"resume={tmp_path / 'r'}"), tmp_path / "r")
 
 
 def test_an_eval_dir_that_holds_a_report_is_refused_before_hydra_writes(trained, tmp_path, capsys):

@@ -44,7 +44,7 @@ def data_root(tmp_path_factory):
 def single_process_eval(run_dir: Path) -> dict:
     """Evaluate the run's final checkpoint in this (single) process on the same data."""
     saved = checkpoint.load(run_dir / "last.pt")
-    cfg = config_from_dict(saved["config"])
+    cfg = config_from_dict(saved["config"], "the run's checkpoint")
     data = build_data(cfg.dataset, cfg.trainer, torch.device("cpu"), cfg.seed)
     model = create_model(cfg.model, data.num_classes).to(memory_format=torch.channels_last)
     model.load_state_dict(saved["model"])

@@ -129,7 +129,7 @@ def test_eval_errors_found_when_reading_the_checkpoint_exit_2(trained, tmp_path,
         (tmp_path / "empty_run", [], "holds neither best.pt nor last.pt"),
         (tmp_path / "junk.pt", [], "is not a readable mixtrain checkpoint"),
         (run / "best.pt", ["dataset=cifar10_mini", "heldout=test"], "cifar10_mini has only the splits train and val"),
-        (run / "best.pt", ["dataset=cifar10_mini"], "does not fit a resnet20 with 10 classes"),  # trained on 3
+        (run / "best.pt", ["dataset=cifar10_mini"], "the data has 10 classes but the checkpoint has 3"),  # trained on 3
     ]:
         code = main(["eval", f"checkpoint={ckpt}", *extra, f"hydra.run.dir={tmp_path / 'ev'}"])
         err = capsys.readouterr().err

@@ -134,11 +134,17 @@ def test_a_users_mixing_method_trains_previews_and_reports_from_its_own_files(us
     assert main(["preview", *cd, "augment=blend", *folder(user), f"hydra.run.dir={user / 'p'}"]) == 0
     assert (user / "p" / "preview.png").stat().st_size > 1000
 
-    assert main(["eval", f"checkpoint={run}", "fgsm_eps=[]", "bootstrap=0", f"hydra.run.dir={user / 'ev'}"]) == 0
+    # A checkpoint's import paths are imported only when the command line trusts them (issue 32).
+    assert main(["eval", f"checkpoint={run}", "fgsm_eps=[]", "bootstrap=0", f"hydra.run.dir={user / 'ev'}"]) == 2
+    assert "names code to run (augment._target_='blend_method.BlendConfig')" in capsys.readouterr().err
+    assert main(["eval", f"checkpoint={run}", "fgsm_eps=[]", "bootstrap=0", "trust=[augment._target_]",
+                 f"hydra.run.dir={user / 'ev'}"]) == 0
     assert json.loads((user / "ev" / "eval.json").read_text())["run"]["label"] == "blend w=0.6"
     assert main(["report", str(run), "--out", str(user / "rep")]) == 0
     assert "1 runs (1 completed)" in capsys.readouterr().out
-    assert main(["train", f"resume={run}", "trainer.epochs=2"]) == 0  # -cd comes back from the run's hydra.yaml
+    assert main(["train", f"resume={run}", "trainer.epochs=2"]) == 2  # its config dir is the user's to pass again
+    assert f"pass -cd {user / 'conf'} to continue it" in capsys.readouterr().err
+    assert main(["train", *cd, f"resume={run}", "trainer.epochs=2"]) == 0
 
     capsys.readouterr()
     assert main(["train", *cd, "augment=blend", "augment.weight=1.5", *folder(user),
@@ -155,7 +161,8 @@ def test_a_users_model_and_dataset_by_target_train(user):
                                           "pretrained_path": None, "strict": True, "freeze": None,
                                           "freeze_epochs": None, "grad_checkpointing": False}
     assert summary["num_classes"] == 2 and summary["status"] == "completed"
-    assert main(["eval", f"checkpoint={run}", "fgsm_eps=[]", "bootstrap=0", f"hydra.run.dir={user / 'ev'}"]) == 0
+    assert main(["eval", f"checkpoint={run}", "fgsm_eps=[]", "bootstrap=0", "trust=[model._target_,dataset._target_]",
+                 f"hydra.run.dir={user / 'ev'}"]) == 0
     assert json.loads((user / "ev" / "eval.json").read_text())["dataset"]["samples"] == 12
 
 

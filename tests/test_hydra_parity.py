@@ -267,8 +267,9 @@ def test_a_run_composes_its_config_as_often_as_a_plain_app(tmp_path, monkeypatch
     assert len(calls) == theirs
 
 
-def test_a_run_from_a_users_config_dir_trains_and_resumes_without_its_flags(tmp_path):
-    # The README's worked example, for real (tiny): -cd/-cn are the run's, so resume=RUN needs neither.
+def test_a_run_from_a_users_config_dir_trains_and_resumes_with_its_config_dir(tmp_path):
+    # The README's worked example, for real (tiny): -cn is the run's, so resume=RUN needs only -cd (a config
+    # dir may name code: mixtrain takes it from the command line, never from a run dir, issue 32).
     from helpers import TINY, run_cli
 
     run = tmp_path / "run"
@@ -277,6 +278,6 @@ def test_a_run_from_a_users_config_dir_trains_and_resumes_without_its_flags(tmp_
     assert done.returncode == 0, done.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["config"]["seed"] == 7 and summary["config"]["augment"]["alpha"] == 0.3
-    resumed = run_cli("train", f"resume={run}", "trainer.epochs=2", cwd=tmp_path)
+    resumed = run_cli("train", "-cd", str(EXAMPLE), f"resume={run}", "trainer.epochs=2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [0, 1]

@@ -234,7 +234,7 @@ def test_a_checkpoint_cannot_run_code(tmp_path):
 
 @pytest.mark.parametrize("kind", ["missing", "garbage", "foreign"])
 def test_bad_checkpoint_files_are_one_line_errors(kind, tmp_path):
-    path = tmp_path / "ckpt.pt"
+    path = tmp_path / "last.pt"
     if kind == "garbage":
         path.write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
     elif kind == "foreign":

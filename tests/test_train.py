@@ -144,4 +144,4 @@ def test_saved_config_round_trips(overrides):
     from mixtrain.config import asdict, config_from_dict
 
     cfg = make_config(*overrides)
-    assert config_from_dict(asdict(cfg)) == cfg
+    assert config_from_dict(asdict(cfg), "the saved config") == cfg

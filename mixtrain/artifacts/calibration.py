@@ -28,14 +28,18 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_calibration(checkpoint_path: Path, temperature: Dict[str, Any]) -> Path:
-    """T, where it was fitted, ECE before/after and the checkpoint's sha256, beside the checkpoint.
-
-    It goes into the checkpoint's run dir, so this takes that dir's lock: never while a
-    training process writes it."""
+def claim_calibration(checkpoint_path: Path) -> None:
+    """Take the lock of the checkpoint's run dir, where its calibration goes: never while a training
+    process writes it. ``eval calibrate=true`` asks first, before it evaluates or writes anything."""
     if not claim_dir(checkpoint_path.parent):
         raise MixtrainError(f"{checkpoint_path.parent} is being written by a running mixtrain process: calibrate "
                             "after it ends (its checkpoints still change)")
+
+
+def write_calibration(checkpoint_path: Path, temperature: Dict[str, Any]) -> Path:
+    """T, where it was fitted, ECE before/after and the checkpoint's sha256, beside the checkpoint
+    (in its run dir, whose lock this holds: :func:`claim_calibration`)."""
+    claim_calibration(checkpoint_path)
     path = calibration_path(checkpoint_path)
     write_json_atomic(path, {"temperature": temperature["value"], "fit_on": temperature["fit_on"],
                              "ece_before": temperature["before"]["ece"], "ece_after": temperature["after"]["ece"],

@@ -1,15 +1,18 @@
 """Checkpoints: everything needed to continue a run exactly, written atomically, loaded safely.
 
 A checkpoint is a plain dict of tensors and Python values (so ``torch.load(...,
-weights_only=True)`` reads it and a file from someone else can never run code):
+weights_only=True)`` reads it and a file from someone else can never run code; the config it
+holds is read as data too, :mod:`mixtrain.config.trust`):
 model, optimizer, scheduler and AMP scaler states; where the run is (epoch, step and
 the running sums of the epoch in progress); every RNG state (torch CPU and CUDA, the
 mixer's generator state; the data order needs none, it is a function of seed and epoch);
-the resolved config; and the metrics so far.
+the resolved config; and the metrics so far. A checksum of its tensors, checked on load,
+turns a bit flipped on disk or in transfer into one line instead of silent NaN.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from mixtrain.config import asdict as config_asdict, config_from_dict
+from mixtrain.config.trust import code_values
 from mixtrain.errors import MixtrainError
 from mixtrain.files import write_atomic
 from mixtrain.layout import LAST
@@ -52,9 +56,34 @@ LEGACY_PART_STATE = {"checkpoints": ("best_score", "best_epoch", "kept"), "nan_p
 # --------------------------------------------------------------------------- files
 
 
+def tensor_checksum(state: Any) -> str:
+    """sha256 of every tensor in ``state`` (its place in the tree, dtype, shape and bytes), in a fixed order:
+    it tells a file damaged on disk or in a copy, not one changed on purpose (its digest would be too)."""
+    digest = hashlib.sha256()
+
+    def visit(node: Any, where: str) -> None:
+        if isinstance(node, torch.Tensor):
+            flat = node.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{where}|{flat.dtype}|{tuple(node.shape)}|".encode())
+            digest.update(flat.view(torch.uint8).numpy().data if flat.numel() else b"")
+        elif isinstance(node, dict):
+            for key in sorted(node, key=str):
+                visit(node[key], f"{where}/{key}")
+        elif isinstance(node, (list, tuple)):
+            for i, item in enumerate(node):
+                visit(item, f"{where}/{i}")
+
+    visit(state, "")
+    return digest.hexdigest()
+
+
 def save_atomic(state: Dict[str, Any], path: Path) -> None:
     """Write a checkpoint atomically: a crash leaves the old file or the new one, never a torn one."""
-    write_atomic(path, lambda f: torch.save({"format": FORMAT, **state}, f), binary=True)
+    saved = {"format": FORMAT, **state, CHECKSUM: tensor_checksum(state)}
+    write_atomic(path, lambda f: torch.save(saved, f), binary=True)
+
+
+CHECKSUM = "tensors_sha256"  # absent from checkpoints written before it: they load unchecked
 
 
 def checkpoint_path(path: str | Path, names: Sequence[str] = (LAST,)) -> Path:
@@ -85,7 +114,24 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str
                             "(pip install -U mixtrain for a newer one)")
     if found != FORMAT:
         raise MixtrainError(f"{path} is not a mixtrain checkpoint (no '{FORMAT}' marker)")
+    expected = state.pop(CHECKSUM, None)
+    if expected is not None and tensor_checksum({k: v for k, v in state.items() if k != "format"}) != expected:
+        raise MixtrainError(f"{path} is damaged: its tensors no longer match the checksum saved with them (a bit "
+                            "changed on disk or in a copy): use another copy of it, or another checkpoint")
     return state
+
+
+def resume_checkpoint(path: str | Path) -> Path:
+    """The checkpoint ``train resume=PATH`` continues from: a run's newest state, its ``last.pt``.
+
+    Any other checkpoint of the run (``best.pt``, a kept epoch) is an earlier state: continuing
+    from it would replace what the run did after it. Starting anew from one is a new run."""
+    ckpt = checkpoint_path(path)
+    if ckpt.name != LAST:
+        raise MixtrainError(f"resume={path}: resume continues a run from its newest state, its {LAST}, never from "
+                            f"an earlier checkpoint (it would replace the epochs after it); pass resume="
+                            f"{ckpt.parent}, or start a new run from this one with init_from={ckpt}")
+    return ckpt
 
 
 # --------------------------------------------------------------------------- run state
@@ -188,8 +234,13 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequ
                     train_samples: int = 0, order: Optional[Dict[str, Any]] = None) -> Optional[str]:
     """Refuse, naming the key, any change that alters the run's meaning; allow ``trainer.epochs``
     to grow, and return the line that says what that does to the schedule (else None)."""
-    # Through the schema, so that keys added since the checkpoint was written take their defaults.
-    old, new = _flatten(config_asdict(config_from_dict(saved["config"]))), _flatten(config)
+    # Through the schema, so that keys added since the checkpoint was written take their defaults. The
+    # checkpoint may name code (an import path) only where this run's own config names the same.
+    mine = dict(code_values(config))
+    same = [key for key, value in code_values(saved["config"]) if mine.get(key) == value]
+    stored = config_from_dict(saved["config"], path, same, commands=False,
+                              fix=lambda keys: f"{', '.join(keys)} with the values it names on this command line")
+    old, new = _flatten(config_asdict(stored)), _flatten(config)
     # A changed group option (augment.name, ...) first: it explains the keys that come with it.
     for key in sorted(set(old) | set(new), key=lambda k: (not k.endswith(".name"), k)):
         if key not in RESUME_MAY_CHANGE and old.get(key) != new.get(key):
@@ -197,9 +248,7 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequ
                 f"cannot resume {path}: {key} is {new.get(key)!r} but the checkpoint has {old.get(key)!r}; "
                 "drop that override, or start a new run"
             )
-    if saved["num_classes"] != len(classes):
-        raise MixtrainError(f"cannot resume {path}: the data has {len(classes)} classes but the checkpoint has "
-                            f"{saved['num_classes']}; resume on the same dataset, or start a new run")
+    check_classes(saved, classes, f"cannot resume {path}", "resume on the same dataset, or start a new run")
     if saved.get("train_samples") and train_samples and saved["train_samples"] != train_samples:
         raise MixtrainError(f"cannot resume {path}: the training data has {train_samples} samples but the checkpoint's "
                             f"had {saved['train_samples']}; resume on the same data, or start a new run")
@@ -207,12 +256,6 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequ
         changed = ", ".join(f"{k} {saved['order'].get(k)} -> {v}" for k, v in order.items() if saved["order"].get(k) != v)
         raise MixtrainError(f"cannot resume {path}: the training order depends on {changed}; resume with the run's "
                             f"value (trainer.num_workers={saved['order'].get('num_workers')}) to continue exactly")
-    named = saved.get("classes")
-    if named and list(named) != list(classes):
-        changed = [f"{a!r} -> {b!r}" for a, b in zip(named, classes) if a != b]
-        raise MixtrainError(f"cannot resume {path}: the data's classes differ from the checkpoint's ({len(changed)} "
-                            f"of {len(classes)}: {', '.join(changed[:3])}); resume on the same dataset, or start a "
-                            "new run")
     before, after = old["trainer.epochs"], new["trainer.epochs"]
     if after < before:
         raise MixtrainError(f"cannot resume {path}: trainer.epochs is {after} but the run was set for {before}; "
@@ -221,3 +264,17 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequ
         return None
     return (f"trainer.epochs {before} -> {after}: the {new['sched.name']} schedule now spans {after} epochs from the "
             "start, so the learning rate from here on follows the longer schedule (it jumps where the two differ)")
+
+
+def check_classes(saved: Dict[str, Any], classes: Sequence[str], refusal: str, fix: str) -> None:
+    """The data's classes against the checkpoint's, by count and by name in order: label ``i`` must
+    mean the same class (a folder whose classes were renamed keeps the count, not the meaning).
+    One check for every command that pairs data with a checkpoint (resume, eval, compare)."""
+    if saved["num_classes"] != len(classes):
+        raise MixtrainError(f"{refusal}: the data has {len(classes)} classes but the checkpoint has "
+                            f"{saved['num_classes']}; {fix}")
+    named = saved.get("classes")  # absent from checkpoints written before they held names
+    if named and list(named) != list(classes):
+        changed = [f"{a!r} -> {b!r}" for a, b in zip(named, classes) if a != b]
+        raise MixtrainError(f"{refusal}: the data's classes differ from the checkpoint's ({len(changed)} of "
+                            f"{len(classes)}: {', '.join(changed[:3])}); {fix}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -91,11 +91,16 @@ def saved_class_names(dataset, num_classes: int) -> List[str]:
     return [str(i) for i in range(num_classes)]
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "raw") -> LoadedModel:
-    """A checkpoint (file or run dir) as a :class:`LoadedModel`, for scripts: ``mixtrain.load_model(path)``."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "raw",
+               trust: Sequence[str] = ()) -> LoadedModel:
+    """A checkpoint (file or run dir) as a :class:`LoadedModel`, for scripts: ``mixtrain.load_model(path)``.
+
+    ``trust``: keys of its stored config whose import path (``_target_``, a model or dataset of
+    someone's own) may be imported; any other is refused (:mod:`mixtrain.config.trust`). Its data is
+    never opened."""
     ckpt = resolve_checkpoint(path).resolve()
     state = checkpoint.load(ckpt)
-    cfg = config_from_dict(state["config"])
+    cfg = config_from_dict(state["config"], ckpt, trust, commands=False)
     classes = state.get("classes") or saved_class_names(cfg.dataset, state["num_classes"])
     model = build_model(cfg, state, state["num_classes"], ckpt, torch.device(device), weights)
     calibration = read_calibration(ckpt)

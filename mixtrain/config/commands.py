@@ -37,6 +37,9 @@ class EvalConfig:
     # `mixtrain predict` and `mixtrain export` read.
     calibrate: bool = False
     tta: str = "none"  # none | flip: average the softmax of each image and its mirror image
+    # Keys of the checkpoint's stored config whose code you accept: a `_target_` (an import path) or a
+    # `pipe:` URL (a shell command) of a file from someone else is refused otherwise: `trust=[model._target_]`.
+    trust: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         choice(self.weights, ("raw", "ema"), "weights")
@@ -72,6 +75,9 @@ class PredictConfig:
     num_workers: Any = "auto"  # decoding workers: a count, or auto
     weights: str = "raw"  # raw | ema
     overwrite: bool = False  # replace an existing out file
+    # Keys of the checkpoint's stored config whose import path (`_target_`) you accept: a file from someone
+    # else is refused otherwise, `trust=[model._target_]` (its data, and so a `pipe:` URL, is never opened).
+    trust: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         at_least(self.topk, 1, "topk")
@@ -91,6 +97,9 @@ class ExportConfig:
     weights: str = "raw"  # raw | ema
     opset: Optional[int] = None  # ONNX opset; None: the exporter's default for the installed torch
     overwrite: bool = False  # replace an existing out directory
+    # Keys of the checkpoint's stored config whose import path (`_target_`) you accept: a file from someone
+    # else is refused otherwise, `trust=[model._target_]` (its data, and so a `pipe:` URL, is never opened).
+    trust: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         choice(self.format, ("safetensors", "onnx", "torchscript"), "format")

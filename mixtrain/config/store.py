@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Collection, Dict, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
@@ -15,6 +15,7 @@ from mixtrain.config.commands import EvalConfig, ExportConfig, PredictConfig
 from mixtrain.config.errors import to_object
 from mixtrain.config.registry import GROUPS, option_names, saved_entry
 from mixtrain.config.schemas import OptimConfig, TrainConfig
+from mixtrain.config.trust import TARGET, check_stored
 from mixtrain.errors import MixtrainError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -38,7 +39,8 @@ def recipes_dir() -> Path:
 
 def schema_for(group: str, saved: Dict[str, Any]) -> type:
     """The schema class of a saved group config (``{"name": "resnet20", ...}``, e.g. a checkpoint's):
-    the class its ``_target_`` names (a user's own option), else the kind that owns it."""
+    the class its ``_target_`` names (a user's own option), else the kind that owns it. Importing
+    that class runs its module: a caller asks :func:`~mixtrain.config.trust.check_stored` first."""
     if TARGET in saved:
 
         cls = get_class(saved[TARGET])
@@ -70,8 +72,12 @@ def upgrade_saved(saved: Dict[str, Any]) -> Dict[str, Any]:
     return {**saved, "optim": optim, "sched": sched}
 
 
-def config_from_dict(saved: Dict[str, Any]) -> "TrainConfig":
-    """Rebuild (and re-validate) a TrainConfig from its ``asdict`` form, e.g. a checkpoint's."""
+def config_from_dict(saved: Dict[str, Any], source: Any, given: Collection[str] = (), commands: bool = True,
+                     fix: Optional[Callable[[Sequence[str]], str]] = None) -> "TrainConfig":
+    """Rebuild (and re-validate) a TrainConfig from its ``asdict`` form, e.g. a checkpoint's (``source``),
+    once :func:`~mixtrain.config.trust.check_stored` has found no code in it that the command line
+    (``given``: the keys it passes) does not pass."""
+    check_stored(saved, source, given, commands, fix)
     saved = upgrade_saved(saved)
     nodes = {}
     for group in GROUPS:
@@ -98,8 +104,6 @@ def register_configs() -> None:
     for path in sorted(recipes_dir().glob("*.yaml")):
         cs.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
-
-TARGET = "_target_"
 
 
 def asdict(obj: Any) -> Dict[str, Any]:

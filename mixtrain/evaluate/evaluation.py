@@ -20,12 +20,13 @@ from torch import nn
 
 from mixtrain import layout
 from mixtrain.artifacts import checkpoint
-from mixtrain.artifacts.calibration import write_calibration
+from mixtrain.artifacts.calibration import claim_calibration, write_calibration
 from mixtrain.artifacts.logits import save_logits
 from mixtrain.artifacts.model import build_model, resolve_checkpoint
 from mixtrain.config import (DatasetConfig, EvalConfig, TrainConfig, config_from_dict, describe_config_error,
                              heldout_fraction, schema_for)
 from mixtrain.config.overrides import override_key
+from mixtrain.config.trust import check_stored
 from mixtrain.data import FolderConfig, LoaderOptions, check_bad_images, open_split, resolve_workers, unreadable_so_far
 from mixtrain.errors import MixtrainError
 from mixtrain.evaluate.bootstrap import bootstrap_intervals
@@ -58,12 +59,22 @@ def eval_overrides(overrides: List[str]) -> List[str]:
     given = [o for o in overrides if override_key(o) == "checkpoint"]
     if not given:
         raise MixtrainError("checkpoint is required: pass checkpoint=PATH (a .pt file or a run dir)")
-    saved = checkpoint.load(resolve_checkpoint(override_value(given[-1])))["config"]["dataset"]
+    path = resolve_checkpoint(override_value(given[-1]))
+    stored = checkpoint.load(path)["config"]
+    trusted = [override_value(o) for o in overrides if override_key(o) == "trust"]
+    check_stored(stored, path, passed_keys(dataset_override_keys(overrides), trusted[-1] if trusted else []))
+    saved = stored["dataset"]
     # Keys the option cannot default (dataset.root of imagefolder) come from the checkpoint too.
     changed = set(dataset_override_keys(overrides))
     required = [f.name for f in dataclasses.fields(schema_for("dataset", saved))
                 if f.default == MISSING and f.name != "name" and f.name not in changed and f.name in saved]
     return [f"dataset={saved['name']}", *(f"dataset.{key}={quote_override(saved[key])}" for key in required), *overrides]
+
+
+def passed_keys(dataset_keys: Sequence[str], trust: Sequence[str]) -> List[str]:
+    """The keys of a checkpoint's config that eval's command line passes: the dataset keys it sets
+    (their stored values are not used) and those it trusts."""
+    return [*(f"dataset.{key}" for key in dataset_keys), *map(str, trust or [])]
 
 
 def quote_override(value: Any) -> str:
@@ -167,8 +178,10 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
     if (out_dir / layout.EVAL).exists():
         raise MixtrainError(f"{out_dir} already holds an {layout.EVAL}: pick another hydra.run.dir")
     path = resolve_checkpoint(cfg.checkpoint).resolve()
+    if cfg.calibrate:  # before any work: the checkpoint's run must not be running
+        claim_calibration(path)
     state = checkpoint.load(path)
-    train_cfg = config_from_dict(state["config"])
+    train_cfg = config_from_dict(state["config"], path, passed_keys(dataset_keys, cfg.trust))
     dataset = eval_dataset_config(train_cfg.dataset, cfg.dataset, dataset_keys)
     if heldout_fraction(cfg.heldout) is None:
         dataset.split_name(cfg.heldout)  # a split this dataset has, before any data is read
@@ -182,9 +195,8 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
     val = open_split(dataset, "val", False, options)
     check_bad_images(dataset, [val])
     classes = val.classes
-    if train_cfg.dataset.num_classes is not None and train_cfg.dataset.num_classes != len(classes):
-        raise MixtrainError(f"{path} was trained on {train_cfg.dataset.num_classes} classes but {dataset.name} has "
-                            f"{len(classes)}: evaluate on a dataset with the classes it was trained on")
+    checkpoint.check_classes(state, classes, f"cannot evaluate {path} on {dataset.name} val",
+                             "evaluate on a dataset with the classes it was trained on")
     model = build_model(train_cfg, state, len(classes), path, device, cfg.weights)
     if console is not None:
         console.print(f"[bold]mixtrain eval[/] {path} ({train_cfg.model.name}, {describe_run(train_cfg)}, "

@@ -57,7 +57,7 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor, say) -> float:
 
 def export(cfg, say=print) -> Dict[str, Any]:
     """Write ``cfg.format`` into ``cfg.out`` (refusing a dir that holds an export unless overwrite=true)."""
-    loaded = load_model(cfg.checkpoint, "cpu", cfg.weights)
+    loaded = load_model(cfg.checkpoint, "cpu", cfg.weights, cfg.trust)
     out = Path(cfg.out).expanduser() if cfg.out else loaded.checkpoint.parent / f"export-{cfg.format}"
     target = out / FILES[cfg.format]
     if out.exists() and not out.is_dir():

@@ -141,7 +141,7 @@ def predict(cfg, out_stream=None) -> Dict[str, Any]:
     errors_path = out.with_name(f"{out.stem}_errors.csv")
     check_out(out, cfg.overwrite)
     paths = list_inputs(cfg.inputs)
-    loaded = load_model(cfg.checkpoint, resolve_device(cfg.device), cfg.weights)
+    loaded = load_model(cfg.checkpoint, resolve_device(cfg.device), cfg.weights, cfg.trust)
     calibrated = cfg.calibrated if cfg.calibrated is not None else loaded.temperature != 1.0
     if calibrated and loaded.temperature == 1.0 and read_calibration(loaded.checkpoint) is None:
         raise MixtrainError(f"calibrated=true but {calibration_path(loaded.checkpoint)} is absent or belongs "

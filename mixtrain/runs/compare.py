@@ -25,7 +25,7 @@ from mixtrain.errors import MixtrainError
 from mixtrain.evaluate.bootstrap import paired_accuracy, paired_differences
 from mixtrain.evaluate.evaluation import dataset_override_keys, eval_overrides, evaluate_checkpoint, quote_override
 from mixtrain.evaluate.tables import METRIC_ROWS, eps_label
-from mixtrain.files import claim_dir, write_json_atomic
+from mixtrain.files import claim_dir, first_missing, remove_made_dirs, write_json_atomic
 from mixtrain.options import compose
 
 USAGE = """usage: mixtrain compare RUN_OR_CHECKPOINT_OR_EVAL_JSON ... [key=value ...] [--out DIR]
@@ -179,6 +179,25 @@ def data_line(report: Dict[str, Any]) -> str:
             f"before/after T on {temp['report_on']}")
 
 
+def evaluate_all(jobs: Sequence[Tuple[str, Any, Any]], out_dir: Path, overrides: Sequence[str],
+                 console: Console) -> Tuple[List[Dict[str, Any]], List[Optional[Predictions]]]:
+    """Each run's report and predictions: read from its ``eval.json``, or evaluated into ``out_dir/runN``."""
+    reports, logits = [], []
+    for i, (run, done, cfg) in enumerate(jobs):
+        if done is not None:
+            try:
+                reports.append(json.loads(done.read_text()))
+            except (OSError, json.JSONDecodeError) as ex:
+                raise MixtrainError(f"{done} is not a readable eval.json ({ex}): run `mixtrain eval` again") from None
+            console.print(f"[{i + 1}/{len(jobs)}] {run}: read {done}", highlight=False)
+            logits.append(load_logits(done.parent / layout.LOGITS))
+            continue
+        console.print(f"[{i + 1}/{len(jobs)}] evaluating {run}", highlight=False)
+        reports.append(evaluate_checkpoint(cfg, out_dir / f"run{i + 1}", dataset_override_keys(overrides)))
+        logits.append(load_logits(out_dir / f"run{i + 1}" / layout.LOGITS))
+    return reports, logits
+
+
 def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str, Any]:
     """Evaluate (or read) every run and print the comparison; return what ``compare.json`` holds."""
     console = console or Console(width=None if Console().is_terminal else 120)
@@ -199,21 +218,14 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
         cfg = compose("eval", eval_overrides([*overrides, f"checkpoint={quote_override(run)}"]))
         jobs.append((run, None, to_object(cfg)))
 
+    made = first_missing(out_dir)
     if not claim_dir(out_dir):
         raise MixtrainError(f"{out_dir} is being written by another mixtrain process: pick another --out")
-    reports, logits = [], []
-    for i, (run, done, cfg) in enumerate(jobs):
-        if done is not None:
-            try:
-                reports.append(json.loads(done.read_text()))
-            except (OSError, json.JSONDecodeError) as ex:
-                raise MixtrainError(f"{done} is not a readable eval.json ({ex}): run `mixtrain eval` again") from None
-            console.print(f"[{i + 1}/{len(jobs)}] {run}: read {done}", highlight=False)
-            logits.append(load_logits(done.parent / layout.LOGITS))
-            continue
-        console.print(f"[{i + 1}/{len(jobs)}] evaluating {run}", highlight=False)
-        reports.append(evaluate_checkpoint(cfg, out_dir / f"run{i + 1}", dataset_override_keys(overrides)))
-        logits.append(load_logits(out_dir / f"run{i + 1}" / layout.LOGITS))
+    try:
+        reports, logits = evaluate_all(jobs, out_dir, overrides, console)
+    except MixtrainError:
+        remove_made_dirs(out_dir, made)  # refused before any run's results were written: no empty --out
+        raise
 
     labels = column_labels(reports)
     tests = paired_tests(reports, logits, labels)

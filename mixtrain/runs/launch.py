@@ -7,19 +7,19 @@ search path, sweeper, launcher and callback is Hydra's own. mixtrain adds one Hy
 ``conf/eval.yaml``), which checks each job where Hydra has composed it and before Hydra writes
 a file: the config (one line and exit 2 when it is wrong), then the run dir, which it makes and
 locks for the life of the process (one writer per dir). Before a sweep of Hydra's basic
-sweeper starts, every job is composed (Hydra's own config loader) and checked; for other
-sweepers, the fixed part of the config.
+sweeper starts, every job is composed (Hydra's own config loader) and checked, and no two may
+share a dir; for other sweepers, the fixed part of the config. Hydra writes a job's ``.hydra/``
+before any callback sees the job, so each job of a sweep claims its own dir before those files
+are written (:mod:`mixtrain.runs.claims`). A ``train resume=`` takes the run's overrides as data
+(:mod:`mixtrain.runs.resume`).
 
 Hydra has no subcommands, so each command is a task function with a config of its own.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
-import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,13 +33,16 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, open_dict, read_write
 
-from mixtrain.artifacts.checkpoint import checkpoint_path
+from mixtrain.artifacts.calibration import claim_calibration
+from mixtrain.artifacts.model import resolve_checkpoint
 from mixtrain.config import GROUPS, config_dir, debug_enabled, describe_config_error, to_object
-from mixtrain.config.overrides import hydra_args_parser, override_key, saved_overrides, sweep_jobs
-from mixtrain.errors import MixtrainError, RunStopped, fail, resume_command, say
-from mixtrain.evaluate.evaluation import eval_overrides, override_value
-from mixtrain.files import claim_dir, records_in, release_dir
-from mixtrain.layout import HYDRA, LAST, RUN_FILES, SUMMARY
+from mixtrain.config.overrides import hydra_args_parser, override_key, sweep_jobs
+from mixtrain.errors import MixtrainError, RunStopped, fail, say
+from mixtrain.evaluate.evaluation import eval_overrides
+from mixtrain.files import claim_dir, records_in
+from mixtrain.runs.claims import (check_writable, claim_run_dir, defer_job_files, remove_hydra_files,
+                                  restore_job_files)
+from mixtrain.runs.resume import check_replayed, resume_args
 from mixtrain.runtime import distributed
 
 # The command whose task this process runs (set by :func:`run_hydra_command`); a Hydra app
@@ -131,45 +134,11 @@ def hint_config(config_name: str, parsed):
         return None
 
 
-def resume_args(args: List[str], parsed) -> List[str]:
-    """For ``resume=PATH``: the original run's overrides first, then the new ones, and Hydra
-    pointed at the run's own dir; its config name and dir unless given again.
-
-    The run continues in its directory; Hydra's files for this invocation go to
-    ``.hydra/resume-<time>``, so the original ``.hydra/`` stays as it was.
-    """
-
-    given = [o for o in parsed.overrides if o.startswith("resume=")]
-    if not given:
-        return args
-    try:
-        value = override_value(given[-1])
-    except MixtrainError:  # a path with ',' or '[]' that Hydra would read as a sweep or a list: it is a path
-        value = None
-    ckpt = checkpoint_path(value if isinstance(value, str) else given[-1].split("=", 1)[1]).resolve()
-    run_dir = ckpt.parent
-    hydra_dir = run_dir / HYDRA
-    original = [o for o in saved_overrides(run_dir) if not o.startswith(("resume=", "hydra."))]
-    flags = [a for a in args if a not in parsed.overrides]
-    if (hydra_dir / "hydra.yaml").is_file() and not (parsed.config_name or parsed.config_dir):
-        saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
-        flags += ["--config-name", str(saved.job.config_name)]
-        flags += [f"--config-dir={s.path}" for s in saved.runtime.config_sources if s.provider == "command-line"]
-    rest = [o for o in parsed.overrides if not o.startswith("resume=")]
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    return [*flags, *original, *rest, f"resume={quote(ckpt)}", f"hydra.run.dir={quote(run_dir)}",
-            f"hydra.output_subdir=.hydra/resume-{stamp}"]
-
-
 def eval_args(args: List[str], parsed) -> List[str]:
 
     rewritten = eval_overrides(list(parsed.overrides))
     return [a for a in args if a not in parsed.overrides] + rewritten
 
-
-def quote(value) -> str:
-    """A value as a quoted Hydra override value (paths may hold spaces, '=', ',' or brackets)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 # --------------------------------------------------------------------------- the Guard
 
@@ -185,6 +154,7 @@ class Guard(Callback):
     def __init__(self) -> None:
         self.created: Optional[Path] = None  # the topmost folder this run made for its run dir
         self.run_dir: Optional[Path] = None
+        self.job_files: Optional[str] = None  # a sweep's: the Hydra subdir each job writes once it holds its dir
 
     def on_run_start(self, config, config_name: Optional[str] = None, **kwargs) -> None:
         with refusals():
@@ -207,6 +177,13 @@ class Guard(Callback):
     def on_multirun_start(self, config, config_name: Optional[str] = None, **kwargs) -> None:
         with refusals():
             check_sweep(config, COMMAND)
+            self.job_files = defer_job_files(config)
+
+    def on_job_start(self, config, **kwargs) -> None:
+        # In the job's process (a launcher ships this Guard to it), after Hydra made the job's dir
+        # and, since on_multirun_start, wrote nothing in it: the job claims it first (claims.job_dir).
+        if self.job_files is not None:
+            restore_job_files(self.job_files)
 
 
 @contextmanager
@@ -265,7 +242,12 @@ def prepare_run(cfg, command: str):
     """
 
     declared = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
+    if command == "train":
+        with hydra_config_of(cfg, Path(str(cfg.hydra.run.dir))):
+            check_replayed(task_config(cfg), set(OmegaConf.to_container(cfg.hydra.runtime.choices)))
     check_job(cfg, Path(str(cfg.hydra.run.dir)))
+    if command == "eval" and OmegaConf.select(cfg, "calibrate"):  # its run must not be running: before any work
+        claim_calibration(resolve_checkpoint(str(cfg.checkpoint)).resolve())
     resuming = command == "train" and OmegaConf.select(cfg, "resume") is not None
     ctx = distributed.context()
     if command == "train" and distributed.launched_by_torchrun():
@@ -289,77 +271,6 @@ def prepare_run(cfg, command: str):
             cfg.hydra.output_subdir = None
     return Path(run_dir), created
 
-
-def first_missing(path: Path) -> Optional[Path]:
-    """The topmost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
-    missing = None
-    while not path.exists() and path != path.parent:
-        missing, path = path, path.parent
-    return missing
-
-
-def check_writable(path: Path, what: str, key: str) -> None:
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        why = "is not a directory" if not existing.is_dir() else "is not writable"
-        raise MixtrainError(f"cannot write the {what} {path}: {existing} {why}; pick another {key}")
-
-
-def claim_run_dir(run_dir: Path, command: str, resuming: bool, timestamped: bool):
-    """Make and lock ``run_dir`` for ``command``; return ``(run_dir, created)``.
-
-    A command writes only into a dir it owns: a new one, or one that holds no other command's
-    records; ``train resume=`` into its own run, when no process is writing it. A dir named by
-    the time (the default) that another run took first gets a suffix instead: ``-1``, ``-2``, ...
-    """
-    check_writable(run_dir, "run dir", "hydra.run.dir")
-    candidates = [run_dir, *(Path(f"{run_dir}-{k}") for k in range(1, 100))] if timestamped else [run_dir]
-    for candidate in candidates:
-        created = first_missing(candidate)
-        if not claim_dir(candidate):
-            if timestamped and not resuming:
-                continue
-            raise MixtrainError(f"{candidate} is being written by another mixtrain process"
-                                f"{running_pid(candidate)}: wait for it to end (or stop it), or pick another "
-                                "hydra.run.dir")
-        held = records_in(candidate)
-        if held and timestamped and not resuming:
-            release_dir(candidate)
-            continue
-        if resuming:  # the dir of the checkpoint it continues (its records are the run's own)
-            return candidate, created
-        if held:
-            fix = f", or continue it with {resume_command(candidate)}" if command == "train" and LAST in held else ""
-            kind = "a run" if any(name in held for name in RUN_FILES) else held[0]
-            raise MixtrainError(f"{candidate} already holds {kind}: pick another hydra.run.dir{fix}")
-        return candidate, created
-    raise MixtrainError(f"{run_dir} and its 99 suffixed names are all taken: pick another hydra.run.dir")
-
-
-def running_pid(run_dir: Path) -> str:
-    """`` (pid N on HOST)`` from the run's summary.json, when it says so."""
-
-    try:
-        summary = json.loads((run_dir / SUMMARY).read_text())
-        return f" (pid {summary['pid']} on {summary['host']})" if summary.get("status") == "running" else ""
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
-
-
-def remove_hydra_files(run_dir: Path, created: Optional[Path], cfg) -> None:
-    """After a task refused its input: take back what Hydra wrote for it, the folders this run
-    made (if they hold nothing else), or in an existing run dir the Hydra subfolder it added."""
-    if created is not None:
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {HYDRA}:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            folder = run_dir.parent
-            while folder != created.parent and folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-                folder = folder.parent
-    elif cfg.hydra.output_subdir and str(cfg.hydra.output_subdir).startswith(".hydra/resume-"):
-        shutil.rmtree(run_dir / str(cfg.hydra.output_subdir), ignore_errors=True)
 
 # --------------------------------------------------------------------------- sweeps
 
@@ -391,6 +302,7 @@ def check_sweep(cfg, command: str) -> None:
     else:
         jobs = []
         check_job(cfg, sweep_dir, cfg)
+    dirs: dict = {}
     for num, job in enumerate(jobs):
         try:
             composed = loader.load_sweep_config(cfg, list(job))
@@ -398,7 +310,13 @@ def check_sweep(cfg, command: str) -> None:
             raise MixtrainError(describe_config_error(ex, cfg)) from None
         with read_write(composed.hydra.job), open_dict(composed.hydra.job):
             composed.hydra.job.num = composed.hydra.job.id = num
-        check_job(composed, sweep_dir / str(num), cfg)
+        with hydra_config_of(composed, sweep_dir):
+            out = (sweep_dir / str(composed.hydra.sweep.subdir)).absolute()
+        if out in dirs:
+            raise MixtrainError(f"jobs {dirs[out]} and {num} of the sweep would both write {out}: give each job a dir "
+                                "of its own with hydra.sweep.subdir (its default: ${hydra.job.num})")
+        dirs[out] = num
+        check_job(composed, out, cfg)
     if not claim_dir(sweep_dir):
         raise MixtrainError(f"{sweep_dir} is being written by another mixtrain sweep: wait for it to end, "
                             "or pick another hydra.sweep.dir")

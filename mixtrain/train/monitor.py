@@ -15,7 +15,7 @@ from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
 
 from mixtrain import layout
-from mixtrain.files import write_text_atomic
+from mixtrain.files import open_append, write_text_atomic
 
 # (key in the epoch record, header, format, width): 80 columns in all with one space between, 88 with EMA.
 OPTIONAL = {"ema_val_acc1"}
@@ -38,7 +38,7 @@ TRAIN_ACC_NOTE = ("* train acc: top-1 against the dominant label of each (mixed,
 
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one line and fsync it: a crash can lose the line being written, never earlier ones."""
-    with open(path, "a") as f:
+    with open_append(path) as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -83,7 +83,7 @@ class RunMonitor:
         self.optional_columns: set = set()  # which OPTIONAL columns this run's table shows
         if enabled:
             self.writer = SummaryWriter(log_dir=str(run_dir / layout.TENSORBOARD), purge_step=purge_step)
-            self.log = Console(file=open(run_dir / layout.TRAIN_LOG, "a", encoding="utf-8"), width=120, no_color=True,
+            self.log = Console(file=open_append(run_dir / layout.TRAIN_LOG), width=120, no_color=True,
                                force_terminal=False, highlight=False, soft_wrap=True)
 
     def print(self, renderable, **kwargs) -> None:

@@ -102,7 +102,7 @@ class Training:
             raise MixtrainError(f"trainer.batch_size ({trainer.batch_size}) and trainer.eval_batch_size "
                                 f"({trainer.eval_batch_size}) are global batches and must divide evenly over "
                                 f"{ctx.world_size} processes")
-        saved = checkpoint.load(cfg.resume) if cfg.resume else None
+        saved = checkpoint.load(checkpoint.resume_checkpoint(cfg.resume)) if cfg.resume else None
         problem = None
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,108 @@
+"""``train resume=RUN``: the command line that continues a run, and what it may take from the run dir.
+
+The run continues in its own dir from its ``last.pt``, with the overrides it was started with.
+What the run dir holds is data (:mod:`mixtrain.config.trust`): the overrides it stored may name
+code (an import path, a ``pipe:`` command) only where this command line passes the same key, which
+the Guard checks once Hydra has composed and resolved them (:func:`check_replayed`); its config dir
+(``-cd``, whose files may name code) is used only when this command line passes it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from omegaconf import OmegaConf
+
+from mixtrain.artifacts.checkpoint import resume_checkpoint
+from mixtrain.config.overrides import override_key, saved_overrides
+from mixtrain.config.trust import check_option_names, check_stored
+from mixtrain.errors import MixtrainError
+from mixtrain.evaluate.evaluation import override_value
+from mixtrain.layout import HYDRA
+
+
+@dataclass
+class Replayed:
+    """The overrides ``train resume=`` took from a run dir (``source``), and the keys its command line passes."""
+
+    source: Path
+    overrides: List[str]
+    given: List[str]
+
+
+REPLAYED: Optional[Replayed] = None  # set by resume_args for the `train` command it rewrites, checked by the Guard
+
+
+def resume_args(args: List[str], parsed) -> List[str]:
+    """For ``resume=PATH``: the original run's overrides first, then the new ones, and Hydra
+    pointed at the run's own dir; its config name unless given again. Hydra's files for this
+    invocation go to ``.hydra/resume-<time>``, so the original ``.hydra/`` stays as it was.
+    """
+    global REPLAYED
+    REPLAYED = None
+    given = [o for o in parsed.overrides if o.startswith("resume=")]
+    if not given:
+        return args
+    try:
+        value = override_value(given[-1])
+    except MixtrainError:  # a path with ',' or '[]' that Hydra would read as a sweep or a list: it is a path
+        value = None
+    ckpt = resume_checkpoint(value if isinstance(value, str) else given[-1].split("=", 1)[1]).resolve()
+    run_dir = ckpt.parent
+    rest = [o for o in parsed.overrides if not o.startswith("resume=")]
+    moved = [o for o in rest if override_key(o) == "hydra.run.dir"]
+    if moved and Path(str(override_value(moved[-1]))).expanduser().resolve() != run_dir:
+        raise MixtrainError(f"resume continues {run_dir} in its own dir: drop {moved[-1]} (a new run in another dir "
+                            f"from this checkpoint is init_from={ckpt})")
+    hydra_dir = run_dir / HYDRA
+    # Hydra keeps its own overrides apart (hydra.overrides.hydra): any in this file were not written by it.
+    original = [o for o in saved_overrides(run_dir) if not override_key(o).startswith("hydra")
+                and override_key(o) != "resume"]
+    # Before Hydra composes them: a group choice is a name (a path would load any file); the values are
+    # checked by the Guard, composed and resolved (check_replayed).
+    check_option_names([(override_key(o), override_value(o)) for o in original if "." not in override_key(o)],
+                       hydra_dir / "overrides.yaml")
+    flags = [a for a in args if a not in parsed.overrides]
+    if (hydra_dir / "hydra.yaml").is_file():
+        saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
+        dirs = [str(s.path) for s in saved.runtime.config_sources if s.provider == "command-line"]
+        if dirs and not parsed.config_dir:
+            raise MixtrainError(f"{run_dir} was trained with the configs of {dirs[0]} (-cd), which may name code: "
+                                f"pass -cd {dirs[0]} to continue it, if you trust them")
+        name = saved.job.config_name  # a name, looked up where Hydra looks (conf/, the -cd given)
+        if name and not parsed.config_name and not Path(str(name)).is_absolute() and ".." not in Path(str(name)).parts:
+            flags += ["--config-name", str(name)]
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    REPLAYED = Replayed(hydra_dir / "overrides.yaml", original, [override_key(o) for o in rest])
+    return [*flags, *original, *rest, f"resume={quote(ckpt)}", f"hydra.run.dir={quote(run_dir)}",
+            f"hydra.output_subdir=.hydra/resume-{stamp}"]
+
+
+def check_replayed(job, choices) -> None:
+    """Before the resumed config is read (its ``_target_`` imported, its data opened): the values the run
+    dir's overrides set in ``job`` (the task's config, composed), resolved, may name code only where this
+    command line passes the key. A group choice (``model=tiny_net``; ``choices``: Hydra's) names an
+    option, whose file is mixtrain's or the user's own."""
+    if REPLAYED is None:
+        return
+    try:
+        tree = OmegaConf.to_container(job, resolve=True)
+    except Exception:  # an interpolation that does not resolve: check the values as written (to_object says the rest)
+        tree = OmegaConf.to_container(job, resolve=False)
+    set_by_file = {}
+    for key in dict.fromkeys(map(override_key, REPLAYED.overrides)):
+        if key not in choices:
+            node = tree
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            set_by_file[key] = node
+    check_stored(set_by_file, REPLAYED.source, REPLAYED.given,
+                 fix=lambda keys: " ".join(f"{key}=..." for key in keys) + " on this command line")
+
+
+def quote(value) -> str:
+    """A value as a quoted Hydra override value (paths may hold spaces, '=', ',' or brackets)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
