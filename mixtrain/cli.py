@@ -91,7 +91,7 @@ def _train_task(cfg) -> float:
     from mixtrain.train.training import fit  # start-up: see the note at the imports
 
     try:
-        summary = fit(to_object(cfg), output_dir())
+        summary = fit(to_object(cfg), output_dir(), options=dict(HydraConfig.get().runtime.choices))
     except RunStopped as ex:
         # A diverged job of a sweep is recorded (summary.json says failed) and the sweep goes
         # on; a signal stops everything.

@@ -182,7 +182,8 @@ class TrainerConfig:
     nan_skip_limit: int = 10  # with on_nan=skip: stop after more skipped steps than this
     # Smoke runs: stop each epoch's training / evaluation after this many batches.
     limit_train_batches: Optional[int] = None
-    limit_val_batches: Optional[int] = None  # the same for evaluation
+    # Evaluate this many batches: a seeded sample of val spread over the classes, the same every epoch (said at start).
+    limit_val_batches: Optional[int] = None
 
     def __post_init__(self) -> None:
         at_least(self.epochs, 1, "trainer.epochs")
@@ -223,6 +224,7 @@ class TrainConfig:
     optim: Any = MISSING  # the optimizer group: optim=<option>
     sched: Any = MISSING  # the schedule group: sched=<option>
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # loop, device, precision, checkpoints: trainer.* keys
+    debug: Any = None  # the debug group: debug=fast | overfit | profile | anomaly checks a config (none by default)
     seed: int = 0  # seeds weights, data order, augmentation and mixing (0 <= seed < 2**32)
     resume: Optional[str] = None  # a checkpoint file or a run dir to continue
     # The summary value `mixtrain train` returns to Hydra, so a sweeper (e.g. Optuna)
@@ -232,6 +234,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         valid_seed(self.seed, "seed")
         choice(self.objective, OBJECTIVES, "objective")
+        require("ema_" not in self.objective or self.trainer.ema.enabled, "objective",
+                "needs trainer.ema.enabled=true (an EMA objective follows the EMA weights)", self.objective)
         if isinstance(self.augment, AugmentConfig):
             require(self.augment.disable_epochs <= self.trainer.epochs, "augment.disable_epochs",
                     f"must be <= trainer.epochs ({self.trainer.epochs})", self.augment.disable_epochs)

@@ -55,6 +55,8 @@ def config_from_dict(saved: Dict[str, Any]) -> "TrainConfig":
     """Rebuild (and re-validate) a TrainConfig from its ``asdict`` form, e.g. a checkpoint's."""
     nodes = {}
     for group in GROUPS:
+        if saved.get(group) is None:  # an optional group left empty (debug), or one a config predates
+            continue
         schema = schema_for(group, saved[group])
         fields = {f.name for f in dataclasses.fields(schema)}
         values = {k: v for k, v in saved[group].items() if k != TARGET or k in fields}
@@ -68,6 +70,7 @@ def config_from_dict(saved: Dict[str, Any]) -> "TrainConfig":
 def register_configs() -> None:
     """Put the command schemas and the recipes in Hydra's ConfigStore (each group's kinds store
     their own schemas when they register)."""
+    OmegaConf.register_new_resolver("mixtrain_groups", help_groups, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
@@ -77,6 +80,18 @@ def register_configs() -> None:
     # `recipe` group; registering each file keeps `recipe=NAME` working (no `+`).
     for path in sorted(recipes_dir().glob("*.yaml")):
         cs.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def help_groups() -> str:
+    """The config groups ``--help`` lists (``conf/hydra/help/mixtrain.yaml``): Hydra's own listing of
+    every group it finds (a user's ``-cd`` dir included), less Hydra's and the ``schema/*`` groups,
+    which hold the schemas the options start from."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    def chosen_by_users(group: str) -> bool:
+        return not group.startswith(("hydra/", "schema/")) and group not in ("hydra", "schema")
+
+    return GlobalHydra.instance().hydra.format_config_groups(chosen_by_users).rstrip("\n")
 
 
 TARGET = "_target_"

@@ -40,7 +40,7 @@ from mixtrain.config.dataset import StreamedConfig
 from mixtrain.config.errors import require
 from mixtrain.data.device_loader import epoch_generator, normalize, normalizer
 from mixtrain.data.label_noise import corrupt_folder_labels
-from mixtrain.data.sampling import epoch_positions, repeated
+from mixtrain.data.sampling import epoch_positions, eval_subset, repeated
 from mixtrain.data.source import LoaderOptions, Split, device_split, erasing, register_source
 from mixtrain.errors import MixtrainError
 from mixtrain.files import forget_inherited_claims
@@ -160,6 +160,10 @@ class CheckedItems(torch.utils.data.Dataset):
         """How warnings name a sample (its path)."""
         raise NotImplementedError
 
+    def labels(self) -> Optional[torch.Tensor]:
+        """Every sample's label, where the source knows them without decoding an image; else None."""
+        return None
+
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)
         for offset in range(len(self)):
@@ -189,6 +193,9 @@ class CheckedImageFolder(CheckedItems, datasets.ImageFolder):
 
     def name(self, index: int) -> str:
         return self.samples[index][0]
+
+    def labels(self) -> Optional[torch.Tensor]:
+        return torch.tensor([label for _, label in self.samples], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -312,14 +319,15 @@ class EpochSampler(Sampler):
     """
 
     def __init__(self, size: int, train: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 repeats: int = 1) -> None:
+                 repeats: int = 1, subset: Optional[torch.Tensor] = None) -> None:
         self.size, self.train, self.seed = size, train, seed
         self.rank, self.world_size, self.repeats = rank, world_size, repeats if train else 1
+        self.subset = subset  # evaluation: the indices of a limited evaluation's sample (eval_subset)
         self.epoch, self.start = 0, 0
 
     def plan(self) -> Tuple[torch.Tensor, torch.Tensor]:
         if not self.train:
-            order = torch.arange(self.rank, self.size, self.world_size)
+            order = (torch.arange(self.size) if self.subset is None else self.subset)[self.rank::self.world_size]
             return order, torch.zeros_like(order)
         g = epoch_generator(self.seed, self.epoch)
         order = repeated(torch.randperm(self.size, generator=g), self.repeats)
@@ -332,7 +340,7 @@ class EpochSampler(Sampler):
         """Samples this rank sees in a whole epoch."""
         if self.train:
             return len(epoch_positions(self.size, self.repeats, self.rank, self.world_size))
-        return len(range(self.rank, self.size, self.world_size))
+        return len(range(self.rank, self.size if self.subset is None else len(self.subset), self.world_size))
 
     def __len__(self) -> int:
         return self.samples - self.start
@@ -367,7 +375,13 @@ class FolderLoader:
         self.device, self.channels_last = options.device, options.channels_last
         self.batch_size, self.max_batches = options.batch_size, options.max_batches
         self.erasing = erasing if train else None
-        self.sampler = EpochSampler(len(dataset), train, options.seed, options.rank, options.world_size, repeats)
+        # A limited evaluation reads a seeded sample spread over the classes, not the first batches.
+        self.subset = None
+        if not train and self.max_batches is not None:
+            self.subset = eval_subset(len(dataset), self.max_batches * self.batch_size * options.world_size,
+                                      options.seed, dataset.labels())
+        self.sampler = EpochSampler(len(dataset), train, options.seed, options.rank, options.world_size, repeats,
+                                    self.subset)
         if train and self.sampler.samples < self.batch_size:
             raise MixtrainError(
                 f"trainer.batch_size ({self.batch_size}) is larger than the training set per process "

@@ -188,7 +188,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
     model = build_model(train_cfg, state, len(classes), path, device, cfg.weights)
     if console is not None:
         console.print(f"[bold]mixtrain eval[/] {path} ({train_cfg.model.name}, {describe_run(train_cfg)}, "
-                      f"epoch {state['state']['epoch']}) on {dataset.name} val ({val.loader.num_samples} images) | "
+                      f"{layout.epoch_label(*layout.checkpoint_epoch(state['state']))}) on {dataset.name} val ({val.loader.num_samples} images) | "
                       f"{device}", highlight=False)
 
     logits, labels = logits_of(model, val.loader, cfg.tta)
@@ -220,7 +220,8 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
     report = {
         "checkpoint": str(path),
         "weights": cfg.weights,
-        "epoch": state["state"]["epoch"],
+        # Numbered as metrics.jsonl numbers epochs (from 0); step: how far into that epoch, or None at its end.
+        **dict(zip(("epoch", "step"), layout.checkpoint_epoch(state["state"]))),
         "run": {"label": describe_run(train_cfg), "model": train_cfg.model.name, "augment": train_cfg.augment.name,
                 "label_noise": train_cfg.dataset.label_noise, "seed": train_cfg.seed},
         "dataset": {"name": dataset.name, "split": "val", "samples": len(labels), "num_classes": len(classes),

@@ -129,6 +129,11 @@ class Mixer:
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         return one_hot(labels, self.num_classes, self.cfg.label_smoothing)
 
+    def row_sums(self, rows: int, own: int) -> torch.Tensor:
+        """What each of the ``rows`` target rows of a batch of ``own`` samples sums to: 1, each a
+        distribution over the classes (``debug=anomaly`` checks it)."""
+        return torch.ones(rows)
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Input-space mixing: ``(mixed images, soft targets)``; ``images`` is mixed in place.
 
