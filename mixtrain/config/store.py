@@ -4,10 +4,12 @@ the recipes in Hydra's ConfigStore, and a saved config read back through the reg
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Dict
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
@@ -85,8 +87,13 @@ def register_configs() -> None:
 def help_groups() -> str:
     """The config groups ``--help`` lists (``conf/hydra/help/mixtrain.yaml``): Hydra's own listing of
     every group it finds (a user's ``-cd`` dir included), less Hydra's and the ``schema/*`` groups,
-    which hold the schemas the options start from."""
-    from hydra.core.global_hydra import GlobalHydra
+    which hold the schemas the options start from.
+
+    Empty unless Hydra is printing help (``--help`` on the command line Hydra reads): OmegaConf
+    also resolves the template whenever Hydra merges its own node, at every composition, where the
+    listing would cost seconds."""
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        return ""
 
     def chosen_by_users(group: str) -> bool:
         return not group.startswith(("hydra/", "schema/")) and group not in ("hydra", "schema")

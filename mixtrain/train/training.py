@@ -8,13 +8,12 @@ resuming), saves and reports the run, and hands the loop to the
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ import torch
 from mixtrain import layout
 from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.checkpoint import TrainState
-from mixtrain.config import GROUPS, MixConfig, TrainConfig, asdict
+from mixtrain.config import MixConfig, TrainConfig, asdict
 from mixtrain.config.overrides import override_key, saved_overrides
 from mixtrain.config.store import flatten
 from mixtrain.data import Data, build_data
