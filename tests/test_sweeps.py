@@ -53,6 +53,15 @@ def test_alpha_seed_sweep_on_the_joblib_launcher_and_its_report(tmp_path):
     assert all(s["status"] == "completed" for s in runs.values())
     jobs = sorted((s["config"]["augment"]["alpha"], s["config"]["seed"]) for s in runs.values())
     assert jobs == sorted(itertools.product([0.1, 0.2, 0.4, 1.0], [0, 1, 2]))
+    # Each worker process runs several jobs: the first one's start-up holds the imports, every later
+    # one's is its own (at most its run's wall time), not the time since the worker started (issue 36).
+    by_worker = {}
+    for job, summary in runs.items():
+        startup = json.loads((sweep / job / "metrics.jsonl").read_text().splitlines()[0])["startup_time"]
+        by_worker.setdefault(summary["pid"], []).append((startup, summary["wall_time_s"]))
+    assert len(by_worker) == 2 and all(len(jobs) > 1 for jobs in by_worker.values())
+    for jobs in by_worker.values():
+        assert all(startup <= wall for startup, wall in sorted(jobs)[:-1]), jobs
 
     reported = run_cli("report", str(sweep), cwd=tmp_path)
     assert reported.returncode == 0, reported.stderr

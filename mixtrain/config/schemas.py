@@ -180,8 +180,7 @@ class TrainerConfig:
     checkpoint_every_steps: Optional[int] = None  # also write last.pt every N steps (long epochs)
     on_nan: str = "stop"  # a non-finite loss: stop (keep the last good checkpoint) | skip the step
     nan_skip_limit: int = 10  # with on_nan=skip: stop after more skipped steps than this
-    # Smoke runs: stop each epoch's training / evaluation after this many batches.
-    limit_train_batches: Optional[int] = None
+    limit_train_batches: Optional[int] = None  # smoke runs: stop each epoch's training after this many batches
     # Evaluate this many batches: a seeded sample of val spread over the classes, the same every epoch (said at start).
     limit_val_batches: Optional[int] = None
 
@@ -224,11 +223,12 @@ class TrainConfig:
     optim: Any = MISSING  # the optimizer group: optim=<option>
     sched: Any = MISSING  # the schedule group: sched=<option>
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # loop, device, precision, checkpoints: trainer.* keys
-    debug: Any = None  # the debug group: debug=fast | overfit | profile | anomaly checks a config (none by default)
+    debug: Any = None  # the debug group: debug=<option> checks a config rather than train it (none by default)
     seed: int = 0  # seeds weights, data order, augmentation and mixing (0 <= seed < 2**32)
     resume: Optional[str] = None  # a checkpoint file or a run dir to continue
     # The summary value `mixtrain train` returns to Hydra, so a sweeper (e.g. Optuna)
-    # optimises it; pick the sweeper's direction to match (accuracies up, ECE/NLL down).
+    # optimises it; pick the sweeper's direction to match (accuracies up, ECE/NLL down). Its
+    # metric also picks best.pt, and every best_* figure of summary.json is that epoch's.
     objective: str = "best_val_acc1"
 
     def __post_init__(self) -> None:

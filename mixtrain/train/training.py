@@ -297,8 +297,8 @@ class Training:
             raise
         digests = distributed.gather_objects(distributed.weights_digest(self.model))
         summary = {"status": layout.COMPLETED, **self.summary(), "world_size": self.ctx.world_size,
-                   "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "options": self.options,
-                   "config": self.config}
+                   "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "pid": os.getpid(),
+                   "host": socket.gethostname(), "options": self.options, "config": self.config}
         if self.ctx.is_main:
             write_summary(self.run_dir / layout.SUMMARY, summary)
         monitor.hparams(hparams(self.config, self.run_dir, self.options), {f"hparam/{k}": summary[k] for k in layout.OBJECTIVES
