@@ -97,7 +97,8 @@ def test_eval_and_compare_number_a_checkpoints_epoch_as_the_run_does(photos_run,
     out = tmp_path / "ev"
     assert main(["eval", f"checkpoint={run / layout.BEST}", "fgsm_eps=[]", "bootstrap=0",
                  f"hydra.run.dir={out}"]) == 0
-    assert f"epoch {summary['best_epoch']}) on imagefolder val" in capsys.readouterr().out
+    # The run's own option names the data, as the run did (issue 36, item 6).
+    assert f"epoch {summary['best_epoch']}) on photos (imagefolder) val" in capsys.readouterr().out
     report = json.loads((out / layout.EVAL).read_text())
     assert (report["epoch"], report["step"]) == (summary["best_epoch"], None)
     shutil.copytree(out, tmp_path / "ev2")

@@ -151,12 +151,6 @@ class Mixer:
         return model(images), targets
 
 
-def target_entropy(targets: torch.Tensor) -> float:
-    """Mean entropy (nats) of soft targets, each row normalized to a distribution first."""
-    p = targets.double() / targets.double().sum(1, keepdim=True)
-    return float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
-
-
 register_method("none", AugmentConfig, Mixer, label=lambda cfg: "ERM")
 register_method("mixup", MixupConfig, Mixer)
 register_method("cutmix", CutmixConfig, Mixer)
