@@ -38,8 +38,8 @@ from mixtrain.train.debug import debug_mode
 from mixtrain.train.engine import Step, Trainer
 from mixtrain.train.monitor import RunMonitor, reconcile_metrics
 from mixtrain.train.optim import create_optimizer, create_scheduler, scaled_lr
-from mixtrain.train.summary import done_line, option_names, summarize
 from mixtrain.train.parts import Checkpoints, Ema, Evaluation, NanPolicy, Records, StopOnSignal, StopRequest
+from mixtrain.train.summary import done_line, option_names, summarize
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -270,9 +270,8 @@ class Training:
     def trainer(self) -> Trainer:
         cfg = self.cfg.trainer
         return Trainer(self.train_model, self.data.train, self.step, self.scheduler, self.state,
-                       self.debug.epochs(cfg.epochs),
-                       self.device, self.cfg.sched.step_on, cfg.log_every, cfg.checkpoint_every_steps,
-                       self.ctx.world_size, self.history, self.parts, self.stop)
+                       self.debug.epochs(cfg.epochs), self.device, self.cfg.sched.step_on, cfg.log_every,
+                       cfg.checkpoint_every_steps, self.ctx.world_size, self.history, self.parts, self.stop)
 
     def train(self) -> Dict[str, Any]:
         monitor = self.monitor
@@ -301,8 +300,8 @@ class Training:
                    "host": socket.gethostname(), "options": self.options, "config": self.config}
         if self.ctx.is_main:
             write_summary(self.run_dir / layout.SUMMARY, summary)
-        monitor.hparams(hparams(self.config, self.run_dir, self.options), {f"hparam/{k}": summary[k] for k in layout.OBJECTIVES
-                                                             if isinstance(summary.get(k), float)})
+        monitor.hparams(hparams(self.config, self.run_dir, self.options),
+                        {f"hparam/{k}": summary[k] for k in layout.OBJECTIVES if isinstance(summary.get(k), float)})
         if not summary["ranks_in_sync"]:
             monitor.warn_once("sync", f"the ranks' final weights differ: {digests}")
         monitor.info(done_line(summary, self.ema is not None, self.cfg.trainer.checkpoint, self.run_dir))
