@@ -83,6 +83,8 @@ def test_the_readme_is_a_front_door_with_the_two_commands():
 def test_a_registry_entry_missing_from_any_page_that_lists_its_group_fails(tmp_path, monkeypatch, capsys):
     # A throwaway mixing method, registered here: every page that lists the augment options is
     # then stale (the generated blocks, the configuration reference), and so is a list typed by hand.
+    from dataclasses import dataclass
+
     from hydra.core.config_store import ConfigStore
 
     from mixtrain.config.augment import MixConfig
@@ -95,6 +97,7 @@ def test_a_registry_entry_missing_from_any_page_that_lists_its_group_fails(tmp_p
     monkeypatch.setattr(module, "doc_files", lambda real=module.doc_files: [*real(), hand])
     assert module.write(check=True) == 0, capsys.readouterr().err
 
+    @dataclass
     class ThrowawayConfig(MixConfig):
         """A throwaway method of this test."""
 
