@@ -90,7 +90,7 @@ def _train_task(cfg) -> float:
 
     out = output_dir(cfg)  # first: a sweep's job writes its Hydra files there once it holds it
     try:
-        summary = fit(to_object(cfg), out)
+        summary = fit(to_object(cfg), out, options=dict(HydraConfig.get().runtime.choices))
     except RunStopped as ex:
         # A diverged job of a sweep is recorded (summary.json says failed) and the sweep goes
         # on; a signal stops everything.

@@ -5,6 +5,8 @@ Every module that writes or reads a run's records takes the names from here.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 # --------------------------------------------------------------------------- files
 
 SUMMARY = "summary.json"  # the run's status, final metrics and resolved config (rewritten every epoch)
@@ -21,6 +23,10 @@ PREVIEW = "preview.png"
 MULTIRUN = "multirun.yaml"  # what Hydra writes at the top of a sweep dir
 COMPARE = "compare.json"
 REPORT_FILES = ("report.csv", "runs.csv", "report.png")
+PROFILE = "profile"  # debug=profile: a folder of the run dir holding the three below
+PROFILE_TRACE = "trace.json"  # torch.profiler's Chrome trace (chrome://tracing, ui.perfetto.dev)
+PROFILE_OPERATORS = "operators.txt"  # the top operators by self time
+PROFILE_SUMMARY = "profile.json"  # steps, time a step, the share of it spent waiting for the batch
 
 # The files that show a training run has written into a dir (even one whose first epoch crashed).
 RUN_FILES = (SUMMARY, METRICS, LAST)
@@ -31,6 +37,25 @@ RECORDS = (HYDRA, *RUN_FILES, EVAL, PREVIEW, MULTIRUN)
 WRITTEN = (SUMMARY, METRICS, LAST, BEST, LOGITS, RELIABILITY, TRAIN_LOG, EVAL, PREVIEW, MULTIRUN, COMPARE,
            *REPORT_FILES, "epoch-*.pt", "*.calibration.json", f"{METRICS}.replaced-*")
 WRITTEN_DIRS = (HYDRA, TENSORBOARD)
+
+
+# --------------------------------------------------------------------------- epochs
+
+# Epochs are numbered from 0 everywhere (issue 36): metrics.jsonl, summary.json (best_epoch,
+# final_epoch), epoch-NNN.pt, the terminal's table and lines, TensorBoard, eval.json, compare.
+
+
+def checkpoint_epoch(state: dict) -> Tuple[int, Optional[int]]:
+    """``(epoch, step)`` of a checkpoint's training state (``TrainState`` as saved): at an epoch's
+    end, that epoch and None; in the middle of one (``trainer.checkpoint_every_steps``), the epoch in
+    progress and the steps of it done."""
+    epoch, step = int(state["epoch"]), int(state.get("step", 0))
+    return (epoch, step) if step else (epoch - 1, None)
+
+
+def epoch_label(epoch: int, step: Optional[int] = None) -> str:
+    """``epoch 3``, or ``epoch 4 step 120`` for a checkpoint saved in the middle of epoch 4."""
+    return f"epoch {epoch}" if step is None else f"epoch {epoch} step {step}"
 
 
 def epoch_checkpoint(epoch: int) -> str:

@@ -1,7 +1,14 @@
-"""Write the docs' reference pages from the code: every config key from the schemas, the group
-options from the registries, the recipes from their headers, the commands from the CLI.
+"""Write the docs' lists from the code: every config key from the schemas, the group options from
+the registries, the recipes from their headers, the commands from the CLI.
 
     python scripts/gen_reference.py [--check]     # --check: exit 1 if a committed page is stale
+
+Three things are written: the reference pages (``docs/reference/{config,recipes,cli}.md``, whole);
+the generated blocks of any other page (README.md and docs/**.md), between
+``<!-- generated: NAME -->`` and ``<!-- end generated -->`` (the groups and their options, the
+recipes, the mixing methods and their keys); and nothing else. ``--check`` also fails on a list
+typed out by hand that misses an option: a paragraph or table row that names, in backticks, half
+or more of a group's options (at least 3) must name them all (:func:`hand_lists`).
 
 The docs build runs it too (``mkdocs.yml``: ``hooks``), and ``tests/test_docs.py`` fails when a
 key has no doc line or a committed page differs from what this writes. A key's doc line is the
@@ -16,6 +23,8 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -156,7 +165,158 @@ def cli_page() -> str:
 
 def pages() -> Tuple[Dict[str, str], List[str]]:
     missing: List[str] = []
-    return {"config.md": config_page(missing), "recipes.md": recipes_page(), "cli.md": cli_page()}, missing
+    made = {"config.md": config_page(missing), "recipes.md": recipes_page(), "cli.md": cli_page()}
+    assert tuple(made) == WHOLE_PAGES
+    return made, missing
+
+
+# --------------------------------------------------------------------------- blocks of other pages
+
+
+def train_defaults() -> Dict[str, str]:
+    """The option each group of ``conf/train.yaml`` starts from (``dataset: cifar10_mini``, ...)."""
+    from omegaconf import OmegaConf
+
+    from mixtrain.config import config_dir
+
+    defaults = {}
+    for item in OmegaConf.to_container(OmegaConf.load(config_dir() / "train.yaml"))["defaults"]:
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if not key.startswith("override ") and value is not None:
+                    defaults[key] = value
+    return defaults
+
+
+def groups_block() -> str:
+    """Every group of ``mixtrain train`` and its options: the registries' (a new kind or a new group
+    appears by itself), then trainer and recipe."""
+    from mixtrain.config.registry import GROUPS, option_names
+    from mixtrain.runs.recipes import list_recipes
+
+    defaults = train_defaults()
+    rows = ["| group | options |", "|---|---|"]
+    for group in GROUPS:
+        names = [f"`{n}`" + (" (default)" if defaults.get(group) == n else "") for n in option_names(group)]
+        empty = "; none by default" if group not in defaults else ""
+        rows.append(f"| `{group}` | {', '.join(names)}{empty} |")
+    rows.append("| `trainer` | `default` (every `trainer.*` key: the configuration reference) |")
+    rows.append(f"| `recipe` | {len(list_recipes())} named experiments in `recipes/` (`mixtrain recipes` lists them); "
+                "none by default |")
+    return "\n".join(rows) + "\n"
+
+
+def recipes_block() -> str:
+    """Every recipe with what it expects and its source, from its header."""
+    from mixtrain.runs.recipes import list_recipes
+
+    rows = ["| recipe | expected | source |", "|---|---|---|"]
+    rows += [f"| `{r.name}` | {cell(r.expected)} | {cell(r.source)} |" for r in list_recipes()]
+    return "\n".join(rows) + "\n"
+
+
+def methods_block() -> str:
+    """The mixing methods, each with its summary line, from the registry."""
+    from mixtrain.config.registry import options
+
+    rows = ["| `augment=` | what it does | preview |", "|---|---|---|"]
+    for name, entry in sorted(options("augment").items()):
+        rows.append(f"| `{name}` | {cell(entry.doc)} | {'yes' if entry.previewable else 'no: hidden features'} |")
+    return "\n".join(rows) + "\n"
+
+
+def mixing_keys_block() -> str:
+    """Every key of the augment schemas, which methods have it, and its doc line."""
+    from mixtrain.config.augment import MixConfig
+    from mixtrain.config.registry import options
+
+    methods = dict(sorted(options("augment").items()))
+    mixing = {n for n, e in methods.items() if issubclass(e.schema, MixConfig)}
+    keys: Dict[str, List[str]] = {}
+    docs: Dict[str, str] = {}
+    for name, entry in methods.items():
+        entry_docs, _ = field_docs(entry.schema)
+        for f in dataclasses.fields(entry.schema):
+            if f.name not in ("name", "_target_"):
+                keys.setdefault(f.name, []).append(name)
+                docs.setdefault(f.name, entry_docs.get(f.name, ""))
+    rows = ["| key | methods | what it does |", "|---|---|---|"]
+    for key, having in keys.items():
+        who = ("all" if set(having) == set(methods) else "every mixing method" if set(having) == mixing
+               else ", ".join(having))
+        rows.append(f"| `augment.{key}` | {who} | {cell(docs[key])} |")
+    return "\n".join(rows) + "\n"
+
+
+BLOCKS = {"groups": groups_block, "recipes": recipes_block, "methods": methods_block,
+          "mixing-keys": mixing_keys_block}
+BLOCK = re.compile(r"(<!-- generated: ([\w-]+) [^>]*-->\n)(.*?)(<!-- end generated -->)", re.S)
+
+
+WHOLE_PAGES = ("config.md", "recipes.md", "cli.md")  # docs/reference/: written whole by pages()
+
+
+def doc_files() -> List[Path]:
+    """The pages a user reads: README.md and docs/**.md (the reference pages written whole aside)."""
+    return [REPO / "README.md", *sorted(p for p in (REPO / "docs").rglob("*.md")
+                                        if not (p.parent == DOCS and p.name in WHOLE_PAGES))]
+
+
+def shown(path: Path) -> str:
+    """A page's path as a message names it: from the repository's root where it is inside."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def with_blocks(text: str, made: Dict[str, str]) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + made[m.group(2)] + m.group(4), text)
+
+
+def stale_blocks() -> Dict[Path, str]:
+    """The pages whose generated blocks differ from what the code makes: path -> the page as it should be."""
+    made = {name: block() for name, block in BLOCKS.items()}
+    stale = {}
+    for path in doc_files():
+        text = path.read_text()
+        unknown = [m.group(2) for m in BLOCK.finditer(text) if m.group(2) not in made]
+        if unknown:
+            raise SystemExit(f"{path}: unknown generated block(s) {unknown}: one of {', '.join(BLOCKS)}")
+        fresh = with_blocks(text, made)
+        if fresh != text:
+            stale[path] = fresh
+    return stale
+
+
+def hand_lists() -> List[str]:
+    """Lists typed out by hand that miss an option: each paragraph or table row (outside generated
+    blocks and code) that names half or more of a group's options in backticks (at least 3)
+    must name every one. ``page: group misses a, b`` for each that does not."""
+    from mixtrain.config.registry import GROUPS, option_names
+    from mixtrain.runs.recipes import list_recipes
+
+    groups = {group: set(option_names(group)) for group in GROUPS}
+    groups["recipe"] = {r.name for r in list_recipes()}
+    found = []
+    for path in doc_files():
+        text = re.sub(r"```.*?```", "", BLOCK.sub("", path.read_text()), flags=re.S)
+        for block in listings(text):
+            named = set(re.findall(r"`(?:[\w.]+=)?([\w-]+)`", block))
+            for group, names in groups.items():
+                listed = names & named
+                if len(listed) >= max(3, math.ceil(len(names) / 2)) and listed != names:
+                    found.append(f"{shown(path)}: a list of {group} options misses "
+                                 f"{', '.join(sorted(names - listed))}")
+    return found
+
+
+def listings(text: str) -> List[str]:
+    """What may list options: each paragraph, each table row, and each table's first column (a
+    table of one option per row)."""
+    out = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        rows = [line for line in paragraph.splitlines() if line.startswith("|")]
+        out += rows or [paragraph]
+        out.append(" ".join(row.split("|")[1] for row in rows if row.count("|") > 1))
+    return out
 
 
 def write(check: bool = False) -> int:
@@ -166,13 +326,21 @@ def write(check: bool = False) -> int:
         return 1
     stale = [name for name, text in written.items()
              if not (DOCS / name).is_file() or (DOCS / name).read_text() != text]
+    blocks = stale_blocks()
     if check:
-        if stale:
-            print(f"stale: docs/reference/{', '.join(stale)}: run python scripts/gen_reference.py", file=sys.stderr)
-        return 1 if stale else 0
+        lists = hand_lists()
+        if stale or blocks:
+            names = [f"docs/reference/{name}" for name in stale] + [shown(p) for p in blocks]
+            print(f"stale: {', '.join(names)}: run python scripts/gen_reference.py", file=sys.stderr)
+        if lists:
+            print("hand-typed lists that miss options (list them all, or use a generated block):\n  "
+                  + "\n  ".join(lists), file=sys.stderr)
+        return 1 if stale or blocks or lists else 0
     DOCS.mkdir(parents=True, exist_ok=True)
     for name in stale:
         (DOCS / name).write_text(written[name])
+    for path, text in blocks.items():
+        path.write_text(text)
     return 0
 
 

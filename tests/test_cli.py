@@ -117,6 +117,12 @@ def test_help_and_cfg_job(tmp_path):
     assert helped.returncode == 0
     for group in ("dataset", "model", "augment", "optim", "sched", "trainer"):
         assert f"{group}:" in helped.stdout
+    # The groups a user chooses from, every option read from the registry; not the schema/* groups
+    # the options start from (issue 36).
+    from mixtrain.config.registry import option_names
+
+    assert "schema/" not in helped.stdout
+    assert f"\ndebug: {', '.join(option_names('debug'))}\n" in helped.stdout
     printed = run_cli("train", "--cfg", "job", "model=resnet56", "optim.lr=0.05", cwd=tmp_path)
     assert printed.returncode == 0
     assert "name: resnet56" in printed.stdout and "lr: 0.05" in printed.stdout

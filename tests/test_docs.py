@@ -1,18 +1,45 @@
-"""The docs: the reference pages are generated from the code and committed current; every config
-key has a doc line; the README stays a front door."""
+"""The docs: the reference pages and every list of options in the other pages are generated from
+the code and committed current, or checked against it; every config key has a doc line; error
+examples are the code's errors; measured figures carry their date and command; the README stays a
+front door."""
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def gen_reference():
-    spec = importlib.util.spec_from_file_location("gen_reference", REPO / "scripts" / "gen_reference.py")
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def gen_reference():
+    return load_script("gen_reference")
+
+
+@pytest.fixture(autouse=True)
+def mixtrains_own_registry():
+    """The registries as mixtrain ships them: a test elsewhere in this process may have registered a
+    user's own method (tests/test_extension.py), which no committed page lists."""
+    from mixtrain.config.registry import REGISTRY
+    from mixtrain.options import register_configs
+
+    register_configs()
+    saved = {group: dict(entries) for group, entries in REGISTRY.items()}
+    for entries in REGISTRY.values():
+        for name in [n for n, e in entries.items() if not e.schema.__module__.startswith("mixtrain.")]:
+            del entries[name]
+    yield
+    for group, entries in saved.items():
+        REGISTRY[group].clear()
+        REGISTRY[group].update(entries)
 
 
 def test_the_committed_reference_pages_are_what_the_code_generates(capsys):
@@ -51,3 +78,67 @@ def test_the_readme_is_a_front_door_with_the_two_commands():
     assert 'pip install -e ".[dev]" && mixtrain train' in readme and "\npython -m pytest\n" in readme
     for link in ("docs/reference/config.md", "docs/index.md", "CHANGELOG.md"):
         assert f"({link})" in readme and (REPO / link).is_file()
+
+
+def test_a_registry_entry_missing_from_any_page_that_lists_its_group_fails(tmp_path, monkeypatch, capsys):
+    # A throwaway mixing method, registered here: every page that lists the augment options is
+    # then stale (the generated blocks, the configuration reference), and so is a list typed by hand.
+    from dataclasses import dataclass
+
+    from hydra.core.config_store import ConfigStore
+
+    from mixtrain.config.augment import MixConfig
+    from mixtrain.config.registry import option_names
+    from mixtrain.mixing import Mixer, register_method
+
+    module = gen_reference()
+    hand = tmp_path / "hand.md"
+    hand.write_text("Methods: " + ", ".join(f"`{n}`" for n in option_names("augment")) + ".\n")
+    monkeypatch.setattr(module, "doc_files", lambda real=module.doc_files: [*real(), hand])
+    assert module.write(check=True) == 0, capsys.readouterr().err
+
+    @dataclass
+    class ThrowawayConfig(MixConfig):
+        """A throwaway method of this test."""
+
+        name: str = "throwaway"
+
+    register_method("throwaway", ThrowawayConfig, Mixer)
+    try:
+        assert module.write(check=True) == 1
+    finally:
+        from mixtrain.config.registry import REGISTRY
+
+        del REGISTRY["augment"]["throwaway"]
+        ConfigStore.instance().repo["schema"]["augment"].pop("throwaway.yaml", None)
+    err = capsys.readouterr().err
+    stale = re.search(r"stale: (.*): run python scripts/gen_reference.py", err).group(1).split(", ")
+    assert sorted(stale) == ["README.md", "docs/guides/configs.md", "docs/reference/config.md",
+                             "docs/reference/mixing.md"]
+    assert f"{hand.name}: a list of augment options misses throwaway" in err
+    assert module.write(check=True) == 0  # gone again: the pages are current
+
+
+def test_error_examples_in_the_docs_are_the_errors_the_code_gives():
+    # `unknown augment 'blend': choose one of ...` (the bad-input table's row 3), wherever a page quotes one.
+    from mixtrain.errors import MixtrainError
+    from mixtrain.options import compose
+
+    quoted = [(path, m) for path in gen_reference().doc_files()
+              for m in re.finditer(r"`(unknown (\w+) '([\w-]+)': choose one of [^`]+)`", path.read_text())]
+    assert quoted
+    for path, match in quoted:
+        with pytest.raises(MixtrainError) as raised:
+            compose("train", [f"{match.group(2)}={match.group(3)}"])
+        assert str(raised.value) == match.group(1), path
+
+
+def test_the_test_suites_figure_carries_its_date_and_command():
+    figure = load_script("suite_figure")
+    block = figure.BLOCK.search((REPO / "docs" / "index.md").read_text())
+    assert block, "docs/index.md: no <!-- measured: suite --> block (python scripts/suite_figure.py)"
+    measured = figure.FIGURE.match(block.group(2))
+    assert measured, f"docs/index.md: {block.group(2)!r} is not what scripts/suite_figure.py writes"
+    assert int(measured["count"]) > 0 and measured["command"].startswith("python -m pytest")
+    assert figure.count("tests/test_a.py: 3\ntests/test_b.py: 4\n") == 7
+    assert figure.count("640 passed, 27 skipped, 3 warnings in 581.20s (0:09:41)") == 667

@@ -82,8 +82,8 @@ def mixtrain(args: List[str], monkeypatch) -> Outcome:
     seen = []
     real = cli.to_object
     monkeypatch.setattr(cli, "to_object", lambda cfg: seen.append(received(cfg)) or real(cfg))
-    monkeypatch.setattr(training, "fit", lambda cfg, run_dir, monitor=None: {"status": "completed",
-                                                                         "best_val_acc1": 50.0})
+    monkeypatch.setattr(training, "fit", lambda cfg, run_dir, monitor=None, options=None: {"status": "completed",
+                                                                                       "best_val_acc1": 50.0})
     return call(lambda: sys.exit(cli.main(["train", *args])), None, seen)
 
 

@@ -183,14 +183,16 @@ def test_every_evaluation_reports_calibratability_and_the_run_its_intervals(two_
     assert saved["logits"].shape == (30, 3) and saved["labels"].shape == (30,)
 
 
-def test_stacked_label_smoothing_is_announced_with_the_target_entropy(tmp_path, capsys):
+def test_stacked_label_smoothing_softer_than_deits_is_announced_with_what_was_measured(tmp_path, capsys):
+    # Measured over many draws against DeiT's setting on the same images (issue 36): mixup a=1 with
+    # smoothing 0.1 is as soft as DeiT's and trains routinely; with 0.4 it is softer, and said so.
     make_image_folder(tmp_path / "data", per_class=8, val_per_class=4, size=16)
     fit(make_config("dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.cache=true",
-                    "dataset.image_size=16", *TINY, "augment=mixup", "augment.label_smoothing=0.1"), tmp_path / "run")
+                    "dataset.image_size=16", *TINY, "augment=mixup", "augment.label_smoothing=0.4"), tmp_path / "run")
     out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if "mean target entropy of a mixed batch" in line]
-    assert len(lines) == 1 and "augment.label_smoothing=0.1 on top of augment=mixup" in lines[0]
-    assert "tend to underfit" in lines[0]
+    lines = [line for line in out.splitlines() if "on its dominant class on average" in line]
+    assert len(lines) == 1 and "augment.label_smoothing=0.4 on top of augment=mixup" in lines[0]
+    assert "under timm's DeiT setting" in lines[0] and "tend to underfit" in lines[0]
 
 
 def test_eval_reports_intervals_and_more_calibration_measures(two_runs, tmp_path, capsys):

@@ -13,7 +13,9 @@ from mixtrain.config.errors import at_least, choice, probability, require
 
 @dataclass
 class AugmentConfig:
-    """Batch-level augmentation applied on the device after the batch is formed."""
+    """No mixing (ERM): the base of every augment option, whose keys all of them have.
+
+    Batch-level augmentation, applied on the device after the batch is formed."""
 
     name: str = "none"
     label_smoothing: float = 0.0  # applied to one-hot targets before any mixing

@@ -215,9 +215,9 @@ class TrainerConfig:
     checkpoint_every_steps: Optional[int] = None  # also write last.pt every N steps (long epochs)
     on_nan: str = "stop"  # a non-finite loss: stop (keep the last good checkpoint) | skip the step
     nan_skip_limit: int = 10  # with on_nan=skip: stop after more skipped steps than this
-    # Smoke runs: stop each epoch's training / evaluation after this many batches.
-    limit_train_batches: Optional[int] = None
-    limit_val_batches: Optional[int] = None  # the same for evaluation
+    limit_train_batches: Optional[int] = None  # smoke runs: stop each epoch's training after this many batches
+    # Evaluate this many batches: a seeded sample of val spread over the classes, the same every epoch (said at start).
+    limit_val_batches: Optional[int] = None
 
     def __post_init__(self) -> None:
         at_least(self.epochs, 1, "trainer.epochs")
@@ -258,6 +258,7 @@ class TrainConfig:
     optim: Any = MISSING  # the optimizer group: optim=<option>
     sched: Any = MISSING  # the schedule group: sched=<option>
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # loop, device, precision, checkpoints: trainer.* keys
+    debug: Any = None  # the debug group: debug=<option> checks a config rather than train it (none by default)
     seed: int = 0  # seeds weights, data order, augmentation and mixing (0 <= seed < 2**32)
     resume: Optional[str] = None  # a run dir (or its last.pt) to continue
     # A new run starting from another run's model weights: a run dir (its best.pt, else last.pt) or a
@@ -265,7 +266,8 @@ class TrainConfig:
     init_from: Optional[str] = None
     init_from_ema: bool = False  # with init_from: take the checkpoint's EMA weights (runs with trainer.ema.enabled)
     # The summary value `mixtrain train` returns to Hydra, so a sweeper (e.g. Optuna)
-    # optimises it; pick the sweeper's direction to match (accuracies up, ECE/NLL down).
+    # optimises it; pick the sweeper's direction to match (accuracies up, ECE/NLL down). Its
+    # metric also picks best.pt, and every best_* figure of summary.json is that epoch's.
     objective: str = "best_val_acc1"
 
     def __post_init__(self) -> None:
@@ -274,6 +276,8 @@ class TrainConfig:
                 "starts a new run and resume continues one: pass one of them", self.init_from)
         require(self.init_from or not self.init_from_ema, "init_from_ema", "needs init_from", self.init_from_ema)
         choice(self.objective, OBJECTIVES, "objective")
+        require("ema_" not in self.objective or self.trainer.ema.enabled, "objective",
+                "needs trainer.ema.enabled=true (an EMA objective follows the EMA weights)", self.objective)
         if isinstance(self.augment, AugmentConfig):
             require(self.augment.disable_epochs <= self.trainer.epochs, "augment.disable_epochs",
                     f"must be <= trainer.epochs ({self.trainer.epochs})", self.augment.disable_epochs)
@@ -302,6 +306,17 @@ class SchedEntry(Entry):
                 "has no per-epoch value for sched=plateau to step on: pick another objective", run.objective)
 
 
-# One schema each: every optimizer timm lists, every schedule it builds (conf/optim, conf/sched hold presets).
-register(Entry("optim", "timm", OptimConfig, names=()))
-register(SchedEntry("sched", "timm", SchedConfig, names=()))
+class FactoryEntry(Entry):
+    """The one schema of a group built by a timm factory: it owns every saved config of the group (any
+    optimizer or schedule timm takes); its options (``names``) are the presets in ``conf/<group>/``."""
+
+    def owns(self, saved: Dict[str, Any]) -> bool:
+        return True
+
+
+class SchedFactoryEntry(FactoryEntry, SchedEntry):
+    pass
+
+
+register(FactoryEntry("optim", "timm", OptimConfig, names=("sgd", "adamw", "lamb")))
+register(SchedFactoryEntry("sched", "timm", SchedConfig, names=SCHEDULES))

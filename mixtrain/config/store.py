@@ -4,10 +4,12 @@ the recipes in Hydra's ConfigStore, and a saved config read back through the reg
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Callable, Collection, Dict, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
@@ -81,6 +83,8 @@ def config_from_dict(saved: Dict[str, Any], source: Any, given: Collection[str] 
     saved = upgrade_saved(saved)
     nodes = {}
     for group in GROUPS:
+        if saved.get(group) is None:  # an optional group left empty (debug), or one a config predates
+            continue
         schema = schema_for(group, saved[group])
         fields = {f.name for f in dataclasses.fields(schema)}
         values = {k: v for k, v in saved[group].items() if k != TARGET or k in fields}
@@ -94,6 +98,7 @@ def config_from_dict(saved: Dict[str, Any], source: Any, given: Collection[str] 
 def register_configs() -> None:
     """Put the command schemas and the recipes in Hydra's ConfigStore (each group's kinds store
     their own schemas when they register)."""
+    OmegaConf.register_new_resolver("mixtrain_groups", help_groups, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
@@ -103,6 +108,23 @@ def register_configs() -> None:
     # `recipe` group; registering each file keeps `recipe=NAME` working (no `+`).
     for path in sorted(recipes_dir().glob("*.yaml")):
         cs.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def help_groups() -> str:
+    """The config groups ``--help`` lists (``conf/hydra/help/mixtrain.yaml``): Hydra's own listing of
+    every group it finds (a user's ``-cd`` dir included), less Hydra's and the ``schema/*`` groups,
+    which hold the schemas the options start from.
+
+    Empty unless Hydra is printing help (``--help`` on the command line Hydra reads): OmegaConf
+    also resolves the template whenever Hydra merges its own node, at every composition, where the
+    listing would cost seconds."""
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        return ""
+
+    def chosen_by_users(group: str) -> bool:
+        return not group.startswith(("hydra/", "schema/")) and group not in ("hydra", "schema")
+
+    return GlobalHydra.instance().hydra.format_config_groups(chosen_by_users).rstrip("\n")
 
 
 

@@ -14,7 +14,7 @@ normalized ``(images, labels)`` batches on the device: a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torchvision.transforms import v2
@@ -35,7 +35,8 @@ from mixtrain.errors import MixtrainError
 
 __all__ = ["CifarConfig", "CustomDatasetConfig", "Data", "DataSource", "FolderConfig", "HFConfig", "LoaderOptions", "MiniConfig",
            "WebDatasetConfig",
-           "Split", "build_data", "check_bad_images", "eval_image_transform", "open_split", "register_source",
+           "Split", "build_data", "check_bad_images", "eval_image_transform", "limited_evaluation", "open_split",
+           "register_source",
            "resolve_workers", "unreadable_so_far"]
 
 
@@ -84,6 +85,8 @@ class Data:
     labels_changed: int = 0  # training labels moved to another class by dataset.label_noise
     stored_size: Optional[int] = None  # cached folders: the longest side of any training image as stored
     notes: List[str] = field(default_factory=list)  # what opening the splits did that the run should say
+    # trainer.limit_val_batches: {"images": evaluated, "of": the split's, "sample": how they were chosen}
+    val_subset: Optional[Dict[str, Any]] = None
 
     @property
     def num_classes(self) -> int:
@@ -117,5 +120,24 @@ def build_data(cfg: DatasetConfig, trainer: TrainerConfig, device: torch.device,
         raise MixtrainError(f"the data has {len(train.classes)} class ({', '.join(train.classes)}): a classifier "
                             "needs at least 2 (each a folder of images under the split)")
     check_bad_images(cfg, (train, val))
+    notes = [note for note in (train.note, val.note) if note]
+    subset = None
+    if trainer.limit_val_batches is not None:
+        subset = limited_evaluation(val.loader, trainer.limit_val_batches)
+        notes.append(subset.pop("note"))
     return Data(train.loader, val.loader, train.classes, train.skipped + val.skipped, train.labels_changed,
-                train.stored_size, [note for note in (train.note, val.note) if note])
+                train.stored_size, notes, subset)
+
+
+def limited_evaluation(loader, limit: int) -> Dict[str, Any]:
+    """What ``trainer.limit_val_batches`` leaves of the val split, and the line the run says about it:
+    every val figure of the run is then of this subset (issue 36)."""
+    total = loader.num_samples
+    subset = getattr(loader, "subset", None)
+    if subset is not None:
+        images, sample = len(subset), "seeded, spread over the classes, the same every epoch"
+    else:  # shards stream in their stored order: no sample can be drawn without reading them all
+        images, sample = min(total, limit * loader.batch_size), "the first batches of the stream"
+    note = (f"[yellow]val subset:[/] every val figure is of {images} of the {total} val images "
+            f"(trainer.limit_val_batches={limit}: {sample})")
+    return {"images": images, "of": total, "sample": sample, "note": note}

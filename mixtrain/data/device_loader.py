@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import torch
 
 from mixtrain.data.erasing import RandomErasing
-from mixtrain.data.sampling import epoch_positions, repeated
+from mixtrain.data.sampling import epoch_positions, eval_subset, repeated
 from mixtrain.errors import MixtrainError
 
 
@@ -71,6 +71,11 @@ class DeviceLoader:
         p = self.padding
         self.images = torch.nn.functional.pad(images, (p, p, p, p)) if p else images
         self.scale, self.shift = normalizer(mean, std, images.device)
+        # A limited evaluation reads a seeded sample spread over the classes, not the first batches.
+        self.subset = None
+        if not train and self.max_batches is not None:
+            self.subset = eval_subset(len(labels), self.max_batches * batch_size * self.world_size, self.seed,
+                                      labels.cpu())
         if train and self.samples_per_rank < batch_size:
             raise MixtrainError(
                 f"trainer.batch_size ({batch_size}) is larger than the training set per process "
@@ -88,7 +93,9 @@ class DeviceLoader:
     @property
     def samples_per_rank(self) -> int:
         n, r, w = self.num_samples, self.rank, self.world_size
-        return len(epoch_positions(n, self.repeats, r, w)) if self.train else len(range(r, n, w))
+        if self.train:
+            return len(epoch_positions(n, self.repeats, r, w))
+        return len(range(r, n if self.subset is None else len(self.subset), w))
 
     def __len__(self) -> int:
         if self.train:
@@ -104,7 +111,8 @@ class DeviceLoader:
         """This rank's sample order, crop offsets ``[n, 2]`` and flips ``[n, 2]`` (horizontal, vertical)."""
         n = self.num_samples
         if not self.train:
-            order = torch.arange(self.rank, n, self.world_size)
+            order = torch.arange(n) if self.subset is None else self.subset
+            order = order[self.rank::self.world_size]
             return order, torch.zeros(len(order), 2, dtype=torch.long), torch.zeros(len(order), 2, dtype=torch.bool)
         g = epoch_generator(self.seed, self.epoch)
         order = repeated(torch.randperm(n, generator=g), self.repeats)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -77,6 +77,9 @@ class CheckedImageFolder(CheckedItems, datasets.ImageFolder):
 
     def name(self, index: int) -> str:
         return self.samples[index][0]
+
+    def labels(self) -> Optional[torch.Tensor]:
+        return torch.tensor([label for _, label in self.samples], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -14,6 +14,7 @@ import io
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
+import torch
 from PIL import Image
 
 from mixtrain.config.dataset import StreamedConfig
@@ -126,6 +127,9 @@ class HFItems(CheckedItems):
 
     def name(self, index: int) -> str:
         return f"{self.dataset.split or 'dataset'}[{index}]"
+
+    def labels(self) -> torch.Tensor:
+        return torch.tensor(self.dataset[self.label_column], dtype=torch.long)  # a column read: no image decoded
 
 
 def open_hf(cfg: HFConfig, split: str, train: bool, options: LoaderOptions) -> Split:

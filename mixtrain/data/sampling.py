@@ -11,6 +11,7 @@ so an epoch shows about 1/k of the distinct images.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -29,3 +30,28 @@ def epoch_positions(size: int, repeats: int, rank: int, world_size: int) -> torc
 def repeated(order: torch.Tensor, repeats: int) -> torch.Tensor:
     """``[a, b, ...] -> [a, a, a, b, b, b, ...]`` for three repeats."""
     return order if repeats == 1 else order.repeat_interleave(repeats)
+
+
+def eval_subset(size: int, count: int, seed: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``count`` of ``size`` sample indices for a limited evaluation (``trainer.limit_val_batches``):
+    a sample drawn once from ``seed`` (the same every epoch), spread over the classes.
+
+    A split is often stored class by class (an ImageFolder, CIFAR's test batches in part), so its
+    first batches would hold one class (issue 36). With ``labels``, each class gives its share in
+    proportion to its size (a systematic stratified sample: each class's samples in a random order,
+    each placed at the middle of its slot of the class, the earliest slots taken first), and the
+    indices come in that order, so that every batch holds every class it can; without, a uniform
+    random sample.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 7)
+    order = torch.randperm(size, generator=g)
+    count = min(count, size)
+    if labels is None:
+        return order[:count]
+    drawn = labels[order].long()
+    counts = torch.bincount(drawn)
+    by_class = torch.argsort(drawn, stable=True)  # grouped by class, each in the random order
+    rank = torch.empty(size, dtype=torch.long)
+    rank[by_class] = torch.arange(size) - (counts.cumsum(0) - counts)[drawn[by_class]]
+    slot = (rank.double() + 0.5) / counts[drawn].double()
+    return order[torch.argsort(slot, stable=True)[:count]]

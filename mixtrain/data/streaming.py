@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 from mixtrain.config.dataset import StreamedConfig
 from mixtrain.data.device_loader import epoch_generator, normalize, normalizer
 from mixtrain.data.images import UNREADABLE
-from mixtrain.data.sampling import epoch_positions, repeated
+from mixtrain.data.sampling import epoch_positions, eval_subset, repeated
 from mixtrain.data.source import LoaderOptions, Split, erasing
 from mixtrain.errors import MixtrainError
 from mixtrain.files import forget_inherited_claims
@@ -82,6 +82,10 @@ class CheckedItems(torch.utils.data.Dataset):
         """How warnings name a sample (its path)."""
         raise NotImplementedError
 
+    def labels(self) -> Optional[torch.Tensor]:
+        """Every sample's label, where the source knows them without decoding an image; else None."""
+        return None
+
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)
         for offset in range(len(self)):
@@ -108,14 +112,15 @@ class EpochSampler(Sampler):
     """
 
     def __init__(self, size: int, train: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 repeats: int = 1) -> None:
+                 repeats: int = 1, subset: Optional[torch.Tensor] = None) -> None:
         self.size, self.train, self.seed = size, train, seed
         self.rank, self.world_size, self.repeats = rank, world_size, repeats if train else 1
+        self.subset = subset  # evaluation: the indices of a limited evaluation's sample (eval_subset)
         self.epoch, self.start = 0, 0
 
     def plan(self) -> Tuple[torch.Tensor, torch.Tensor]:
         if not self.train:
-            order = torch.arange(self.rank, self.size, self.world_size)
+            order = (torch.arange(self.size) if self.subset is None else self.subset)[self.rank::self.world_size]
             return order, torch.zeros_like(order)
         g = epoch_generator(self.seed, self.epoch)
         order = repeated(torch.randperm(self.size, generator=g), self.repeats)
@@ -128,7 +133,7 @@ class EpochSampler(Sampler):
         """Samples this rank sees in a whole epoch."""
         if self.train:
             return len(epoch_positions(self.size, self.repeats, self.rank, self.world_size))
-        return len(range(self.rank, self.size, self.world_size))
+        return len(range(self.rank, self.size if self.subset is None else len(self.subset), self.world_size))
 
     def __len__(self) -> int:
         return self.samples - self.start
@@ -163,7 +168,13 @@ class FolderLoader:
         self.device, self.channels_last = options.device, options.channels_last
         self.batch_size, self.max_batches = options.batch_size, options.max_batches
         self.erasing = erasing if train else None
-        self.sampler = EpochSampler(len(dataset), train, options.seed, options.rank, options.world_size, repeats)
+        # A limited evaluation reads a seeded sample spread over the classes, not the first batches.
+        self.subset = None
+        if not train and self.max_batches is not None:
+            self.subset = eval_subset(len(dataset), self.max_batches * self.batch_size * options.world_size,
+                                      options.seed, dataset.labels())
+        self.sampler = EpochSampler(len(dataset), train, options.seed, options.rank, options.world_size, repeats,
+                                    self.subset)
         if train and self.sampler.samples < self.batch_size:
             raise MixtrainError(
                 f"trainer.batch_size ({self.batch_size}) is larger than the training set per process "

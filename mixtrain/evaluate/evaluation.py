@@ -9,6 +9,7 @@ before and after; top-1 under FGSM. Everything lands in ``eval.json`` (read by
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -90,6 +91,16 @@ def override_value(override: str) -> Any:
         return OverridesParser.create().parse_overrides([override])[0].value()
     except Exception as ex:  # Hydra's parse errors
         raise MixtrainError(describe_config_error(ex)) from None
+
+
+def run_option(checkpoint: Path, group: str) -> Optional[str]:
+    """The option the run chose for ``group`` (``photos`` for a user's ``dataset/photos.yaml``), from
+    the ``summary.json`` beside the checkpoint; None where there is none to read."""
+    try:
+        option = json.loads((checkpoint.parent / layout.SUMMARY).read_text())["options"][group]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return option if isinstance(option, str) else None
 
 
 def eval_dataset_config(saved: DatasetConfig, chosen: Optional[DatasetConfig], changed: Sequence[str]) -> DatasetConfig:
@@ -198,9 +209,11 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
     checkpoint.check_classes(state, classes, f"cannot evaluate {path} on {dataset.name} val",
                              "evaluate on a dataset with the classes it was trained on")
     model = build_model(train_cfg, state, len(classes), path, device, cfg.weights)
+    option = run_option(path, "dataset") if dataset.name == train_cfg.dataset.name else None
+    shown = dataset.name if option in (None, dataset.name) else f"{option} ({dataset.name})"
     if console is not None:
         console.print(f"[bold]mixtrain eval[/] {path} ({train_cfg.model.name}, {describe_run(train_cfg)}, "
-                      f"epoch {state['state']['epoch']}) on {dataset.name} val ({val.loader.num_samples} images) | "
+                      f"{layout.epoch_label(*layout.checkpoint_epoch(state['state']))}) on {shown} val ({val.loader.num_samples} images) | "
                       f"{device}", highlight=False)
 
     logits, labels = logits_of(model, val.loader, cfg.tta)
@@ -232,7 +245,8 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
     report = {
         "checkpoint": str(path),
         "weights": cfg.weights,
-        "epoch": state["state"]["epoch"],
+        # Numbered as metrics.jsonl numbers epochs (from 0); step: how far into that epoch, or None at its end.
+        **dict(zip(("epoch", "step"), layout.checkpoint_epoch(state["state"]))),
         "run": {"label": describe_run(train_cfg), "model": train_cfg.model.name, "augment": train_cfg.augment.name,
                 "label_noise": train_cfg.dataset.label_noise, "seed": train_cfg.seed},
         "dataset": {"name": dataset.name, "split": "val", "samples": len(labels), "num_classes": len(classes),

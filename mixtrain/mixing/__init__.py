@@ -8,7 +8,7 @@ preview`` (``preview``). :mod:`mixtrain.mixing.method` is the registry entry of 
 from mixtrain.mixing.fmix import FMixConfig, FMixMixer
 from mixtrain.mixing.manifold import ManifoldConfig, ManifoldMixer, stage_modules
 from mixtrain.mixing.method import MixingMethod, create_mixer, describe_augment, method_of, register_method
-from mixtrain.mixing.mixup import CutmixConfig, Mixer, MixupConfig, SwitchConfig, target_entropy
+from mixtrain.mixing.mixup import CutmixConfig, Mixer, MixupConfig, SwitchConfig
 from mixtrain.mixing.plans import (MixPlan, MixSpec, box_lam, cutmix_boxes, draw_plan, mix_images, mix_spec,
                                    mix_targets, one_hot, pair_partners, partner_weights)
 from mixtrain.mixing.regmixup import RegMixupConfig, RegMixupMixer
@@ -20,4 +20,4 @@ __all__ = ["CutmixConfig", "FMixConfig", "FMixMixer", "ResizeMixConfig", "Resize
            "SaliencyMixMixer", "SmoothMixConfig", "SmoothMixMixer", "ManifoldConfig", "ManifoldMixer", "MixPlan", "MixSpec", "Mixer", "MixingMethod",
            "MixupConfig", "RegMixupConfig", "RegMixupMixer", "SwitchConfig", "box_lam", "create_mixer",
            "cutmix_boxes", "describe_augment", "draw_plan", "method_of", "mix_images", "mix_spec", "mix_targets",
-           "one_hot", "pair_partners", "partner_weights", "register_method", "stage_modules", "target_entropy"]
+           "one_hot", "pair_partners", "partner_weights", "register_method", "stage_modules"]

@@ -129,6 +129,11 @@ class Mixer:
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         return one_hot(labels, self.num_classes, self.cfg.label_smoothing)
 
+    def row_sums(self, rows: int, own: int) -> torch.Tensor:
+        """What each of the ``rows`` target rows of a batch of ``own`` samples sums to: 1, each a
+        distribution over the classes (``debug=anomaly`` checks it)."""
+        return torch.ones(rows)
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Input-space mixing: ``(mixed images, soft targets)``; ``images`` is mixed in place.
 
@@ -144,12 +149,6 @@ class Mixer:
         """``(logits, targets)`` for one training batch, mixing wherever this augment mixes."""
         images, targets = self(images, labels, epoch)
         return model(images), targets
-
-
-def target_entropy(targets: torch.Tensor) -> float:
-    """Mean entropy (nats) of soft targets, each row normalized to a distribution first."""
-    p = targets.double() / targets.double().sum(1, keepdim=True)
-    return float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
 
 
 register_method("none", AugmentConfig, Mixer, label=lambda cfg: "ERM")

@@ -47,5 +47,12 @@ class RegMixupMixer(Mixer):
         return torch.cat([images, mixed]), torch.cat([2.0 * self.targets(labels), 2.0 * self.cfg.eta * mixed_targets])
 
 
+    def row_sums(self, rows: int, own: int) -> torch.Tensor:
+        """The clean rows sum to 2, the appended mixed ones to ``2 * eta`` (the scaling above)."""
+        if rows == own:  # mixing off (augment.disable_epochs): plain targets
+            return torch.ones(rows)
+        return torch.cat([torch.full((own,), 2.0), torch.full((rows - own,), 2.0 * self.cfg.eta)])
+
+
 # Its two losses are cross-entropies: the scaled targets above rely on it.
 register_method("regmixup", RegMixupConfig, RegMixupMixer, loss="soft_ce")

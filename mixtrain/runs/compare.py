@@ -231,7 +231,7 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
     tests = paired_tests(reports, logits, labels)
     console.print(comparison_table(reports, labels, tests))
     for label, report in zip(labels, reports):
-        console.print(f"{label}: {report['checkpoint']} (epoch {report['epoch']})", highlight=False)
+        console.print(f"{label}: {report['checkpoint']} ({checkpoint_epoch_of(report)})", highlight=False)
     for line in sorted({data_line(r) for r in reports}):
         console.print(line, highlight=False)
     settings = {json.dumps(r.get("eval_config"), sort_keys=True) for r in reports}
@@ -247,6 +247,14 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
     write_json_atomic(out_dir / layout.COMPARE, summary)
     console.print(str(out_dir / layout.COMPARE), highlight=False)
     return summary
+
+
+def checkpoint_epoch_of(report: dict) -> str:
+    """Which epoch an eval.json evaluated, numbered from 0; one written before eval.json had a
+    ``step`` key counted the epochs done."""
+    if "step" not in report:
+        return f"after {report['epoch']} epoch(s)"
+    return layout.epoch_label(report["epoch"], report["step"])
 
 
 def main(args: Sequence[str]) -> int:

@@ -46,7 +46,7 @@ def write_plot(path: Path, groups: Sequence[Group], keys: Sequence[str]) -> Opti
         for ax, metrics, _ in panels:
             for metric in metrics:
                 best = metric == "best_val_acc1"
-                name = f"{label} ({'best' if best else 'final'})" if len(metrics) > 1 else label
+                name = f"{label} ({'best.pt' if best else 'final'})" if len(metrics) > 1 else label
                 style = dict(color=color, linestyle="--" if best else "-", marker="s" if best else "o",
                              alpha=0.6 if best else 1.0, capsize=3, label=name)
                 if x_key is None:

@@ -2,7 +2,8 @@
 
 Runs (see :mod:`mixtrain.runs.dirs`) are grouped by the config values that differ between
 them, the seed aside, and each group gets the mean and sample std over its completed
-runs of best and final top-1, final ECE and NLL. A run that did not complete is
+runs of the best checkpoint's top-1 (``best.pt``'s epoch, picked by the objective) and the final
+one, final ECE and NLL. A run that did not complete is
 counted in its group and listed with its status, never dropped.
 """
 
@@ -24,7 +25,7 @@ from mixtrain.runs.groups import MISSING_VALUE, Group, differing_keys, format_va
 from mixtrain.runs.plots import write_plot
 
 # Column header and number format of each of runs.METRICS.
-METRIC_COLUMNS = {"best_val_acc1": ("best top-1", "{:.2f}"), "final_val_acc1": ("final top-1", "{:.2f}"),
+METRIC_COLUMNS = {"best_val_acc1": ("best.pt top-1", "{:.2f}"), "final_val_acc1": ("final top-1", "{:.2f}"),
                   "final_val_ece": ("final ECE", "{:.4f}"), "final_val_ece_ts": ("ECE after T", "{:.4f}"),
                   "final_val_nll": ("final NLL", "{:.4f}")}
 # Bootstrap intervals of the pooled final predictions (each run's val_logits.pt): metric -> column.

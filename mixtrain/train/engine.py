@@ -209,8 +209,9 @@ class Trainer:
     history: List[Dict[str, Any]] = field(default_factory=list)
     parts: List[Part] = field(default_factory=list)
     stop_requested: Callable[[], bool] = lambda: False
-    startup_time: Optional[float] = None  # seconds from mixtrain's import to this process's first batch
+    startup_time: Optional[float] = None  # seconds from this job's start to its first batch (runtime/clock.py)
     startup_reported: bool = False
+    done: bool = False  # a part may end the run after the epoch it is in (debug=overfit: the batches are fit)
 
     def call(self, event: str, *args) -> None:
         for part in self.parts:
@@ -220,6 +221,8 @@ class Trainer:
         try:
             for epoch in range(self.state.epoch, self.epochs):
                 self.train_epoch(epoch)
+                if self.done:
+                    break
         except BaseException as ex:
             self.call("stop", ex)
             raise

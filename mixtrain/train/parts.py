@@ -176,7 +176,7 @@ class Evaluation(Part):
 
     def epoch_end(self, trainer: Trainer, record: Dict[str, Any]) -> None:
         epoch = record["epoch"]
-        final = epoch + 1 == self.epochs
+        final = epoch + 1 == self.epochs or trainer.done  # the run's last epoch, however it got there
         if (epoch + 1) % self.eval_every and not final:
             return
         # Every rank evaluates with rank 0's BatchNorm statistics: those the checkpoint holds.
@@ -212,9 +212,10 @@ SELECTION = {"final_val_acc5": ("val_acc5", True), "final_val_ece": ("val_ece", 
 
 
 def selection_key(objective: str, ema: bool):
-    """The epoch metric that picks best.pt: the objective's, else top-1 (of the EMA weights if asked)."""
+    """The epoch metric that picks best.pt: the objective's, else top-1; of the EMA weights with
+    ``trainer.ema.select_best`` or an EMA objective (``best_ema_val_acc1``, ...)."""
     key, higher = SELECTION.get(objective.replace("ema_", ""), ("val_acc1", True))
-    return (f"ema_{key}" if ema else key), higher
+    return (f"ema_{key}" if ema or "ema_" in objective else key), higher
 
 
 class Checkpoints(Part):

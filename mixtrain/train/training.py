@@ -8,7 +8,6 @@ resuming), saves and reports the run, and hands the loop to the
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import socket
@@ -31,17 +30,20 @@ from mixtrain.config.store import flatten
 from mixtrain.data import Data, build_data
 from mixtrain.errors import MixtrainError, RunStopped, resume_command
 from mixtrain.files import write_json_atomic
-from mixtrain.mixing import create_mixer, method_of, target_entropy
+from mixtrain.mixing import create_mixer, method_of
 from mixtrain.mixing.losses import create_loss
 from mixtrain.mixing.preview import mixed_batch_grid
+from mixtrain.mixing.softness import stacked_smoothing_warning
 from mixtrain.models import create_model
-from mixtrain.runtime import distributed
+from mixtrain.runtime import clock, distributed
 from mixtrain.runtime.precision import resolve_device, resolve_precision
+from mixtrain.train.debug import debug_mode
 from mixtrain.train.engine import Step, Trainer
 from mixtrain.train.freeze import Freeze
 from mixtrain.train.monitor import RunMonitor, reconcile_metrics
 from mixtrain.train.optim import Schedule, create_optimizer, scaled_lr
 from mixtrain.train.parts import Checkpoints, Ema, Evaluation, NanPolicy, Records, StopOnSignal, StopRequest
+from mixtrain.train.summary import done_line, option_names, summarize
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -94,8 +96,12 @@ def holds_run(run_dir: Path) -> bool:
 class Training:
     """One training run: its parts, where it is, and how it saves and reports itself."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None,
+                 options: Optional[Dict[str, str]] = None) -> None:
+        clock.start_job()  # this run's start-up is its own, whatever ran in this process before it
         self.cfg, self.run_dir, self.t_start = cfg, run_dir, time.perf_counter()
+        self.options = option_names(cfg, options)
+        self.debug = debug_mode(cfg.debug)  # debug=...: what it changes, asked for at each step below
         ctx = self.ctx = distributed.init(cfg.trainer.device)
         trainer = cfg.trainer
         if trainer.batch_size % ctx.world_size or trainer.eval_batch_size % ctx.world_size:
@@ -115,7 +121,8 @@ class Training:
         self.device = distributed.device_for(ctx, resolve_device(trainer.device))
         self.precision = resolve_precision(trainer, self.device)
         seed_everything(cfg.seed, ctx.rank)
-        self.data: Data = build_data(cfg.dataset, trainer, self.device, cfg.seed, ctx.rank, ctx.world_size)
+        self.data: Data = (self.debug.data(cfg, self.device, ctx.rank, ctx.world_size)
+                           or build_data(cfg.dataset, trainer, self.device, cfg.seed, ctx.rank, ctx.world_size))
         # The first weights: a resumed run's come from its checkpoint (no file or hub is read again).
         self.weights_notes: List[str] = []
         self.model = create_model(cfg.model, self.data.num_classes, load_weights=saved is None and not cfg.init_from,
@@ -133,10 +140,11 @@ class Training:
         self.lr = scaled_lr(cfg.optim, trainer.batch_size)
         self.optimizer = create_optimizer(cfg.optim, self.model, self.lr)
         self.schedule_metric = schedule_metric(cfg)
-        self.scheduler = Schedule(cfg.sched, self.optimizer, trainer.epochs, len(self.data.train), cfg.seed,
-                                  self.schedule_metric[1] if self.schedule_metric else "max")
-        self.mixer = create_mixer(cfg.augment, self.data.num_classes, trainer.epochs, cfg.seed, ctx.rank)
-        self.step = Step(self.optimizer, self.precision, self.mixer, create_loss(cfg.augment), trainer.accum_steps,
+        self.scheduler = Schedule(cfg.sched, self.optimizer, self.debug.schedule_epochs(trainer.epochs),
+                                  len(self.data.train), cfg.seed, self.schedule_metric[1] if self.schedule_metric else "max")
+        augment = self.debug.augment(cfg.augment)
+        self.mixer = create_mixer(augment, self.data.num_classes, trainer.epochs, cfg.seed, ctx.rank)
+        self.step = Step(self.optimizer, self.precision, self.mixer, create_loss(augment), trainer.accum_steps,
                          trainer.clip_grad, trainer.clip_value)
         self.ema = None
         if trainer.ema.enabled:
@@ -194,8 +202,9 @@ class Training:
     # ---- records
 
     def summary(self) -> Dict[str, Any]:
-        summary = summarize(self.history, self.checkpoints.best_epoch, self.nan_policy.skips, self.wall_time(),
-                            self.data, self.cfg.dataset.label_noise)
+        summary = {**summarize(self.history, self.checkpoints.best_epoch, self.nan_policy.skips, self.wall_time(),
+                               self.data, self.cfg.dataset.label_noise, self.checkpoints.key),
+                   "debug": self.debug.result()}  # what debug=... found (None without it)
         if self.init_source is not None:
             summary["init_from"] = self.init_source  # where the weights came from: path, sha256, raw or EMA
         return summary
@@ -206,7 +215,7 @@ class Training:
         if self.ctx.is_main:
             write_summary(self.run_dir / layout.SUMMARY, {
                 "status": status, **self.summary(), **fields, "pid": os.getpid(), "host": socket.gethostname(),
-                "world_size": self.ctx.world_size, "config": self.config})
+                "world_size": self.ctx.world_size, "options": self.options, "config": self.config})
 
     def save(self, name: str) -> None:
         """A checkpoint (every rank takes part: each one's RNG state goes in it; rank 0 writes)."""
@@ -227,6 +236,12 @@ class Training:
                 raise RunStopped(f"cannot write the checkpoint {path} ({ex.strerror or ex}): free space or fix the "
                                  f"dir's permissions{kept}") from None
 
+    def option(self, group: str) -> str:
+        """How the run names a group's option: the option's own name (a user's ``dataset=photos``),
+        with its kind's name when that differs (``photos (imagefolder)``)."""
+        name, kind = self.options[group], getattr(self.cfg, group).name
+        return name if name == kind else f"{name} ({kind})"
+
     def warn_unreadable(self) -> None:
         """Say once per run that unreadable image files are being skipped, with the first few."""
         paths = self.data.unreadable()
@@ -244,9 +259,9 @@ class Training:
         if cfg.optim.lr_base_batch:
             lr += f" (optim.lr {cfg.optim.lr:g} x {cfg.trainer.batch_size}/{cfg.optim.lr_base_batch})"
         monitor.info(
-            f"[bold]mixtrain[/] {cfg.model.name} on {cfg.dataset.name} ({data.train.num_samples} train / "
+            f"[bold]mixtrain[/] {cfg.model.name} on {self.option('dataset')} ({data.train.num_samples} train / "
             f"{data.val.num_samples} val, {data.num_classes} classes, {sizes}) | {self.device} {self.precision.name}"
-            f"{f' x {self.ctx.world_size} processes' if self.ctx.enabled else ''} | augment={cfg.augment.name} | "
+            f"{f' x {self.ctx.world_size} processes' if self.ctx.enabled else ''} | augment={self.option('augment')} | "
             f"{lr} | run dir {self.run_dir}"
         )
         chosen = getattr(cfg.model, "chosen_by", None)
@@ -278,21 +293,16 @@ class Training:
                                                            cfg.trainer.epochs, cfg.seed))
 
     def warn_stacked_smoothing(self) -> None:
-        """Mixing and label smoothing together soften the targets twice; with alpha above 0.5 this
-        tends to underfit. Say so, with the mean entropy of the targets of a mixed batch."""
+        """Mixing and label smoothing together soften the targets twice: say so when, measured over
+        many draws on the first batch, they are softer than DeiT's setting (mixing/softness.py)."""
         augment, data = self.cfg.augment, self.data
         if not (isinstance(augment, MixConfig) and augment.label_smoothing > 0 and self.mixer.active(0)):
             return
         data.train.set_epoch(0)
         images, labels = next(iter(data.train))
-        mixer = create_mixer(augment, data.num_classes, self.cfg.trainer.epochs, seed=self.cfg.seed + 2_000_000)
-        _, targets = mixer(images.clone(), labels, 0)
-        smoothed = mixer.targets(labels)
-        self.monitor.warn_once("smoothing", f"augment.label_smoothing={augment.label_smoothing:g} on top of "
-                                            f"augment={augment.name}: mean target entropy of a mixed batch "
-                                            f"{target_entropy(targets):.3f} nats (one-hot: 0, smoothed alone: "
-                                            f"{target_entropy(smoothed):.3f}); with alpha above 0.5 the two together "
-                                            "tend to underfit")
+        warning = stacked_smoothing_warning(augment, data.num_classes, images, labels, self.cfg.seed + 2_000_000)
+        if warning:
+            self.monitor.warn_once("smoothing", warning)
 
     # ---- training
 
@@ -308,8 +318,10 @@ class Training:
             parts.append(Freeze(self.model, cfg.model.freeze_epochs))
         if self.ema is not None:
             parts.append(Ema(self.ema, self.model, trainer.ema.every))
+        parts += self.debug.parts(self)
         evaluation = Evaluation(self.model, self.ema.module if self.ema is not None else None, self.data.val,
-                                self.precision, self.run_dir, self.monitor, trainer.epochs, trainer.eval_every)
+                                self.precision, self.run_dir, self.monitor, self.debug.epochs(trainer.epochs),
+                                trainer.eval_every)
         return [*parts, evaluation, self.checkpoints, Records(self.monitor, trainer.batch_size, self.report)]
 
     def report(self) -> None:
@@ -319,10 +331,10 @@ class Training:
 
     def trainer(self) -> Trainer:
         cfg = self.cfg.trainer
-        return Trainer(self.train_model, self.data.train, self.step, self.scheduler, self.state, cfg.epochs,
-                       self.device, self.schedule_metric[0] if self.schedule_metric else None, cfg.log_every,
-                       cfg.checkpoint_every_steps,
-                       self.ctx.world_size, self.history, self.parts, self.stop)
+        return Trainer(self.train_model, self.data.train, self.step, self.scheduler, self.state,
+                       self.debug.epochs(cfg.epochs), self.device,
+                       self.schedule_metric[0] if self.schedule_metric else None, cfg.log_every,
+                       cfg.checkpoint_every_steps, self.ctx.world_size, self.history, self.parts, self.stop)
 
     def train(self) -> Dict[str, Any]:
         monitor = self.monitor
@@ -347,19 +359,15 @@ class Training:
             raise
         digests = distributed.gather_objects(distributed.weights_digest(self.model))
         summary = {"status": layout.COMPLETED, **self.summary(), "world_size": self.ctx.world_size,
-                   "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "config": self.config}
+                   "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "pid": os.getpid(),
+                   "host": socket.gethostname(), "options": self.options, "config": self.config}
         if self.ctx.is_main:
             write_summary(self.run_dir / layout.SUMMARY, summary)
-        monitor.hparams(hparams(self.config, self.run_dir), {f"hparam/{k}": summary[k] for k in layout.OBJECTIVES
-                                                             if isinstance(summary.get(k), float)})
+        monitor.hparams(hparams(self.config, self.run_dir, self.options),
+                        {f"hparam/{k}": summary[k] for k in layout.OBJECTIVES if isinstance(summary.get(k), float)})
         if not summary["ranks_in_sync"]:
             monitor.warn_once("sync", f"the ranks' final weights differ: {digests}")
-        ema = f", EMA {summary['final_ema_val_acc1']:.2f}" if self.ema is not None else ""
-        monitor.info(
-            f"done: best val acc {summary['best_val_acc1']:.2f} (epoch {summary['best_epoch']}), final val acc "
-            f"{summary['final_val_acc1']:.2f}{ema}, ECE {summary['final_val_ece']:.4f}, NLL "
-            f"{summary['final_val_nll']:.4f} in {summary['wall_time_s']:.0f}s | {self.run_dir / layout.SUMMARY}"
-        )
+        monitor.info(done_line(summary, self.ema is not None, self.cfg.trainer.checkpoint, self.run_dir))
         monitor.close()
         distributed.barrier()  # no rank leaves before rank 0 has written the run's files
         return summary
@@ -382,55 +390,25 @@ HPARAMS = ("dataset.name", "model.name", "augment.name", "augment.alpha", "augme
            "sched.name", "trainer.epochs", "trainer.batch_size", "seed")
 
 
-def hparams(config: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
+def hparams(config: Dict[str, Any], run_dir: Path, options: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """The run's hyperparameters for TensorBoard: :data:`HPARAMS` and the keys of its overrides
-    (``.hydra/overrides.yaml``: a sweep's swept keys), as numbers, strings or booleans."""
-    flat = flatten(config)
-    keys = list(HPARAMS)
+    (``.hydra/overrides.yaml``: a sweep's swept keys), as numbers, strings or booleans; and the
+    option of each group (``dataset``: ``photos``)."""
+    flat = {**flatten(config), **(options or {})}
+    keys = [*(options or {}), *HPARAMS]
     for key in map(override_key, saved_overrides(run_dir)):
         if key in flat and key not in keys:
             keys.append(key)
     return {k: flat[k] if isinstance(flat[k], (bool, int, float, str)) else str(flat[k]) for k in keys if k in flat}
 
 
-def summarize(history: List[dict], best_epoch: int, nan_skips: int, wall_time: float, data: Data,
-              label_noise: float = 0.0) -> Dict[str, Any]:
-    evaluated = [r for r in history if "val_acc1" in r]
-    final = evaluated[-1] if evaluated else {}
-    rates = [r["img_per_s"] for r in history if not math.isnan(r.get("img_per_s", float("nan")))]
-    nan = float("nan")
-    summary = {
-        "epochs": len(history),
-        "best_val_acc1": max((r["val_acc1"] for r in evaluated), default=nan),
-        "best_epoch": best_epoch,
-        "final_val_acc1": final.get("val_acc1", nan),
-        "final_val_acc5": final.get("val_acc5", nan),
-        "final_val_ece": final.get("val_ece", nan),
-        "final_val_nll": final.get("val_nll", nan),
-        "final_val_ece_ts": final.get("val_ece_ts", nan),  # after temperature scaling (T on the other half)
-        "final_val_nll_ts": final.get("val_nll_ts", nan),
-        "final_val_temperature": final.get("val_temperature", nan),
-        "final_val_ci": final.get("val_ci"),  # 95% bootstrap intervals of top-1, NLL, Brier, ECE
-        "final_train_loss": history[-1]["train_loss"] if history else nan,
-        "wall_time_s": wall_time,
-        "img_per_s": sum(rates) / len(rates) if rates else nan,
-        "num_classes": data.num_classes,
-        "nan_skips": nan_skips,
-        "unreadable_images": len(data.unreadable()),
-        "label_noise": label_noise,
-        "labels_changed": data.labels_changed,
-    }
-    # The EMA weights' numbers (NaN without trainer.ema): every objective is always a key.
-    summary.update({"best_ema_val_acc1": max((r["ema_val_acc1"] for r in evaluated if "ema_val_acc1" in r), default=nan),
-                    **{f"final_ema_val_{k}": final.get(f"ema_val_{k}", nan) for k in ("acc1", "ece", "nll")}})
-    return summary
-
-
-def fit(cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None) -> Dict[str, Any]:
+def fit(cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None,
+        options: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Train ``cfg`` in ``run_dir``; return the summary (also written to ``summary.json``).
 
     Raises :class:`~mixtrain.errors.RunStopped` after a clean stop (signal, non-finite
     loss) and :class:`~mixtrain.errors.MixtrainError` for bad input; ``summary.json`` says
-    which, in any case. Under torchrun every rank calls it; only rank 0 writes anything.
+    which, in any case. Under torchrun every rank calls it; only rank 0 writes anything. ``options``:
+    the option chosen for each group, as Hydra's ``runtime.choices`` (else the configs' names).
     """
-    return Training(cfg, Path(run_dir), monitor).train()
+    return Training(cfg, Path(run_dir), monitor, options).train()
