@@ -25,7 +25,7 @@ from hydra.types import RunMode
 import mixtrain
 from mixtrain import layout
 from mixtrain.config import debug_enabled, to_object
-from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped, fail, say
+from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped, environment_error, fail, say
 from mixtrain.files import claim_dir, release_claims
 from mixtrain.runtime import distributed
 
@@ -257,6 +257,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             traceback.print_exc()
         say("interrupted")
         return 128 + signal.SIGINT
+    except OSError as ex:  # a full disk, a file size limit, a path longer than the OS takes: not a bug
+        line = environment_error(ex)
+        if line is None:
+            raise
+        if debug_enabled():
+            traceback.print_exc()
+        return fail(line)
     finally:
         distributed.shutdown()
         release_claims()  # the command is over: its dirs are free (a process ending frees them anyway)

@@ -36,10 +36,17 @@ def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False, 
     :func:`remove_orphan_temps` clears when the dir is claimed again.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
+            kept = WriteErrors(f)
+            try:
+                write(kept)
+            except Exception:
+                if kept.error is None:
+                    raise
+                raise kept.error from None  # the disk's own words, not the library's
             f.flush()
             os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
@@ -47,14 +54,37 @@ def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False, 
             os.replace(tmp, path)
         else:
             os.link(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except OSError as ex:
+        if ex.filename is None or ex.filename == tmp:  # a full disk names the file being written
+            ex.filename = str(path)
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+
+
+class WriteErrors:
+    """A file that keeps the OSError of a failed write: torch.save turns "No space left on device" or
+    "File too large" into a RuntimeError of its own (``PytorchStreamWriter failed writing``, or
+    ``unexpected pos``), and the caller should still say what the disk said."""
+
+    def __init__(self, file: IO) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as ex:
+            self.error = ex
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
 
 
 def remove_orphan_temps(folder: Path) -> None:

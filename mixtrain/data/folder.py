@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import stat
 import warnings
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Set, Tuple
@@ -30,7 +31,7 @@ from typing import Iterator, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import torch
 from omegaconf import MISSING
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 from torch.utils.data import DataLoader, Sampler
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_jpeg
@@ -82,22 +83,37 @@ IGNORE_LABEL = -1  # an evaluation sample that stands in for an unreadable file 
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def open_regular(path: str):
+    """``path`` opened to read, if it is a regular file; else an OSError (an unreadable file). A FIFO
+    named x.jpg would block ``open()`` until something writes to it, a device such as /dev/zero would
+    never end: only regular files are images (opened without blocking, then checked)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # no effect on a regular file's reads
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise OSError(f"not a regular file (a FIFO, a device or a socket): {path}")
+    return f
+
+
 def load_rgb(path: str) -> Image.Image:
     """Decode a file fully (a truncated file fails here, not later) and convert it to RGB."""
     with warnings.catch_warnings():
         # "Palette images with Transparency expressed in bytes should be converted to RGBA"
         warnings.simplefilter("ignore", UserWarning)
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             image = Image.open(f)
             image.load()
             return to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any mode PIL reads. PIL's own ``convert("RGB")`` clips 16-bit grey (mode
+    """8-bit RGB from any mode PIL reads, upright. PIL's own ``convert("RGB")`` clips 16-bit grey (mode
     ``I;16``, or ``I`` from a 16-bit file) at 255, so most of such an image turns white: its top
     8 bits are kept instead. A float image (mode ``F``) has no range to scale from: it is refused
-    (and counted and named as unreadable, as a broken file is)."""
+    (and counted and named as unreadable, as a broken file is). A camera's EXIF orientation is
+    applied (``ImageOps.exif_transpose``, as torchvision's and timm's readers do)."""
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16") or image.mode == "I":
         pixels = np.asarray(image, dtype=np.int64)
         top = int(pixels.max()) if pixels.size else 0
@@ -413,8 +429,11 @@ class FolderLoader:
 
 
 def read_bytes(path: str) -> torch.Tensor:
-    with open(path, "rb") as f:
-        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+    with open_regular(path) as f:
+        data = f.read()
+    if not data:
+        raise OSError(f"an empty file: {path}")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def decode_folder(dataset: datasets.ImageFolder, image_size: int) -> Tuple[torch.Tensor, torch.Tensor, List[str], int]:
@@ -427,7 +446,8 @@ def decode_folder(dataset: datasets.ImageFolder, image_size: int) -> Tuple[torch
     for start in range(0, len(dataset.samples), chunk):
         part = dataset.samples[start:start + chunk]
         try:  # the fast path: one batched libjpeg call (most folders of small images)
-            decoded = decode_jpeg([read_bytes(p) for p, _ in part], mode=ImageReadMode.RGB)
+            decoded = decode_jpeg([read_bytes(p) for p, _ in part], mode=ImageReadMode.RGB,
+                                  apply_exif_orientation=True)
         except (RuntimeError, OSError):  # not all JPEG, or a broken one: file by file through PIL
             decoded = []
             for path, _ in part:
@@ -492,7 +512,7 @@ def cache_hint(cfg: FolderConfig, dataset: CheckedImageFolder, checked: int = 64
     sizes = []
     for path, _ in dataset.samples[::max(1, len(dataset.samples) // checked)][:checked]:
         try:
-            with Image.open(path) as image:
+            with open_regular(path) as f, Image.open(f) as image:
                 sizes.append(image.size)
         except UNREADABLE:
             continue

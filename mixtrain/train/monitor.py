@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -34,6 +35,19 @@ COLUMNS = [
 ]
 TRAIN_ACC_NOTE = ("* train acc: top-1 against the dominant label of each (mixed, smoothed) training target; "
                   "ECE T: val ECE after temperature scaling, T fitted on the other half of val")
+
+
+def _quiet_tensorboard_disk_errors(args) -> None:
+    """TensorBoard writes its events from a thread of its own: an OSError there (a full disk, the run dir
+    removed) reaches the run on its next write to TensorBoard, which says it in one line; the thread's
+    own traceback would only repeat it."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+        return
+    _excepthook(args)
+
+
+_excepthook = threading.excepthook
+threading.excepthook = _quiet_tensorboard_disk_errors
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -172,9 +186,17 @@ class RunMonitor:
             self.writer.add_hparams(params, metrics, run_name=".")
 
     def close(self) -> None:
+        """Flush and close what the run writes; a dir that a full disk or a removal has taken leaves them
+        unwritten (the run's end was said already)."""
         self.stop_progress()
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError:
+                pass
         if self.log is not None:
-            self.log.file.close()
+            try:
+                self.log.file.close()
+            except OSError:
+                pass
             self.log = None

@@ -7,6 +7,7 @@ resuming), saves and reports the run, and hands the loop to the
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -171,11 +172,21 @@ class Training:
                 checkpoint.save_atomic(checkpoint.snapshot(self.stateful(), self.config, self.data.classes,
                                                            self.state, self.history, ranks, parts,
                                                            self.data.train.num_samples, self.loader_order()), path)
-            except OSError as ex:  # a full disk, a dir made read-only under the run, ...
-                kept = f"; continue from the last one with {resume_command(self.run_dir)}" \
-                    if (self.run_dir / layout.LAST).is_file() else ""
-                raise RunStopped(f"cannot write the checkpoint {path} ({ex.strerror or ex}): free space or fix the "
-                                 f"dir's permissions{kept}") from None
+            except OSError as ex:  # a full disk, a file size limit, a dir made read-only or removed under the run
+                raise RunStopped(f"cannot write the checkpoint {path} ({ex.strerror or ex}): "
+                                 f"{self.disk_fix(ex)}") from None
+
+    def disk_fix(self, ex: OSError) -> str:
+        """What to do after a write into the run dir failed, and how to go on (when a checkpoint is left)."""
+        if not self.run_dir.is_dir():
+            return f"the run dir {self.run_dir} is gone (removed while the run ran); nothing is left to continue"
+        fix = {errno.ENOSPC: "free space", errno.EDQUOT: "free space in your quota",
+               errno.EFBIG: "raise the file size limit (ulimit -f)",
+               errno.ENOENT: "leave the run dir's files in place while it runs"}.get(ex.errno,
+                                                                                    "fix the dir's permissions")
+        if (self.run_dir / layout.LAST).is_file():
+            return f"{fix}; continue from the last checkpoint with {resume_command(self.run_dir)}"
+        return f"{fix}, then start the run again (no checkpoint was written yet)"
 
     def warn_unreadable(self) -> None:
         """Say once per run that unreadable image files are being skipped, with the first few."""
@@ -272,9 +283,9 @@ class Training:
             self.write_status(layout.INTERRUPTED if ex.exit_code > 128 else layout.FAILED, error=str(ex))
             monitor.close()
             raise
-        except OSError as ex:  # the disk under the run: full, gone read-only, unmounted
-            stopped = RunStopped(f"I/O error on {ex.filename or self.run_dir} ({ex.strerror or ex}): free space or "
-                                 f"fix the dir, then continue with {resume_command(self.run_dir)}")
+        except OSError as ex:  # the disk under the run: full, gone read-only, unmounted, removed
+            stopped = RunStopped(f"cannot write {os.fsdecode(ex.filename or self.run_dir)} ({ex.strerror or ex}): "
+                                 f"{self.disk_fix(ex)}")
             self.write_status(layout.FAILED, error=str(stopped))
             monitor.close()
             raise stopped from None

@@ -1,0 +1,298 @@
+"""Strangers' files, part B (issue 32): damaged run files, full disks, hangs and stops, messages that
+mislead, and text that other tools would run. Each case here failed before its fix."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY, make_image_folder, run_cli, start
+from PIL import Image, ImageOps
+
+from mixtrain.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# --------------------------------------------------------------------------- damaged files of a finished run
+
+
+# Class names a spreadsheet would read as formulas (OWASP's CSV injection): predict must write them as text.
+FORMULA_CLASSES = ("-ant", "=bee", "@cat")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished run (1 epoch, calibrated last.pt) and its data, with :data:`FORMULA_CLASSES`; every
+    damage case works on a copy."""
+    root = tmp_path_factory.mktemp("finished")
+    data = make_image_folder(root / "data", classes=FORMULA_CLASSES, per_class=8, val_per_class=3, size=16)
+    run = root / "run"
+    assert main(["train", "dataset=imagefolder", f"dataset.root={data}", "dataset.image_size=16", *TINY,
+                 f"hydra.run.dir={run}"]) == 0
+    assert main(["eval", f"checkpoint={run / 'last.pt'}", "calibrate=true", "fgsm_eps=[]", "bootstrap=0",
+                 f"hydra.run.dir={root / 'ev'}"]) == 0
+    assert (run / "last.calibration.json").is_file() and (run / "val_logits.pt").is_file()
+    return root
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.unlink()
+    if how == "dir":
+        path.mkdir()
+        return
+    half = len(data) // 2
+    path.write_bytes({"truncated": data[:half], "non_utf8": data[:half] + b"\xff\xfe" + data[half:],
+                      "invalid_json": b'{"status": "completed", "epochs": [1,', "empty": b""}[how])
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else "dir" for p in sorted(folder.rglob("*"))}
+
+
+def command(name: str, run: Path, out: Path, damaged: str) -> list:
+    ckpt = run if damaged == "best.pt" else run / "last.pt"  # a run dir reads its best.pt
+    images = run.parent / "data" / "val"
+    return {"resume": ["train", f"resume={run}", "trainer.epochs=2"],
+            "eval": ["eval", f"checkpoint={ckpt}", "fgsm_eps=[]", "bootstrap=0", f"hydra.run.dir={out / 'ev'}"],
+            "calibrate": ["eval", f"checkpoint={ckpt}", "calibrate=true", "fgsm_eps=[]", "bootstrap=0",
+                          f"hydra.run.dir={out / 'cal'}"],
+            "compare": ["compare", str(ckpt), "fgsm_eps=[]", "bootstrap=0", "--out", str(out / "cmp")],
+            "report": ["report", str(run), "--out", str(out / "rep")],
+            "predict": ["predict", f"checkpoint={ckpt}", f"inputs={images}", f"out={out / 'p.csv'}", "num_workers=0"],
+            "export": ["export", f"checkpoint={ckpt}", f"out={out / 'exp'}"]}[name]
+
+
+# Which commands read each file of a run (the others never open it).
+READERS = {"metrics.jsonl": ("resume", "report"), "summary.json": ("report",), ".hydra/config.yaml": ("report",),
+           ".hydra/overrides.yaml": ("resume",), ".hydra/hydra.yaml": ("resume",),
+           "last.calibration.json": ("predict", "export"),
+           "last.pt": ("resume", "eval", "calibrate", "predict", "export"), "best.pt": ("eval", "compare"),
+           "val_logits.pt": ("report",)}
+# What a command that succeeds may write into the run dir itself.
+WRITES_INTO_RUN = {"resume": None, "calibrate": {"last.calibration.json"}}  # None: the run's own writer
+CASES = [(name, reader, how) for name, readers in READERS.items() for reader in readers
+         for how in ("truncated", "non_utf8", "invalid_json", "empty", "dir")]
+
+
+@pytest.mark.parametrize("name, reader, how", CASES)
+def test_a_damaged_run_file_is_one_line_or_a_said_skip(finished, tmp_path, capsys, name, reader, how):
+    run = tmp_path / "run"
+    shutil.copytree(finished / "run", run)
+    (tmp_path / "data").symlink_to(finished / "data")
+    damage(run / name, how)
+    before = snapshot(run)
+    capsys.readouterr()
+    code = main(command(reader, run, tmp_path / "out", name))  # a traceback escapes main and fails the test
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and code in (0, 2), (code, err)
+    after = snapshot(run)
+    if code == 2:
+        (line,) = [line for line in err.splitlines() if line.startswith("mixtrain: error:")]
+        assert Path(name).name in line, line  # the line names the damaged file
+        assert after == before  # nothing changed
+        return
+    # Read anyway: the damaged file is said (skipped, set aside), never silently taken for data.
+    assert Path(name).name in out + err, (out, err)
+    allowed = WRITES_INTO_RUN.get(reader, set())
+    if allowed is not None:
+        assert {k: v for k, v in after.items() if k not in allowed} == \
+            {k: v for k, v in before.items() if k not in allowed}
+    elif after.get(name) != before[name]:  # the run's writer replaced it: the old bytes are kept beside it
+        assert before[name] in after.values() or before[name] == "dir", sorted(after)
+
+
+# --------------------------------------------------------------------------- a full disk, a dir removed (defect 9)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """24 training images of 16 px: 3 steps of 8 an epoch."""
+    return make_image_folder(tmp_path_factory.mktemp("small"), per_class=8, val_per_class=3, size=16)
+
+
+def small_args(data, *extra):
+    return ["dataset=imagefolder", f"dataset.root={data}", "dataset.image_size=16", *TINY, *extra]
+
+
+def file_size_limit(limit: int):
+    """``ulimit -f``, in the child (Python ignores SIGXFSZ: a write past the limit fails with EFBIG)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def run_limited(args, cwd, limit: int, command: str = "train") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "mixtrain", command, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, preexec_fn=file_size_limit(limit))
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str = "3m"):
+    """A real tmpfs of ``size`` at ``path`` (root only: skipped elsewhere)."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("limit", ["ulimit -f", "tmpfs of 3 MB"])
+def test_a_full_disk_stops_the_run_in_one_line(small, tmp_path, limit):
+    if limit == "ulimit -f":  # the first checkpoint (2.2 MB) is past a 1 MB limit
+        run = tmp_path / "run"
+        result = run_limited(small_args(small, f"hydra.run.dir={run}"), tmp_path, 1 << 20)
+        told = f"cannot write the checkpoint {run / 'last.pt'} (File too large): raise the file size limit (ulimit -f)"
+    else:  # last.pt fits on 3 MB, best.pt does not
+        with small_filesystem(tmp_path / "disk") as disk:
+            run = disk / "run"
+            result = run_cli("train", *small_args(small, f"hydra.run.dir={run}"), cwd=tmp_path)
+            told = f"cannot write the checkpoint {run / 'best.pt'} (No space left on device): free space; continue"
+            summary = json.loads((run / "summary.json").read_text())
+            leftovers = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+        assert summary["status"] == "failed" and not leftovers
+    assert result.returncode == 1 and told in one_line(result.stderr), result.stderr
+
+
+def test_a_run_dir_removed_mid_run_stops_in_one_line(small, tmp_path):
+    run = tmp_path / "run"
+    proc = start([*small_args(small, "trainer.epochs=200", f"hydra.run.dir={run}")], tmp_path)
+    deadline = time.monotonic() + 120
+    while not (run / "last.pt").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    run.rename(tmp_path / "trash")  # gone at once (rmtree would take it file by file while the run writes)
+    shutil.rmtree(tmp_path / "trash")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and f"the run dir {run} is gone" in one_line(err), err
+
+
+# --------------------------------------------------------------------------- predict's files (defects 5, 10, 12, 14)
+
+
+def predict(finished, *args):
+    return main(["predict", f"checkpoint={finished / 'run' / 'last.pt'}", "num_workers=0", *args])
+
+
+def inputs_with_a_broken_file(folder: Path, good: str = "good.png", bad: str = "bad.jpg") -> Path:
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(folder / good)
+    (folder / bad).write_text("not an image")
+    return folder
+
+
+def test_predict_never_replaces_or_deletes_an_error_list_it_was_not_told_to(finished, tmp_path, capsys):
+    images = inputs_with_a_broken_file(tmp_path / "in")
+    theirs = tmp_path / "p_errors.csv"
+    theirs.write_text("someone's own file\n")
+    for inputs in (images, images / "good.png"):  # a list to write (it would replace theirs), none (it would go)
+        assert predict(finished, f"inputs={inputs}", f"out={tmp_path / 'p.csv'}") == 2
+        assert f"{theirs} exists (predict lists unreadable inputs there)" in one_line(capsys.readouterr().err)
+        assert theirs.read_text() == "someone's own file\n" and not (tmp_path / "p.csv").exists()
+    assert predict(finished, f"inputs={images}", f"out={tmp_path / 'p.csv'}", "overwrite=true") == 0
+    assert theirs.read_text().splitlines()[1].startswith(str(images / "bad.jpg"))
+
+
+def test_predict_csv_cells_are_text_to_a_spreadsheet(finished, tmp_path):
+    images = inputs_with_a_broken_file(tmp_path / "in", good="=HYPERLINK(1).png", bad="+bad.jpg")
+    assert predict(finished, f"inputs={images}", f"out={tmp_path / 'p.csv'}", "topk=3") == 0
+    rows = [row for path in ("p.csv", "p_errors.csv") for row in csv.reader(open(tmp_path / path))]
+    cells = [cell for row in rows for cell in row]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))], cells
+    assert sorted(rows[1][1::2]) == ["'-ant", "'=bee", "'@cat"]  # OWASP: a leading ' makes it text
+    assert rows[1][0] == f"{images}/=HYPERLINK(1).png"  # an absolute path starts with /
+    assert predict(finished, f"inputs={images}", f"out={tmp_path / 'q.jsonl'}", "topk=3") == 0
+    assert sorted(json.loads((tmp_path / "q.jsonl").read_text())["classes"]) == sorted(FORMULA_CLASSES)  # JSON: as is
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_predict_inputs_that_are_neither_file_nor_folder_are_named(finished, tmp_path, capsys, kind):
+    special = Path("/dev/zero") if kind == "device" else tmp_path / "x.jpg"
+    if kind == "fifo":
+        os.mkfifo(special)
+    assert predict(finished, f"inputs={special}", f"out={tmp_path / 'p.csv'}") == 2
+    told = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+    assert f"inputs={special} is {told}, not a file or a folder" in one_line(capsys.readouterr().err)
+
+
+def test_predict_of_a_list_naming_a_fifo_lists_it_as_unreadable(finished, tmp_path):
+    images = inputs_with_a_broken_file(tmp_path / "in")
+    os.mkfifo(images / "pipe.jpg")
+    (tmp_path / "list.txt").write_text(f"{images / 'good.png'}\n{images / 'pipe.jpg'}\n")
+    result = run_cli("predict", f"checkpoint={finished / 'run' / 'last.pt'}", f"inputs={tmp_path / 'list.txt'}",
+                     f"out={tmp_path / 'p.csv'}", "num_workers=0", cwd=tmp_path, timeout=120)  # it hung before
+    assert result.returncode == 0, result.stderr
+    listed = list(csv.reader(open(tmp_path / "p_errors.csv")))
+    assert listed[1][0] == str(images / "pipe.jpg") and "not a regular file" in listed[1][1]
+
+
+# --------------------------------------------------------------------------- images (defects 10, 11, 14)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_fifo_named_like_an_image_is_skipped_not_waited_for(small, tmp_path, cache):
+    data = tmp_path / "data"
+    shutil.copytree(small, data)
+    os.mkfifo(data / "train" / "ant" / "x.jpg")
+    run = tmp_path / "run"
+    result = run_cli("train", *small_args(data, f"dataset.cache={str(cache).lower()}", f"hydra.run.dir={run}"),
+                     cwd=tmp_path, timeout=120)  # before: open() waited for a writer for ever
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "summary.json").read_text())["unreadable_images"] == 1
+    assert "x.jpg" in (run / "train.log").read_text()
+
+
+def test_an_empty_image_file_is_unreadable_when_cached(small, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(small, data)
+    (data / "train" / "ant" / "empty.jpg").write_bytes(b"")
+    run = tmp_path / "run"
+    assert main(["train", *small_args(data, "dataset.cache=true", f"hydra.run.dir={run}")]) == 0
+    assert json.loads((run / "summary.json").read_text())["unreadable_images"] == 1
+
+
+def exif_rotated_jpeg(path: Path) -> Path:
+    """64 wide, 32 high as stored, left half red and right half blue; EXIF orientation 6: shown 32 x 64,
+    red on top."""
+    pixels = np.zeros((32, 64, 3), dtype=np.uint8)
+    pixels[:, :32] = (230, 20, 20)
+    pixels[:, 32:] = (20, 20, 230)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, quality=95, exif=exif)
+    return path
+
+
+def test_exif_orientation_is_applied_on_every_path(tmp_path):
+    from mixtrain.data.folder import decode_folder, load_rgb, open_image_folder
+
+    path = exif_rotated_jpeg(tmp_path / "photo.jpg")
+    upright = load_rgb(str(path))
+    assert upright.size == (32, 64)
+    with Image.open(path) as image:  # held to Pillow's own exif_transpose
+        assert np.array_equal(np.asarray(upright), np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
+    for split in ("train", "val"):
+        (tmp_path / "data" / split / "a").mkdir(parents=True)
+        shutil.copy(path, tmp_path / "data" / split / "a" / "photo.jpg")
+    images, _, _, _ = decode_folder(open_image_folder(str(tmp_path / "data"), "train", "dataset.train_split"), 16)
+    top, bottom = images[0, :, :8].float().mean((1, 2)), images[0, :, 8:].float().mean((1, 2))
+    assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0], (top, bottom)  # red on top, blue below
