@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -296,3 +297,41 @@ def test_exif_orientation_is_applied_on_every_path(tmp_path):
     images, _, _, _ = decode_folder(open_image_folder(str(tmp_path / "data"), "train", "dataset.train_split"), 16)
     top, bottom = images[0, :, :8].float().mean((1, 2)), images[0, :, 8:].float().mean((1, 2))
     assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0], (top, bottom)  # red on top, blue below
+
+
+# --------------------------------------------------------------------------- shard sets (defects 6, 14)
+
+
+def shard_set(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_shards_overwrite_keeps_the_good_set_and_a_smaller_one_leaves_no_old_shards(small, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert main(["shards", str(small), str(out), "--per-shard", "5"]) == 0
+    (out / "README.md").write_text("ours")  # not part of the set: it stays
+    good = shard_set(out)
+    bad = tmp_path / "bad"
+    shutil.copytree(small, bad)
+    shutil.copytree(bad / "val" / "cat", bad / "val" / "dog")  # val's classes differ: refused after train is written
+    capsys.readouterr()
+    assert main(["shards", str(bad), str(out), "--per-shard", "5", "--overwrite"]) == 2
+    assert "the splits' class folders differ (val)" in one_line(capsys.readouterr().err)
+    assert shard_set(out) == good and sorted(p.name for p in tmp_path.iterdir()) == ["bad", "shards"]
+    assert main(["shards", str(small), str(out), "--per-shard", "100", "--overwrite"]) == 0
+    assert sorted(shard_set(out)) == ["README.md", "_info.json", "classes.json", "train-000000.tar", "val-000000.tar"]
+    assert json.loads((out / "_info.json").read_text())["splits"]["train"]["filenames"] == ["train-000000.tar"]
+    assert (out / "README.md").read_text() == "ours" and oct(out.stat().st_mode & 0o777) != "0o700"
+
+
+def test_the_printed_train_command_is_quoted_for_the_shell(small, tmp_path, capsys, monkeypatch):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["shards", str(small), "it's"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    words = shlex.split(line.split("train with: ", 1)[1])  # as a shell reads it
+    assert words[:3] == ["mixtrain", "train", "dataset=webdataset"]
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(words[3:])}
+    assert parsed == {"dataset.train_urls": "it's/train-{000000..000000}.tar",
+                      "dataset.val_urls": "it's/val-{000000..000000}.tar"}  # as Hydra reads it
