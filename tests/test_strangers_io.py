@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
+import http.server
+import io
 import json
 import os
 import resource
@@ -12,6 +15,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -335,3 +340,150 @@ def test_the_printed_train_command_is_quoted_for_the_shell(small, tmp_path, caps
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(words[3:])}
     assert parsed == {"dataset.train_urls": "it's/train-{000000..000000}.tar",
                       "dataset.val_urls": "it's/val-{000000..000000}.tar"}  # as Hydra reads it
+
+
+# --------------------------------------------------------------------------- shards read (defects 10, 11, 12)
+
+
+@pytest.fixture(scope="module")
+def shards(small, tmp_path_factory):
+    """``small`` as shards of 5: train-000000..000004, val-000000..000001."""
+    from mixtrain.data.shard_writer import write_shards
+
+    out = tmp_path_factory.mktemp("shards") / "set"
+    write_shards(small, out, ["train", "val"], per_shard=5)
+    return out
+
+
+def shard_args(base, *extra):
+    return ["dataset=webdataset", f'dataset.train_urls="{base}/train-{{000000..000004}}.tar"',
+            f'dataset.val_urls="{base}/val-{{000000..000001}}.tar"', "dataset.image_size=16", *TINY, *extra]
+
+
+class ShardServer(http.server.SimpleHTTPRequestHandler):
+    """Serves a shard set; ``stall`` sends half of train-000002.tar and then nothing; ``dies`` drops every
+    connection for a train shard after the first two."""
+
+    mode, served = "", 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if "/train-" in self.path:
+            type(self).served += 1
+            if self.mode == "dies" and type(self).served > 2:
+                self.close_connection = True
+                return  # no response at all: the server is gone
+            if self.mode == "stall" and "train-000002" in self.path:
+                data = Path(self.directory, self.path.lstrip("/")).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[:len(data) // 2])
+                self.wfile.flush()
+                time.sleep(60)
+                return
+        super().do_GET()
+
+
+@contextlib.contextmanager
+def serving(folder: Path, mode: str):
+    handler = type("Handler", (ShardServer,), {"mode": mode, "served": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_stalled_shard_server_fails_the_read_after_the_timeout(shards, tmp_path):
+    with serving(shards, "stall") as url:
+        result = run_cli("train", *shard_args(url, "dataset.read_timeout=2", f"hydra.run.dir={tmp_path / 'run'}"),
+                         cwd=tmp_path, timeout=120)  # before: curl waited for ever
+    told = f"the shard {url}/train-000002.tar sent nothing for 2 s (dataset.read_timeout)"
+    assert result.returncode == 2 and told in one_line(result.stderr), result.stderr
+
+
+def test_a_shard_server_that_dies_mid_epoch_is_named_without_disk_advice(shards, tmp_path):
+    with serving(shards, "dies") as url:
+        result = run_cli("train", *shard_args(url, f"hydra.run.dir={tmp_path / 'run'}"), cwd=tmp_path, timeout=120)
+    err = one_line(result.stderr)
+    assert result.returncode == 2 and f"cannot read the shard {url}/train-" in err, err
+    assert "free space" not in err and "resume=" not in err  # no disk involved; no checkpoint to continue from
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+def rewrite_shard(path: Path, change) -> None:
+    """Rewrite a tar with ``change(name, data) -> [(name, data), ...]`` applied to each member."""
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            for new_name, new_data in change(name, data):
+                info = tarfile.TarInfo(new_name)
+                info.size = len(new_data)
+                tar.addfile(info, io.BytesIO(new_data))
+
+
+def test_a_class_index_out_of_range_is_a_counted_unreadable_sample(shards, tmp_path):
+    broken = tmp_path / "set"
+    shutil.copytree(shards, broken)
+    changed = {}  # class written -> key of the sample it went to
+
+    def first_class_to(value: bytes):
+        def change(name, data):
+            if name.endswith(".cls") and value not in changed:
+                changed[value] = name.split(".")[0]
+                return [(name, value)]
+            return [(name, data)]
+        return change
+
+    rewrite_shard(broken / "train-000001.tar", first_class_to(b"7"))  # 3 classes: 0, 1, 2
+    rewrite_shard(broken / "val-000000.tar", first_class_to(b"-1"))
+    run = tmp_path / "run"
+    result = run_cli("train", *shard_args(broken, f"hydra.run.dir={run}"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # before: IndexError in training
+    assert json.loads((run / "summary.json").read_text())["unreadable_images"] == 2  # val's -1 was dropped unsaid
+    log = (run / "train.log").read_text()
+    assert f"train-000001.tar:{changed[b'7']}" in log and f"val-000000.tar:{changed[b'-1']}" in log
+
+
+@pytest.mark.parametrize("damage", ["truncated", "duplicated member"])
+def test_a_damaged_shard_is_named_as_damaged(shards, tmp_path, damage):
+    broken = tmp_path / "set"
+    shutil.copytree(shards, broken)
+    shard = broken / "train-000001.tar"
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[:5000])
+    else:
+        rewrite_shard(shard, lambda n, d: [(n, d), (n, d)] if n.endswith(".png") and n.startswith("000000005") else
+                      [(n, d)])
+    result = run_cli("train", *shard_args(broken, "trainer.num_workers=2", f"hydra.run.dir={tmp_path / 'run'}"),
+                     cwd=tmp_path)
+    err = one_line(result.stderr)  # from a loader worker, still one line
+    assert result.returncode == 2 and f"the shard {shard}" in err and "truncated or damaged" in err, err
+    assert "_info.json (mixtrain shards), or drop it" not in err  # that would hide the damage
+
+
+def test_an_hf_label_of_minus_one_is_a_counted_unreadable_sample(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(0)
+
+    def split(labels):
+        images = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in labels]
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+        return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+    path = tmp_path / "ds"
+    datasets.DatasetDict({"train": split([0, 1] * 8 + [-1]), "validation": split([0, 1, -1, 0])}).save_to_disk(path)
+    run = tmp_path / "run"
+    assert main(["train", "dataset=hf", f"dataset.path={path}", "dataset.image_size=16", *TINY,
+                 f"hydra.run.dir={run}"]) == 0  # before: train crashed; val dropped its -1 unsaid
+    assert json.loads((run / "summary.json").read_text())["unreadable_images"] == 2
+    log = (run / "train.log").read_text()
+    assert "[16]" in log and "[2]" in log  # the rows

@@ -169,6 +169,7 @@ RESUME_MAY_CHANGE = {
     "dataset.root", "dataset.download", "dataset.on_bad_image",
     # where the shards or files of a dataset now are (the classes and the training set's size are checked)
     "dataset.train_urls", "dataset.val_urls", "dataset.info", "dataset.path", "dataset.data_files",
+    "dataset.read_timeout",
 }
 
 
