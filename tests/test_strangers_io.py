@@ -13,6 +13,7 @@ import os
 import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, make_image_folder, run_cli, start
+from helpers import TINY, make_image_folder, position, run_cli, slow_step_args, start, wait_for_step
 from PIL import Image, ImageOps
 
 from mixtrain.cli import main
@@ -487,3 +488,44 @@ def test_an_hf_label_of_minus_one_is_a_counted_unreadable_sample(tmp_path):
     assert json.loads((run / "summary.json").read_text())["unreadable_images"] == 2
     log = (run / "train.log").read_text()
     assert "[16]" in log and "[2]" in log  # the rows
+
+
+# --------------------------------------------------------------------------- a stop within a step (defect 10)
+
+
+def test_a_stop_is_honoured_after_the_step_in_progress(small, tmp_path):
+    """12 steps of 2 s and no sync point before the epoch's end: the stop must not wait for it (SLURM kills
+    30 s after its SIGTERM)."""
+    run, mark = tmp_path / "run", tmp_path / "step"
+    proc = start(small_args(small, *slow_step_args(tmp_path, 2, mark), "trainer.batch_size=2", "trainer.log_every=1000",
+                            f"hydra.run.dir={run}"), tmp_path)
+    begun = wait_for_step(mark, proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    took = time.monotonic() - sent
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    epoch, step = position(run)
+    assert epoch == 0 and step in (begun, begun + 1), (step, begun)  # after the step it was in (or the next)
+    assert f"stopped by SIGTERM at epoch 0, step {step}; checkpoint {run / 'last.pt'}" in err
+    assert took < 2 + 4, took  # that step (2 s), the checkpoint and the exit; before: the epoch's end, ~20 s later
+
+
+def test_under_torchrun_every_rank_stops_at_the_same_step(small, tmp_path):
+    run, mark = tmp_path / "run", tmp_path / "step"
+    args = small_args(small, *slow_step_args(tmp_path, 2, mark), "trainer.batch_size=2", "trainer.log_every=1000",
+                      f"hydra.run.dir={run}")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "mixtrain", "train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    begun = wait_for_step(mark, proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    _, err = proc.communicate(timeout=120)
+    took = time.monotonic() - sent
+    epoch, step = position(run)
+    assert epoch == 0 and begun <= step <= begun + 2, (step, begun, err)  # the ranks agree one step late
+    assert len(torch.load(run / "last.pt", weights_only=True)["ranks"]) == 2  # both ranks' states: one step
+    assert "mixtrain: stopped by SIGTERM at epoch 0" in err, err  # (torchrun prints its own traceback)
+    assert took < 3 * 2 + 6, took

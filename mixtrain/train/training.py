@@ -270,7 +270,7 @@ class Training:
         cfg = self.cfg.trainer
         return Trainer(self.train_model, self.data.train, self.step, self.scheduler, self.state, cfg.epochs,
                        self.device, self.cfg.sched.step_on, cfg.log_every, cfg.checkpoint_every_steps,
-                       self.ctx.world_size, self.history, self.parts, self.stop)
+                       self.ctx.world_size, self.history, self.parts, self.stop, distributed.StopVote())
 
     def train(self) -> Dict[str, Any]:
         monitor = self.monitor
