@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, make_image_folder, position, run_cli, slow_step_args, start, wait_for_step
+from helpers import TINY, make_image_folder, position, slow_step_args, wait_for_step
 from PIL import Image, ImageOps
 
 from mixtrain.cli import main
@@ -90,8 +90,9 @@ READERS = {"metrics.jsonl": ("resume", "report"), "summary.json": ("report",), "
            "val_logits.pt": ("report",)}
 # What a command that succeeds may write into the run dir itself.
 WRITES_INTO_RUN = {"resume": None, "calibrate": {"last.calibration.json"}}  # None: the run's own writer
+TEXT_DAMAGE, BINARY_DAMAGE = ("truncated", "non_utf8", "invalid_json", "empty", "dir"), ("truncated", "empty", "dir")
 CASES = [(name, reader, how) for name, readers in READERS.items() for reader in readers
-         for how in ("truncated", "non_utf8", "invalid_json", "empty", "dir")]
+         for how in (BINARY_DAMAGE if name.endswith(".pt") else TEXT_DAMAGE)]
 
 
 @pytest.mark.parametrize("name, reader, how", CASES)
@@ -117,8 +118,10 @@ def test_a_damaged_run_file_is_one_line_or_a_said_skip(finished, tmp_path, capsy
     if allowed is not None:
         assert {k: v for k, v in after.items() if k not in allowed} == \
             {k: v for k, v in before.items() if k not in allowed}
-    elif after.get(name) != before[name]:  # the run's writer replaced it: the old bytes are kept beside it
-        assert before[name] in after.values() or before[name] == "dir", sorted(after)
+    elif after.get(name) != before[name]:  # the run's writer rewrote it: it only added lines, or kept the old beside
+        old, new = before[name], after.get(name)
+        added = isinstance(old, bytes) and isinstance(new, bytes) and new.startswith(old)
+        assert added or old in after.values() or old == "dir", sorted(after)
 
 
 # --------------------------------------------------------------------------- a full disk, a dir removed (defect 9)
@@ -163,34 +166,67 @@ def one_line(err: str) -> str:
     return err
 
 
-@pytest.mark.parametrize("limit", ["ulimit -f", "tmpfs of 3 MB"])
-def test_a_full_disk_stops_the_run_in_one_line(small, tmp_path, limit):
-    if limit == "ulimit -f":  # the first checkpoint (2.2 MB) is past a 1 MB limit
-        run = tmp_path / "run"
-        result = run_limited(small_args(small, f"hydra.run.dir={run}"), tmp_path, 1 << 20)
-        told = f"cannot write the checkpoint {run / 'last.pt'} (File too large): raise the file size limit (ulimit -f)"
-    else:  # last.pt fits on 3 MB, best.pt does not
-        with small_filesystem(tmp_path / "disk") as disk:
-            run = disk / "run"
-            result = run_cli("train", *small_args(small, f"hydra.run.dir={run}"), cwd=tmp_path)
-            told = f"cannot write the checkpoint {run / 'best.pt'} (No space left on device): free space; continue"
-            summary = json.loads((run / "summary.json").read_text())
-            leftovers = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
-        assert summary["status"] == "failed" and not leftovers
+class Hung(BaseException):
+    """Raised by :func:`no_hang` (a BaseException: no ``except OSError`` of the code under test takes it)."""
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 60):
+    """Fail, rather than wait for ever, where the code under test used to block (open() on a FIFO, a
+    stalled transfer): SIGALRM interrupts the blocking call."""
+    def hung(*_):
+        raise Hung(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def when(ready, action, timeout: float = 120.0) -> threading.Thread:
+    """Run ``action()`` in a thread as soon as ``ready()`` holds (while this thread runs a command)."""
+    def wait_then_act():
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        action()
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_file_size_limit_stops_the_run_in_one_line(small, tmp_path):
+    run = tmp_path / "run"  # the first checkpoint (2.2 MB) is past a 1 MB limit
+    result = run_limited(small_args(small, f"hydra.run.dir={run}"), tmp_path, 1 << 20)
+    told = f"cannot write the checkpoint {run / 'last.pt'} (File too large): raise the file size limit (ulimit -f)"
     assert result.returncode == 1 and told in one_line(result.stderr), result.stderr
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
 
 
-def test_a_run_dir_removed_mid_run_stops_in_one_line(small, tmp_path):
+def test_a_full_disk_stops_the_run_in_one_line(small, tmp_path, capsys):
+    with small_filesystem(tmp_path / "disk") as disk:  # a real one: last.pt fits on 3 MB, best.pt does not
+        run = disk / "run"
+        assert main(["train", *small_args(small, f"hydra.run.dir={run}")]) == 1
+        told = f"cannot write the checkpoint {run / 'best.pt'} (No space left on device): free space; continue"
+        assert told in one_line(capsys.readouterr().err)
+        assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+        assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_run_dir_removed_mid_run_stops_in_one_line(small, tmp_path, capsys):
     run = tmp_path / "run"
-    proc = start([*small_args(small, "trainer.epochs=200", f"hydra.run.dir={run}")], tmp_path)
-    deadline = time.monotonic() + 120
-    while not (run / "last.pt").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
-    run.rename(tmp_path / "trash")  # gone at once (rmtree would take it file by file while the run writes)
-    shutil.rmtree(tmp_path / "trash")
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and f"the run dir {run} is gone" in one_line(err), err
+    # Renamed away and then removed: gone at once (rmtree takes it file by file while the run writes).
+    remover = when(lambda: (run / "last.pt").exists(),
+                   lambda: (run.rename(tmp_path / "trash"), shutil.rmtree(tmp_path / "trash")))
+    assert main(["train", *small_args(small, "trainer.epochs=200", f"hydra.run.dir={run}")]) == 1
+    remover.join()
+    assert f"the run dir {run} is gone" in one_line(capsys.readouterr().err)
 
 
 # --------------------------------------------------------------------------- predict's files (defects 5, 10, 12, 14)
@@ -245,9 +281,8 @@ def test_predict_of_a_list_naming_a_fifo_lists_it_as_unreadable(finished, tmp_pa
     images = inputs_with_a_broken_file(tmp_path / "in")
     os.mkfifo(images / "pipe.jpg")
     (tmp_path / "list.txt").write_text(f"{images / 'good.png'}\n{images / 'pipe.jpg'}\n")
-    result = run_cli("predict", f"checkpoint={finished / 'run' / 'last.pt'}", f"inputs={tmp_path / 'list.txt'}",
-                     f"out={tmp_path / 'p.csv'}", "num_workers=0", cwd=tmp_path, timeout=120)  # it hung before
-    assert result.returncode == 0, result.stderr
+    with no_hang():  # before: open() waited for a writer for ever
+        assert predict(finished, f"inputs={tmp_path / 'list.txt'}", f"out={tmp_path / 'p.csv'}") == 0
     listed = list(csv.reader(open(tmp_path / "p_errors.csv")))
     assert listed[1][0] == str(images / "pipe.jpg") and "not a regular file" in listed[1][1]
 
@@ -261,9 +296,8 @@ def test_a_fifo_named_like_an_image_is_skipped_not_waited_for(small, tmp_path, c
     shutil.copytree(small, data)
     os.mkfifo(data / "train" / "ant" / "x.jpg")
     run = tmp_path / "run"
-    result = run_cli("train", *small_args(data, f"dataset.cache={str(cache).lower()}", f"hydra.run.dir={run}"),
-                     cwd=tmp_path, timeout=120)  # before: open() waited for a writer for ever
-    assert result.returncode == 0, result.stderr
+    with no_hang():  # before: open() waited for a writer for ever
+        assert main(["train", *small_args(data, f"dataset.cache={str(cache).lower()}", f"hydra.run.dir={run}")]) == 0
     assert json.loads((run / "summary.json").read_text())["unreadable_images"] == 1
     assert "x.jpg" in (run / "train.log").read_text()
 
@@ -401,19 +435,18 @@ def serving(folder: Path, mode: str):
         server.server_close()
 
 
-def test_a_stalled_shard_server_fails_the_read_after_the_timeout(shards, tmp_path):
-    with serving(shards, "stall") as url:
-        result = run_cli("train", *shard_args(url, "dataset.read_timeout=2", f"hydra.run.dir={tmp_path / 'run'}"),
-                         cwd=tmp_path, timeout=120)  # before: curl waited for ever
+def test_a_stalled_shard_server_fails_the_read_after_the_timeout(shards, tmp_path, capsys):
+    with serving(shards, "stall") as url, no_hang():  # before: curl waited for ever
+        assert main(["train", *shard_args(url, "dataset.read_timeout=2", f"hydra.run.dir={tmp_path / 'run'}")]) == 2
     told = f"the shard {url}/train-000002.tar sent nothing for 2 s (dataset.read_timeout)"
-    assert result.returncode == 2 and told in one_line(result.stderr), result.stderr
+    assert told in one_line(capsys.readouterr().err)
 
 
-def test_a_shard_server_that_dies_mid_epoch_is_named_without_disk_advice(shards, tmp_path):
+def test_a_shard_server_that_dies_mid_epoch_is_named_without_disk_advice(shards, tmp_path, capsys):
     with serving(shards, "dies") as url:
-        result = run_cli("train", *shard_args(url, f"hydra.run.dir={tmp_path / 'run'}"), cwd=tmp_path, timeout=120)
-    err = one_line(result.stderr)
-    assert result.returncode == 2 and f"cannot read the shard {url}/train-" in err, err
+        assert main(["train", *shard_args(url, f"hydra.run.dir={tmp_path / 'run'}")]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert f"cannot read the shard {url}/train-" in err, err
     assert "free space" not in err and "resume=" not in err  # no disk involved; no checkpoint to continue from
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
@@ -446,15 +479,14 @@ def test_a_class_index_out_of_range_is_a_counted_unreadable_sample(shards, tmp_p
     rewrite_shard(broken / "train-000001.tar", first_class_to(b"7"))  # 3 classes: 0, 1, 2
     rewrite_shard(broken / "val-000000.tar", first_class_to(b"-1"))
     run = tmp_path / "run"
-    result = run_cli("train", *shard_args(broken, f"hydra.run.dir={run}"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr  # before: IndexError in training
+    assert main(["train", *shard_args(broken, f"hydra.run.dir={run}")]) == 0  # before: IndexError in training
     assert json.loads((run / "summary.json").read_text())["unreadable_images"] == 2  # val's -1 was dropped unsaid
     log = (run / "train.log").read_text()
     assert f"train-000001.tar:{changed[b'7']}" in log and f"val-000000.tar:{changed[b'-1']}" in log
 
 
 @pytest.mark.parametrize("damage", ["truncated", "duplicated member"])
-def test_a_damaged_shard_is_named_as_damaged(shards, tmp_path, damage):
+def test_a_damaged_shard_is_named_as_damaged(shards, tmp_path, capsys, damage):
     broken = tmp_path / "set"
     shutil.copytree(shards, broken)
     shard = broken / "train-000001.tar"
@@ -463,10 +495,9 @@ def test_a_damaged_shard_is_named_as_damaged(shards, tmp_path, damage):
     else:
         rewrite_shard(shard, lambda n, d: [(n, d), (n, d)] if n.endswith(".png") and n.startswith("000000005") else
                       [(n, d)])
-    result = run_cli("train", *shard_args(broken, "trainer.num_workers=2", f"hydra.run.dir={tmp_path / 'run'}"),
-                     cwd=tmp_path)
-    err = one_line(result.stderr)  # from a loader worker, still one line
-    assert result.returncode == 2 and f"the shard {shard}" in err and "truncated or damaged" in err, err
+    assert main(["train", *shard_args(broken, "trainer.num_workers=2", f"hydra.run.dir={tmp_path / 'run'}")]) == 2
+    err = one_line(capsys.readouterr().err)  # from a loader worker, still one line
+    assert f"the shard {shard}" in err and "truncated or damaged" in err, err
     assert "_info.json (mixtrain shards), or drop it" not in err  # that would hide the damage
 
 
@@ -493,22 +524,26 @@ def test_an_hf_label_of_minus_one_is_a_counted_unreadable_sample(tmp_path):
 # --------------------------------------------------------------------------- a stop within a step (defect 10)
 
 
-def test_a_stop_is_honoured_after_the_step_in_progress(small, tmp_path):
+def test_a_stop_is_honoured_after_the_step_in_progress(small, tmp_path, capsys, monkeypatch):
     """12 steps of 2 s and no sync point before the epoch's end: the stop must not wait for it (SLURM kills
     30 s after its SIGTERM)."""
     run, mark = tmp_path / "run", tmp_path / "step"
-    proc = start(small_args(small, *slow_step_args(tmp_path, 2, mark), "trainer.batch_size=2", "trainer.log_every=1000",
-                            f"hydra.run.dir={run}"), tmp_path)
-    begun = wait_for_step(mark, proc)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    took = time.monotonic() - sent
-    assert proc.returncode == 143 and "Traceback" not in err, err
+    args = small_args(small, *slow_step_args(tmp_path, 2, mark), "trainer.batch_size=2", "trainer.log_every=1000",
+                      f"hydra.run.dir={run}")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the slow model's module
+    sent = {}
+
+    def stop():  # while the first step runs (its handler is set: the run is in its loop)
+        sent["begun"], sent["at"] = int(mark.read_text()), time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    when(lambda: mark.exists() and mark.read_text(), stop)
+    assert main(["train", *args]) == 143
+    took = time.monotonic() - sent["at"]
     epoch, step = position(run)
-    assert epoch == 0 and step in (begun, begun + 1), (step, begun)  # after the step it was in (or the next)
-    assert f"stopped by SIGTERM at epoch 0, step {step}; checkpoint {run / 'last.pt'}" in err
-    assert took < 2 + 4, took  # that step (2 s), the checkpoint and the exit; before: the epoch's end, ~20 s later
+    assert epoch == 0 and step in (sent["begun"], sent["begun"] + 1), (step, sent)  # after that step (or the next)
+    assert f"stopped by SIGTERM at epoch 0, step {step}; checkpoint {run / 'last.pt'}" in one_line(capsys.readouterr().err)
+    assert took < 2 + 2, took  # that step (2 s) and the checkpoint; before: the epoch's end, ~20 s later
 
 
 def test_under_torchrun_every_rank_stops_at_the_same_step(small, tmp_path):
@@ -529,3 +564,31 @@ def test_under_torchrun_every_rank_stops_at_the_same_step(small, tmp_path):
     assert len(torch.load(run / "last.pt", weights_only=True)["ranks"]) == 2  # both ranks' states: one step
     assert "mixtrain: stopped by SIGTERM at epoch 0" in err, err  # (torchrun prints its own traceback)
     assert took < 3 * 2 + 6, took
+
+
+# --------------------------------------------------------------------------- checkpoints that carry the marker (defect 11)
+
+
+MALFORMED = {"no config": lambda s: s.pop("config"),
+             "epochs='abc'": lambda s: s["config"]["trainer"].update(epochs="abc"),
+             "num_classes='three'": lambda s: s.update(num_classes="three"),
+             "model=None": lambda s: s.update(model=None)}
+
+
+@pytest.mark.parametrize("malformed", sorted(MALFORMED))
+def test_a_malformed_checkpoint_with_the_marker_is_one_line_everywhere(finished, tmp_path, capsys, malformed):
+    run = tmp_path / "run"
+    shutil.copytree(finished / "run", run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    MALFORMED[malformed](state)
+    torch.save(state, run / "last.pt")
+    before = snapshot(run)
+    ckpt = f"checkpoint={run / 'last.pt'}"
+    for argv in (["predict", ckpt, f"inputs={finished / 'data' / 'val'}", f"out={tmp_path / 'p.csv'}"],
+                 ["export", ckpt, f"out={tmp_path / 'exp'}"],
+                 ["eval", ckpt, "fgsm_eps=[]", f"hydra.run.dir={tmp_path / 'ev'}"],
+                 ["train", f"resume={run}", "trainer.epochs=2"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        assert f"{run / 'last.pt'} is a damaged mixtrain checkpoint (" in one_line(capsys.readouterr().err), argv
+    assert snapshot(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # eval left no .hydra/

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from mixtrain.config import asdict as config_asdict, config_from_dict
+from mixtrain.config import GROUPS, asdict as config_asdict, config_from_dict
 from mixtrain.errors import MixtrainError
 from mixtrain.files import write_atomic
 from mixtrain.layout import LAST
@@ -61,6 +61,9 @@ def checkpoint_path(path: str | Path, names: Sequence[str] = (LAST,)) -> Path:
     """A checkpoint file, or the first of ``names`` that a run dir holds."""
     path = Path(os.path.expanduser(str(path)))
     if path.is_dir():
+        for name in names:  # a folder (or a link to nothing) in a checkpoint's place is said, not passed over
+            if os.path.lexists(path / name) and not (path / name).is_file():
+                raise MixtrainError(f"{path / name} is not a file: move it away, or pass the checkpoint file to use")
         found = [path / name for name in names if (path / name).is_file()]
         if len(names) > 1 and not found:
             raise MixtrainError(f"{path} holds neither {' nor '.join(names)}: pass a checkpoint file or a run dir")
@@ -85,8 +88,49 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str
                             "(pip install -U mixtrain for a newer one)")
     if found != FORMAT:
         raise MixtrainError(f"{path} is not a mixtrain checkpoint (no '{FORMAT}' marker)")
+    problem = damage(state)
+    if problem:
+        raise MixtrainError(f"{path} is a damaged mixtrain checkpoint ({problem}): use another checkpoint of the run "
+                            "(best.pt, last.pt), or train again")
     return state
 
+
+def damage(state: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with a checkpoint's contents (a file that carries the marker but was cut, edited or
+    written by something else), or None: the parts every command reads are there and of their types,
+    so no command meets the damage later as a traceback (the config itself: :func:`saved_config`)."""
+    config = state.get("config")
+    if not isinstance(config, dict) or not all(isinstance(config.get(group), dict) for group in GROUPS):
+        return "no config" if not isinstance(config, dict) else "its config lacks a group"
+    count = state.get("num_classes")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        return f"num_classes is {count!r}, not a count"
+    classes = state.get("classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) != count
+                                or not all(isinstance(c, str) for c in classes)):
+        return f"classes is not a list of {count} names"
+    for name in ("model", *(["ema"] if "ema" in state else [])):
+        weights = state.get(name)
+        if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            return f"{name} is {type(weights).__name__}, not a dict of tensors"
+    where = state.get("state")
+    if not isinstance(where, dict) or not all(isinstance(where.get(k), int) for k in ("epoch", "step")):
+        return "state (the epoch and step it was written at) is missing"
+    if not isinstance(state.get("history", []), list):
+        return "history is not a list of epoch records"
+    return None
+
+
+def saved_config(state: Dict[str, Any], path: Path):
+    """The checkpoint's config as a validated TrainConfig; one line naming the file if it does not validate."""
+    try:
+        return config_from_dict(state["config"])
+    except MixtrainError:
+        raise
+    except Exception as ex:  # OmegaConf's validation errors, a group that is not a mapping, a key missing
+        first = (str(ex).strip().splitlines() or [repr(ex)])[0][:160]
+        raise MixtrainError(f"{path} is a damaged mixtrain checkpoint (its config does not validate: {first}): use "
+                            "another checkpoint of the run (best.pt, last.pt), or train again") from None
 
 # --------------------------------------------------------------------------- run state
 
@@ -188,7 +232,7 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequ
     """Refuse, naming the key, any change that alters the run's meaning; allow ``trainer.epochs``
     to grow, and return the line that says what that does to the schedule (else None)."""
     # Through the schema, so that keys added since the checkpoint was written take their defaults.
-    old, new = _flatten(config_asdict(config_from_dict(saved["config"]))), _flatten(config)
+    old, new = _flatten(config_asdict(saved_config(saved, path))), _flatten(config)
     # A changed group option (augment.name, ...) first: it explains the keys that come with it.
     for key in sorted(set(old) | set(new), key=lambda k: (not k.endswith(".name"), k)):
         if key not in RESUME_MAY_CHANGE and old.get(key) != new.get(key):

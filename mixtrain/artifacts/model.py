@@ -16,7 +16,7 @@ from torchvision.datasets.folder import find_classes
 from mixtrain import layout
 from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.calibration import read_calibration
-from mixtrain.config import TrainConfig, config_from_dict
+from mixtrain.config import TrainConfig
 from mixtrain.data import FolderConfig, eval_image_transform
 from mixtrain.data.device_loader import normalize, normalizer
 from mixtrain.data.mini import MiniConfig, mini_classes
@@ -98,7 +98,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", weights: st
     """A checkpoint (file or run dir) as a :class:`LoadedModel`, for scripts: ``mixtrain.load_model(path)``."""
     ckpt = resolve_checkpoint(path).resolve()
     state = checkpoint.load(ckpt)
-    cfg = config_from_dict(state["config"])
+    cfg = checkpoint.saved_config(state, ckpt)
     classes = state.get("classes") or saved_class_names(cfg.dataset, state["num_classes"])
     model = build_model(cfg, state, state["num_classes"], ckpt, torch.device(device), weights)
     calibration = read_calibration(ckpt)

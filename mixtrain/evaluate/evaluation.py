@@ -23,7 +23,7 @@ from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.calibration import write_calibration
 from mixtrain.artifacts.logits import save_logits
 from mixtrain.artifacts.model import build_model, resolve_checkpoint
-from mixtrain.config import (DatasetConfig, EvalConfig, TrainConfig, config_from_dict, describe_config_error,
+from mixtrain.config import (DatasetConfig, EvalConfig, TrainConfig, describe_config_error,
                              heldout_fraction, schema_for)
 from mixtrain.config.overrides import override_key
 from mixtrain.data import FolderConfig, LoaderOptions, check_bad_images, open_split, resolve_workers, unreadable_so_far
@@ -168,7 +168,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
         raise MixtrainError(f"{out_dir} already holds an {layout.EVAL}: pick another hydra.run.dir")
     path = resolve_checkpoint(cfg.checkpoint).resolve()
     state = checkpoint.load(path)
-    train_cfg = config_from_dict(state["config"])
+    train_cfg = checkpoint.saved_config(state, path)
     dataset = eval_dataset_config(train_cfg.dataset, cfg.dataset, dataset_keys)
     if heldout_fraction(cfg.heldout) is None:
         dataset.split_name(cfg.heldout)  # a split this dataset has, before any data is read

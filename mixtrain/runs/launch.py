@@ -151,14 +151,25 @@ def resume_args(args: List[str], parsed) -> List[str]:
     hydra_dir = run_dir / HYDRA
     original = [o for o in saved_overrides(run_dir) if not o.startswith(("resume=", "hydra."))]
     flags = [a for a in args if a not in parsed.overrides]
-    if (hydra_dir / "hydra.yaml").is_file() and not (parsed.config_name or parsed.config_dir):
-        saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
-        flags += ["--config-name", str(saved.job.config_name)]
-        flags += [f"--config-dir={s.path}" for s in saved.runtime.config_sources if s.provider == "command-line"]
+    if os.path.lexists(hydra_dir / "hydra.yaml") and not (parsed.config_name or parsed.config_dir):
+        name, dirs = saved_config_source(hydra_dir / "hydra.yaml")
+        flags += ["--config-name", name, *(f"--config-dir={d}" for d in dirs)]
     rest = [o for o in parsed.overrides if not o.startswith("resume=")]
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     return [*flags, *original, *rest, f"resume={quote(ckpt)}", f"hydra.run.dir={quote(run_dir)}",
             f"hydra.output_subdir=.hydra/resume-{stamp}"]
+
+
+def saved_config_source(path: Path):
+    """``(config name, [config dirs from the command line])`` of a run, from Hydra's ``hydra.yaml``."""
+    try:
+        saved = OmegaConf.load(path).hydra
+        return str(saved.job.config_name), [str(s.path) for s in saved.runtime.config_sources
+                                             if s.provider == "command-line"]
+    except Exception as ex:  # cut short, edited, bad UTF-8, a folder in its place: OmegaConf and YAML errors
+        first = (str(ex).strip().splitlines() or [type(ex).__name__])[0][:160]
+        raise MixtrainError(f"{path} is damaged ({first}): it names the run's config; restore it, or pass the "
+                            "run's -cn NAME (and -cd DIR) with resume=") from None
 
 
 def eval_args(args: List[str], parsed) -> List[str]:

@@ -58,20 +58,31 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def reconcile_metrics(path: Path, history: list) -> None:
-    """Make ``metrics.jsonl`` hold exactly the epochs of a checkpoint being resumed.
+def reconcile_metrics(path: Path, history: list) -> Optional[str]:
+    """Make ``metrics.jsonl`` hold exactly the epochs of a checkpoint being resumed; return what was
+    done, in words (None when the file already held them).
 
-    Lines of epochs the checkpoint has not reached (a crashed attempt, or an older
-    checkpoint) are set aside in ``metrics.jsonl.replaced-<time>``, never deleted; lines
-    the checkpoint has but the file lacks (a crash between the two writes) are added.
+    Lines the checkpoint has but the file lacks (a crash between the two writes) are added. A file
+    that holds anything else (epochs the checkpoint has not reached: a crashed attempt, or an older
+    checkpoint; a damaged line; a folder in its place) is set aside whole as
+    ``metrics.jsonl.replaced-<time>``, never deleted, and the file is written from the checkpoint.
     """
-    lines = path.read_text().splitlines() if path.exists() else []
     wanted = [json.dumps(record) for record in history]
+    if not os.path.lexists(path):
+        lines = []
+    elif path.is_file():
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    else:
+        lines = None  # a folder, ...: set aside
     if lines == wanted:
-        return
-    if len(lines) > len(history):
-        path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}").write_text("\n".join(lines) + "\n")
+        return None
+    note = f"{path.name} lacked {len(wanted) - len(lines or [])} epoch(s) of the checkpoint: added"
+    if lines is None or lines != wanted[:len(lines)]:
+        aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.rename(path, aside)
+        note = f"{path.name} did not match the checkpoint's {len(wanted)} epoch(s): set aside as {aside.name}"
     write_text_atomic(path, "".join(line + "\n" for line in wanted))
+    return note
 
 
 def _fmt(value, fmt: str) -> str:

@@ -100,6 +100,7 @@ class Training:
                                   exclude_buffers=True)
         self.config = asdict(cfg)
         self.state, self.history, self.resume_note, self.wall_before = TrainState(), [], None, 0.0
+        self.metrics_note: Optional[str] = None  # what resuming did to metrics.jsonl
         saved_parts: Dict[str, Dict[str, Any]] = {}
         if saved is not None:
             self.resume_note = checkpoint.check_resumable(saved, self.config, self.data.classes, Path(cfg.resume),
@@ -109,7 +110,7 @@ class Training:
             saved_parts = checkpoint.part_states(saved)
             self.wall_before = self.state.wall_time
             if ctx.is_main:
-                reconcile_metrics(run_dir / layout.METRICS, self.history)
+                self.metrics_note = reconcile_metrics(run_dir / layout.METRICS, self.history)
             if self.resume_note:
                 lr_next = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
                 self.resume_note += f"; here: lr {saved['optimizer']['param_groups'][0]['lr']:.4g} -> {lr_next:.4g}"
@@ -224,6 +225,8 @@ class Training:
             monitor.info(f"resumed from {cfg.resume} at epoch {self.state.epoch} step {self.state.step}")
             if self.resume_note:
                 monitor.info(self.resume_note)
+            if self.metrics_note:
+                monitor.info(self.metrics_note)
         elif monitor.enabled and self.mixer.active(0) and method_of(cfg.augment).previewable:
             monitor.image("mixing/batch", mixed_batch_grid(data.train, data.classes, cfg.augment, cfg.dataset,
                                                            cfg.trainer.epochs, cfg.seed))
