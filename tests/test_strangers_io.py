@@ -397,9 +397,9 @@ def shard_args(base, *extra):
 
 class ShardServer(http.server.SimpleHTTPRequestHandler):
     """Serves a shard set; ``stall`` sends half of train-000002.tar and then nothing; ``dies`` drops every
-    connection for a train shard after the first two."""
+    connection for a train shard after the first ``limit``."""
 
-    mode, served = "", 0
+    mode, served, limit = "", 0, 2
 
     def log_message(self, *args):
         pass
@@ -407,7 +407,7 @@ class ShardServer(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         if "/train-" in self.path:
             type(self).served += 1
-            if self.mode == "dies" and type(self).served > 2:
+            if self.mode == "dies" and type(self).served > self.limit:
                 self.close_connection = True
                 return  # no response at all: the server is gone
             if self.mode == "stall" and "train-000002" in self.path:
@@ -423,8 +423,8 @@ class ShardServer(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serving(folder: Path, mode: str):
-    handler = type("Handler", (ShardServer,), {"mode": mode, "served": 0})
+def serving(folder: Path, mode: str, limit: int = 2):
+    handler = type("Handler", (ShardServer,), {"mode": mode, "served": 0, "limit": limit})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -442,13 +442,15 @@ def test_a_stalled_shard_server_fails_the_read_after_the_timeout(shards, tmp_pat
     assert told in one_line(capsys.readouterr().err)
 
 
-def test_a_shard_server_that_dies_mid_epoch_is_named_without_disk_advice(shards, tmp_path, capsys):
-    with serving(shards, "dies") as url:
-        assert main(["train", *shard_args(url, f"hydra.run.dir={tmp_path / 'run'}")]) == 2
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_a_shard_server_that_dies_mid_epoch_is_named_without_disk_advice(shards, tmp_path, capsys, epoch):
+    run = tmp_path / "run"
+    with serving(shards, "dies", limit=5 * epoch + 2) as url:  # 5 train shards an epoch
+        assert main(["train", *shard_args(url, "trainer.epochs=2", f"hydra.run.dir={run}")]) == 2
     err = one_line(capsys.readouterr().err)
-    assert f"cannot read the shard {url}/train-" in err, err
-    assert "free space" not in err and "resume=" not in err  # no disk involved; no checkpoint to continue from
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+    assert f"cannot read the shard {url}/train-" in err and "free space" not in err, err  # no disk involved
+    assert ("resume=" in err) == (epoch == 1)  # the way on, only where a checkpoint is there to continue from
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
 
 
 def rewrite_shard(path: Path, change) -> None:
@@ -592,3 +594,60 @@ def test_a_malformed_checkpoint_with_the_marker_is_one_line_everywhere(finished,
         assert main(argv) == 2, argv
         assert f"{run / 'last.pt'} is a damaged mixtrain checkpoint (" in one_line(capsys.readouterr().err), argv
     assert snapshot(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # eval left no .hydra/
+
+
+def test_a_loader_worker_killed_mid_run_is_one_line_with_the_way_on(small, tmp_path, capsys, monkeypatch):
+    import mixtrain.data.folder as folder
+
+    run, armed = tmp_path / "run", tmp_path / "armed"
+    real = folder.load_rgb
+
+    def killed_when_armed(path):  # the kernel's OOM killer, in a loader worker, once the run has a checkpoint
+        if armed.exists() and torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path)
+
+    monkeypatch.setattr(folder, "load_rgb", killed_when_armed)
+    when(lambda: (run / "last.pt").exists(), armed.touch)
+    assert main(["train", *small_args(small, "trainer.num_workers=1", "trainer.epochs=50", f"hydra.run.dir={run}")]) == 1
+    err = one_line(capsys.readouterr().err)
+    assert "a data loader worker died (DataLoader worker (pid" in err and f"resume={run}" in err, err
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+
+
+# --------------------------------------------------------------------------- paths and sizes the OS refuses (defect 11)
+
+
+@contextlib.contextmanager
+def file_size_limit_here(limit: int):
+    """``ulimit -f`` on this process for a while (Python ignores SIGXFSZ: a longer write fails, EFBIG)."""
+    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, previous[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+
+
+def test_a_file_size_limit_in_predict_and_export_is_one_line(finished, tmp_path, capsys):
+    ckpt = f"checkpoint={finished / 'run' / 'last.pt'}"
+    with file_size_limit_here(1000):  # predictions of 33 images: 2 kB; the model: 1 MB
+        assert predict(finished, f"inputs={finished / 'data'}", f"out={tmp_path / 'p.csv'}") == 2
+        predict_err = capsys.readouterr().err
+        assert main(["export", ckpt, f"out={tmp_path / 'exp'}"]) == 2
+        export_err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'p.csv'} (File too large): the file size limit" in one_line(predict_err)
+    assert f"cannot write {tmp_path / 'exp' / 'model.safetensors'} (File too large)" in one_line(export_err)
+    assert not list(tmp_path.iterdir())  # no partial file, no temp file, no folder made for them
+
+
+def test_paths_longer_than_the_os_takes_are_one_line(finished, small, tmp_path, capsys):
+    long = tmp_path / ("x" * 300)  # one name over the 255 bytes a filesystem takes
+    for argv in (["train", *small_args(small, f"hydra.run.dir={long / 'run'}")],
+                 ["predict", f"checkpoint={finished / 'run' / 'last.pt'}", f"inputs={finished / 'data' / 'val'}",
+                  f"out={long / 'p.csv'}"],
+                 ["report", str(finished / "run"), "--out", str(long)]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        assert "(File name too long): the OS limits a name to 255 bytes" in one_line(capsys.readouterr().err), argv
+    assert not list(tmp_path.iterdir())

@@ -7,7 +7,6 @@ resuming), saves and reports the run, and hands the loop to the
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from mixtrain.mixing.preview import mixed_batch_grid
 from mixtrain.models import create_model
 from mixtrain.runtime import distributed
 from mixtrain.runtime.precision import resolve_device, resolve_precision
+from mixtrain.train.endings import disk_fix, ending
 from mixtrain.train.engine import Step, Trainer
 from mixtrain.train.monitor import RunMonitor, reconcile_metrics
 from mixtrain.train.optim import create_optimizer, create_scheduler, scaled_lr
@@ -175,19 +175,7 @@ class Training:
                                                            self.data.train.num_samples, self.loader_order()), path)
             except OSError as ex:  # a full disk, a file size limit, a dir made read-only or removed under the run
                 raise RunStopped(f"cannot write the checkpoint {path} ({ex.strerror or ex}): "
-                                 f"{self.disk_fix(ex)}") from None
-
-    def disk_fix(self, ex: OSError) -> str:
-        """What to do after a write into the run dir failed, and how to go on (when a checkpoint is left)."""
-        if not self.run_dir.is_dir():
-            return f"the run dir {self.run_dir} is gone (removed while the run ran); nothing is left to continue"
-        fix = {errno.ENOSPC: "free space", errno.EDQUOT: "free space in your quota",
-               errno.EFBIG: "raise the file size limit (ulimit -f)",
-               errno.ENOENT: "leave the run dir's files in place while it runs"}.get(ex.errno,
-                                                                                    "fix the dir's permissions")
-        if (self.run_dir / layout.LAST).is_file():
-            return f"{fix}; continue from the last checkpoint with {resume_command(self.run_dir)}"
-        return f"{fix}, then start the run again (no checkpoint was written yet)"
+                                 f"{disk_fix(ex, self.run_dir)}") from None
 
     def warn_unreadable(self) -> None:
         """Say once per run that unreadable image files are being skipped, with the first few."""
@@ -282,20 +270,16 @@ class Training:
         try:
             with self.stop:
                 self.trainer().fit()
-        except RunStopped as ex:
-            self.write_status(layout.INTERRUPTED if ex.exit_code > 128 else layout.FAILED, error=str(ex))
-            monitor.close()
-            raise
-        except OSError as ex:  # the disk under the run: full, gone read-only, unmounted, removed
-            stopped = RunStopped(f"cannot write {os.fsdecode(ex.filename or self.run_dir)} ({ex.strerror or ex}): "
-                                 f"{self.disk_fix(ex)}")
-            self.write_status(layout.FAILED, error=str(stopped))
-            monitor.close()
-            raise stopped from None
         except BaseException as ex:
-            self.write_status(layout.FAILED, error=f"{type(ex).__name__}: {ex}"[:500])
+            said = ending(ex, self.run_dir)  # a full disk, a worker killed, ...: one line that says so
+            stopped = isinstance(said, RunStopped) and said.exit_code > 128
+            known = isinstance(said, (RunStopped, MixtrainError))
+            self.write_status(layout.INTERRUPTED if stopped else layout.FAILED,
+                              error=str(said) if known else f"{type(ex).__name__}: {ex}"[:500])
             monitor.close()
-            raise
+            if said is ex:
+                raise
+            raise said from None
         digests = distributed.gather_objects(distributed.weights_digest(self.model))
         summary = {"status": layout.COMPLETED, **self.summary(), "world_size": self.ctx.world_size,
                    "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "config": self.config}
