@@ -26,7 +26,7 @@ import mixtrain
 from mixtrain import layout
 from mixtrain.config import debug_enabled, to_object
 from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped, environment_error, fail, say
-from mixtrain.files import claim_dir, release_claims
+from mixtrain.files import claim_dir, release_claims, release_dir
 from mixtrain.runtime import distributed
 
 # Each command imports what it runs when it runs: the registries and the training stack import
@@ -90,8 +90,9 @@ def in_sweep() -> bool:
 def _train_task(cfg) -> float:
     from mixtrain.train.training import fit  # start-up: see the note at the imports
 
+    out = output_dir()
     try:
-        summary = fit(to_object(cfg), output_dir())
+        summary = fit(to_object(cfg), out)
     except RunStopped as ex:
         # A diverged job of a sweep is recorded (summary.json says failed) and the sweep goes
         # on; a signal stops everything.
@@ -102,6 +103,9 @@ def _train_task(cfg) -> float:
             raise SystemExit(ex.exit_code) from None
         say(str(ex))
         return float("nan")
+    finally:
+        if in_sweep():  # a job that has ended is free to evaluate, calibrate or resume while the sweep goes on
+            release_dir(out)
     return objective_value(summary, cfg.objective, ema=cfg.trainer.ema.enabled and cfg.trainer.ema.select_best)
 
 

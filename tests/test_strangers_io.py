@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import functools
 import http.server
 import io
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY, make_image_folder, position, slow_step_args, wait_for_step
+from hydra.experimental.callback import Callback
 from PIL import Image, ImageOps
 
 from mixtrain.cli import main
@@ -651,3 +653,39 @@ def test_paths_longer_than_the_os_takes_are_one_line(finished, small, tmp_path, 
         assert main(argv) == 2, argv
         assert "(File name too long): the OS limits a name to 255 bytes" in one_line(capsys.readouterr().err), argv
     assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- messages that misled (defect 12)
+
+
+def test_class_names_in_two_unicode_forms_show_their_code_points(tmp_path, capsys):
+    make_image_folder(tmp_path / "data", classes=("café", "tea"), per_class=8, splits=("train",))
+    make_image_folder(tmp_path / "data", classes=("cafe\u0301", "tea"), per_class=2, splits=("val",))
+    assert main(["train", *small_args(tmp_path / "data", f"hydra.run.dir={tmp_path / 'run'}")]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "(only in train: ['caf\\xe9']; only in val: ['cafe\\u0301']): the same names in two Unicode forms" in err
+
+
+PROBED: list = []  # what LockProbe saw
+
+
+class LockProbe(Callback):
+    """A Hydra callback: when job 1 of a sweep starts, may another process take job 0's dir?"""
+
+    def on_job_start(self, config, **kwargs) -> None:
+        if config.hydra.job.num == 1:
+            fd = os.open(Path(config.hydra.sweep.dir) / "0", os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: as another process would
+                PROBED.append("free")
+            except BlockingIOError:
+                PROBED.append("locked")
+            finally:
+                os.close(fd)
+
+
+def test_a_finished_sweep_job_is_free_before_the_sweep_ends(small, tmp_path):
+    PROBED.clear()
+    assert main(["train", "-m", *small_args(small, "optim.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                                            f"+hydra.callbacks.probe._target_={__name__}.LockProbe")]) == 0
+    assert PROBED == ["free"]  # before: locked until the whole sweep ended ("calibrate after it ends")

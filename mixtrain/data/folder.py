@@ -24,6 +24,7 @@ import contextlib
 import os
 import random
 import stat
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Set, Tuple
@@ -266,10 +267,15 @@ def check_same_classes(train: Sequence[str], val: Sequence[str]) -> None:
     if list(train) != list(val):
         only_train = sorted(set(train) - set(val))
         only_val = sorted(set(val) - set(train))
-        raise MixtrainError(
-            f"train and val class folders differ (only in train: {only_train[:5] or 'none'}; only in val: "
-            f"{only_val[:5] or 'none'}): give both splits the same class folders"
-        )
+        # The same name in two Unicode forms (NFC and NFD: folders copied from macOS) prints the same:
+        # show the code points, and say so.
+        forms = {unicodedata.normalize("NFC", n) for n in only_train} & {unicodedata.normalize("NFC", n) for n in only_val}
+        show = (lambda names: "[" + ", ".join(map(ascii, names)) + "]") if forms else str
+        fix = ("the same names in two Unicode forms (NFC and NFD): rename the folders to one form" if forms else
+               "give both splits the same class folders")
+        listed = [show(names[:5]) if names else "none" for names in (only_train, only_val)]
+        raise MixtrainError(f"train and val class folders differ (only in train: {listed[0]}; only in val: "
+                            f"{listed[1]}): {fix}")
 
 
 def train_transform(image_size: int, scale: Sequence[float], auto_augment: Optional[str] = None,
