@@ -59,8 +59,8 @@ def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False, 
             os.fsync(dir_fd)  # make the rename itself durable
         finally:
             os.close(dir_fd)
-    except OSError as ex:
-        if ex.filename is None or ex.filename == tmp:  # a full disk names the file being written
+    except OSError as ex:  # a full disk, a size limit, the dir gone: name the file being written, not its temp
+        if ex.filename is None or os.path.basename(os.fsdecode(ex.filename)).startswith(f"{TEMP_PREFIX}{path.name}."):
             ex.filename = str(path)
         raise
     finally:

@@ -196,11 +196,18 @@ def slow_step_args(cwd: Path, seconds: float, mark: Path) -> list:
             f"+model.kwargs.mark={mark}"]
 
 
+def step_begun(mark: Path):
+    """The number of the training step that has begun (``mark`` of :func:`slow_step_args`), or None before
+    the first (or while the mark is being rewritten: under torchrun every rank writes it)."""
+    text = mark.read_text().strip() if mark.exists() else ""
+    return int(text) if text.isdigit() else None
+
+
 def wait_for_step(mark: Path, proc: subprocess.Popen, timeout: float = 120.0) -> int:
     """Until a training step has begun (``mark`` of :func:`slow_step_args`); returns its number."""
     deadline = time.monotonic() + timeout
-    while not mark.exists() or not mark.read_text():
+    while (begun := step_begun(mark)) is None:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"no training step began: {proc.stderr.read() if proc.poll() is not None else ''}")
         time.sleep(0.02)
-    return int(mark.read_text())
+    return begun

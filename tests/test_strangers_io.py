@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, make_image_folder, position, slow_step_args, wait_for_step
+from helpers import TINY, make_image_folder, position, slow_step_args, step_begun, wait_for_step
 from hydra.experimental.callback import Callback
 from PIL import Image, ImageOps
 
@@ -538,10 +538,10 @@ def test_a_stop_is_honoured_after_the_step_in_progress(small, tmp_path, capsys, 
     sent = {}
 
     def stop():  # while the first step runs (its handler is set: the run is in its loop)
-        sent["begun"], sent["at"] = int(mark.read_text()), time.monotonic()
+        sent["begun"], sent["at"] = step_begun(mark), time.monotonic()
         os.kill(os.getpid(), signal.SIGTERM)
 
-    when(lambda: mark.exists() and mark.read_text(), stop)
+    when(lambda: step_begun(mark) is not None, stop)
     assert main(["train", *args]) == 143
     took = time.monotonic() - sent["at"]
     epoch, step = position(run)

@@ -269,7 +269,10 @@ def check_same_classes(train: Sequence[str], val: Sequence[str]) -> None:
         only_val = sorted(set(val) - set(train))
         # The same name in two Unicode forms (NFC and NFD: folders copied from macOS) prints the same:
         # show the code points, and say so.
-        forms = {unicodedata.normalize("NFC", n) for n in only_train} & {unicodedata.normalize("NFC", n) for n in only_val}
+        def nfc(names):
+            return {unicodedata.normalize("NFC", name) for name in names}
+
+        forms = nfc(only_train) & nfc(only_val)
         show = (lambda names: "[" + ", ".join(map(ascii, names)) + "]") if forms else str
         fix = ("the same names in two Unicode forms (NFC and NFD): rename the folders to one form" if forms else
                "give both splits the same class folders")
