@@ -25,8 +25,8 @@ from hydra.types import RunMode
 import mixtrain
 from mixtrain import layout
 from mixtrain.config import debug_enabled, to_object
-from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped, fail, say
-from mixtrain.files import release_claims
+from mixtrain.errors import EXIT_USAGE, MixtrainError, RunStopped, environment_error, fail, say
+from mixtrain.files import release_claims, release_dir
 from mixtrain.runtime import distributed
 
 # Each command imports what it runs when it runs: the registries and the training stack import
@@ -101,6 +101,9 @@ def _train_task(cfg) -> float:
             raise SystemExit(ex.exit_code) from None
         say(str(ex))
         return float("nan")
+    finally:
+        if in_sweep():  # a job that has ended is free to evaluate, calibrate or resume while the sweep goes on
+            release_dir(out)
     return objective_value(summary, cfg.objective, ema=cfg.trainer.ema.enabled and cfg.trainer.ema.select_best)
 
 
@@ -256,6 +259,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             traceback.print_exc()
         say("interrupted")
         return 128 + signal.SIGINT
+    except OSError as ex:  # a full disk, a file size limit, a path longer than the OS takes: not a bug
+        line = environment_error(ex)
+        if line is None:
+            raise
+        if debug_enabled():
+            traceback.print_exc()
+        return fail(line)
     finally:
         distributed.shutdown()
         release_claims()  # the command is over: its dirs are free (a process ending frees them anyway)

@@ -9,6 +9,7 @@ bug in mixtrain.
 """
 
 import argparse
+import errno
 import os
 import shlex
 import sys
@@ -18,7 +19,17 @@ EXIT_USAGE = 2
 
 
 class MixtrainError(Exception):
-    """Bad input: a config value, a dataset, a checkpoint. The message names the fix."""
+    """Bad input: a config value, a dataset, a checkpoint. The message names the fix.
+
+    Raised in a DataLoader worker, it comes back as ``Caught MixtrainError in DataLoader worker
+    process N. Original Traceback ...`` (torch's ExceptionWrapper): the message is read back out
+    of it, so that it is still one line.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            message = message.rstrip().rsplit(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
 
 
 class RunStopped(Exception):
@@ -27,6 +38,25 @@ class RunStopped(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# What the disk or the OS says of a path, not a bug of mixtrain's: -> what to do about it.
+ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "free space, or write elsewhere", errno.EDQUOT: "free space in your quota, or write elsewhere",
+    errno.EFBIG: "the file size limit (ulimit -f, or the filesystem's) is reached: raise it, or write elsewhere",
+    errno.EROFS: "write elsewhere", errno.ENAMETOOLONG: "the OS limits a name to 255 bytes and a path to 4096: "
+    "pick a shorter path",
+}
+
+
+def environment_error(ex: BaseException) -> Optional[str]:
+    """One line for an OSError of the environment (a full disk, a size limit, a read-only filesystem, a
+    path longer than the OS takes), naming the path and what to do; None for any other error."""
+    if not isinstance(ex, OSError) or ex.errno not in ENVIRONMENT_ERRORS:
+        return None
+    verb = "cannot use" if ex.errno == errno.ENAMETOOLONG else "cannot write"
+    where = f" {ex.filename}" if ex.filename else ""
+    return f"{verb}{where} ({ex.strerror or os.strerror(ex.errno)}): {ENVIRONMENT_ERRORS[ex.errno]}"
 
 
 def say(message: str) -> None:

@@ -42,11 +42,18 @@ def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False, 
     killed writer is an orphan, which the next write of ``path`` removes (and a claim of the dir).
     """
     path = Path(path)
-    remove_orphan_temps(path.parent, path.name)
-    fd, tmp = _locked_temp(path)
+    tmp = None
     try:
+        remove_orphan_temps(path.parent, path.name)
+        fd, tmp = _locked_temp(path)
         with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
+            kept = WriteErrors(f)
+            try:
+                write(kept)
+            except Exception:
+                if kept.error is None:
+                    raise
+                raise kept.error from None  # the disk's own words, not the library's
             f.flush()
             os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
@@ -54,14 +61,37 @@ def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False, 
             os.replace(tmp, path)
         else:
             os.link(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except OSError as ex:  # a full disk, a size limit, the dir gone: name the file being written, not its temp
+        if ex.filename is None or os.path.basename(os.fsdecode(ex.filename)).startswith(f"{TEMP_PREFIX}{path.name}."):
+            ex.filename = str(path)
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+
+
+class WriteErrors:
+    """A file that keeps the OSError of a failed write: torch.save turns "No space left on device" or
+    "File too large" into a RuntimeError of its own (``PytorchStreamWriter failed writing``, or
+    ``unexpected pos``), and the caller should still say what the disk said."""
+
+    def __init__(self, file: IO) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as ex:
+            self.error = ex
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
 
 
 def _locked_temp(path: Path):

@@ -163,3 +163,51 @@ def wait_until_inside(run: Path, proc: subprocess.Popen, epoch: int = 1, timeout
                 return
         time.sleep(0.05)
     raise AssertionError("timed out")
+
+
+SLOW_STEP_MODULE = '''"""A linear classifier whose every training step takes `seconds` (tests of stops during a slow step)."""
+import time
+from pathlib import Path
+
+from torch import nn
+
+
+class SlowStepNet(nn.Module):
+    def __init__(self, num_classes, seconds=1.0, mark=""):
+        super().__init__()
+        self.fc = nn.Linear(3, num_classes)
+        self.seconds, self.mark, self.steps = seconds, mark, 0
+
+    def forward(self, x):
+        if self.training:
+            self.steps += 1
+            if self.mark:  # the step that has just begun, for the test to time its signal
+                Path(self.mark).write_text(str(self.steps))
+            time.sleep(self.seconds)
+        return self.fc(x.mean((2, 3)))
+'''
+
+
+def slow_step_args(cwd: Path, seconds: float, mark: Path) -> list:
+    """Overrides for a model whose training steps take ``seconds`` each and which writes the number of
+    the step it begins to ``mark``; its module goes into ``cwd``, where ``python -m mixtrain`` imports it."""
+    (Path(cwd) / "slow_step.py").write_text(SLOW_STEP_MODULE)
+    return ["model=custom", "model._target_=slow_step.SlowStepNet", f"+model.kwargs.seconds={seconds}",
+            f"+model.kwargs.mark={mark}"]
+
+
+def step_begun(mark: Path):
+    """The number of the training step that has begun (``mark`` of :func:`slow_step_args`), or None before
+    the first (or while the mark is being rewritten: under torchrun every rank writes it)."""
+    text = mark.read_text().strip() if mark.exists() else ""
+    return int(text) if text.isdigit() else None
+
+
+def wait_for_step(mark: Path, proc: subprocess.Popen, timeout: float = 120.0) -> int:
+    """Until a training step has begun (``mark`` of :func:`slow_step_args`); returns its number."""
+    deadline = time.monotonic() + timeout
+    while (begun := step_begun(mark)) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no training step began: {proc.stderr.read() if proc.poll() is not None else ''}")
+        time.sleep(0.02)
+    return begun

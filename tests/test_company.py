@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SLOW, TINY, folder_args, make_config, make_image_folder, position, run_cli, start, wait_until_inside
+from helpers import (SLOW, TINY, folder_args, make_config, make_image_folder, position, run_cli, slow_step_args, start,
+                     wait_for_step, wait_until_inside)
 from PIL import Image
 
 from mixtrain.cli import main
@@ -139,16 +140,13 @@ def test_run_dirs_with_commas_and_brackets_resume(data, tmp_path):
 
 
 def test_a_second_sigterm_is_an_interruption(data, tmp_path):
-    run = tmp_path / "run"
-    # 120 steps to the epoch's end, the first sync point: the second signal comes before it.
-    proc = start([*folder_args(data), *SLOW, "trainer.batch_size=1", "trainer.checkpoint_every_steps=null",
-                  "trainer.log_every=1000", f"hydra.run.dir={run}"], tmp_path)
-    deadline = time.monotonic() + 120
-    while not (run / "summary.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
+    run, mark = tmp_path / "run", tmp_path / "step"
+    # Both signals land inside one step of 3 s: the first asks for a stop after it, the second stops at once.
+    proc = start([*folder_args(data), *SLOW, *slow_step_args(tmp_path, 3, mark), "trainer.checkpoint_every_steps=null",
+                  f"hydra.run.dir={run}"], tmp_path)
+    wait_for_step(mark, proc)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.6)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err

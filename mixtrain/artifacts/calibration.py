@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -48,14 +49,24 @@ def write_calibration(checkpoint_path: Path, temperature: Dict[str, Any]) -> Pat
 
 
 def read_calibration(checkpoint_path: Path) -> Optional[Dict[str, Any]]:
-    """The stored calibration of this checkpoint, or None (absent, or fitted on another checkpoint file)."""
+    """The stored calibration of this checkpoint, or None (absent, or fitted on another checkpoint file).
+
+    A file there that is not a calibration (cut short, edited, not UTF-8, a folder) is one line: using
+    the model without its temperature would change every probability without a word."""
     digest = None
     for path in (calibration_path(checkpoint_path), checkpoint_path.parent / LEGACY_FILE):
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
+        if not os.path.lexists(path):
             continue
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            temperature = saved["temperature"]
+            if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+                raise ValueError(f"temperature {temperature!r}")
+        except (OSError, ValueError, KeyError, TypeError) as ex:
+            first = (str(ex).strip().splitlines() or [type(ex).__name__])[0][:120]
+            raise MixtrainError(f"{path} is damaged ({first}): write it again with mixtrain eval "
+                                f"checkpoint={checkpoint_path} calibrate=true, or remove it") from None
         digest = digest or sha256_of(checkpoint_path)
-        if isinstance(saved, dict) and saved.get("checkpoint_sha256") == digest:
+        if saved.get("checkpoint_sha256") == digest:
             return saved
     return None

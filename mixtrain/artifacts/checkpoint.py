@@ -16,11 +16,11 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from mixtrain.config import asdict as config_asdict, config_from_dict
+from mixtrain.config import GROUPS, asdict as config_asdict, config_from_dict
 from mixtrain.config.trust import code_values
 from mixtrain.errors import MixtrainError
 from mixtrain.files import write_atomic
@@ -90,6 +90,9 @@ def checkpoint_path(path: str | Path, names: Sequence[str] = (LAST,)) -> Path:
     """A checkpoint file, or the first of ``names`` that a run dir holds."""
     path = Path(os.path.expanduser(str(path)))
     if path.is_dir():
+        for name in names:  # a folder (or a link to nothing) in a checkpoint's place is said, not passed over
+            if os.path.lexists(path / name) and not (path / name).is_file():
+                raise MixtrainError(f"{path / name} is not a file: move it away, or pass the checkpoint file to use")
         found = [path / name for name in names if (path / name).is_file()]
         if len(names) > 1 and not found:
             raise MixtrainError(f"{path} holds neither {' nor '.join(names)}: pass a checkpoint file or a run dir")
@@ -118,6 +121,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str
     if expected is not None and tensor_checksum({k: v for k, v in state.items() if k != "format"}) != expected:
         raise MixtrainError(f"{path} is damaged: its tensors no longer match the checksum saved with them (a bit "
                             "changed on disk or in a copy): use another copy of it, or another checkpoint")
+    problem = damage(state)
+    if problem:
+        raise MixtrainError(f"{path} is a damaged mixtrain checkpoint ({problem}): use another checkpoint of the run "
+                            "(best.pt, last.pt), or train again")
     return state
 
 
@@ -132,6 +139,46 @@ def resume_checkpoint(path: str | Path) -> Path:
                             f"an earlier checkpoint (it would replace the epochs after it); pass resume="
                             f"{ckpt.parent}, or start a new run from this one with init_from={ckpt}")
     return ckpt
+
+
+def damage(state: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with a checkpoint's contents (a file that carries the marker but was cut, edited or
+    written by something else), or None: the parts every command reads are there and of their types,
+    so no command meets the damage later as a traceback (the config itself: :func:`saved_config`)."""
+    config = state.get("config")
+    if not isinstance(config, dict) or not all(isinstance(config.get(group), dict) for group in GROUPS):
+        return "no config" if not isinstance(config, dict) else "its config lacks a group"
+    count = state.get("num_classes")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        return f"num_classes is {count!r}, not a count"
+    classes = state.get("classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) != count
+                                or not all(isinstance(c, str) for c in classes)):
+        return f"classes is not a list of {count} names"
+    for name in ("model", *(["ema"] if "ema" in state else [])):
+        weights = state.get(name)
+        if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            return f"{name} is {type(weights).__name__}, not a dict of tensors"
+    where = state.get("state")
+    if not isinstance(where, dict) or not all(isinstance(where.get(k), int) for k in ("epoch", "step")):
+        return "state (the epoch and step it was written at) is missing"
+    if not isinstance(state.get("history", []), list):
+        return "history is not a list of epoch records"
+    return None
+
+
+def saved_config(state: Dict[str, Any], path: Path, given: Collection[str] = (), commands: bool = True,
+                 fix: Optional[Callable[[Sequence[str]], str]] = None):
+    """The checkpoint's config as a validated TrainConfig, read as data (the arguments of
+    :func:`~mixtrain.config.config_from_dict`); one line naming the file if it does not validate."""
+    try:
+        return config_from_dict(state["config"], path, given, commands, fix)
+    except MixtrainError:
+        raise
+    except Exception as ex:  # OmegaConf's validation errors, a group that is not a mapping, a key missing
+        first = (str(ex).strip().splitlines() or [repr(ex)])[0][:160]
+        raise MixtrainError(f"{path} is a damaged mixtrain checkpoint (its config does not validate: {first}): use "
+                            "another checkpoint of the run (best.pt, last.pt), or train again") from None
 
 
 # --------------------------------------------------------------------------- run state
@@ -217,6 +264,7 @@ RESUME_MAY_CHANGE = {
     "dataset.train_urls", "dataset.val_urls", "dataset.info", "dataset.path", "dataset.data_files",
     # where the run's first weights were (the checkpoint holds the weights now: the file is not read again)
     "model.pretrained_path", "init_from",
+    "dataset.read_timeout",
 }
 
 
@@ -238,8 +286,8 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequ
     # checkpoint may name code (an import path) only where this run's own config names the same.
     mine = dict(code_values(config))
     same = [key for key, value in code_values(saved["config"]) if mine.get(key) == value]
-    stored = config_from_dict(saved["config"], path, same, commands=False,
-                              fix=lambda keys: f"{', '.join(keys)} with the values it names on this command line")
+    stored = saved_config(saved, path, same, commands=False,
+                          fix=lambda keys: f"{', '.join(keys)} with the values it names on this command line")
     old, new = _flatten(config_asdict(stored)), _flatten(config)
     # A changed group option (augment.name, ...) first: it explains the keys that come with it.
     for key in sorted(set(old) | set(new), key=lambda k: (not k.endswith(".name"), k)):

@@ -15,7 +15,7 @@ from torchvision.datasets.folder import find_classes
 from mixtrain import layout
 from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.calibration import read_calibration
-from mixtrain.config import TrainConfig, config_from_dict
+from mixtrain.config import TrainConfig
 from mixtrain.data import FolderConfig, eval_image_transform
 from mixtrain.data.device_loader import normalize, normalizer
 from mixtrain.data.mini import MiniConfig, mini_classes
@@ -100,7 +100,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", weights: st
     never opened."""
     ckpt = resolve_checkpoint(path).resolve()
     state = checkpoint.load(ckpt)
-    cfg = config_from_dict(state["config"], ckpt, trust, commands=False)
+    cfg = checkpoint.saved_config(state, ckpt, trust, commands=False)
     classes = state.get("classes") or saved_class_names(cfg.dataset, state["num_classes"])
     model = build_model(cfg, state, state["num_classes"], ckpt, torch.device(device), weights)
     calibration = read_calibration(ckpt)

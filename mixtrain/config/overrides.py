@@ -7,13 +7,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections import OrderedDict
 from itertools import product
 from pathlib import Path
 from typing import List
 
-from omegaconf import OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import ListConfig, OmegaConf
 
+from mixtrain.errors import MixtrainError
 from mixtrain.layout import HYDRA
 
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
@@ -58,6 +61,19 @@ def override_key(override: str) -> str:
 
 
 def saved_overrides(run_dir: Path) -> List[str]:
-    """The overrides Hydra saved for a run (``.hydra/overrides.yaml``); [] where there are none."""
+    """The overrides Hydra saved for a run (``.hydra/overrides.yaml``); [] where there are none; one
+    line for a file that is not a list of overrides Hydra parses (damaged: cut short, edited, ...)."""
     path = Path(run_dir) / HYDRA / "overrides.yaml"
-    return [str(o) for o in OmegaConf.load(path) or []] if path.is_file() else []
+    if not os.path.lexists(path):
+        return []
+    try:
+        saved = OmegaConf.load(path)  # Hydra writes a list, [] for none
+        if not isinstance(saved, ListConfig):
+            raise ValueError("not a list")
+        overrides = [str(o) for o in saved]
+        OverridesParser.create().parse_overrides(overrides)
+    except Exception as ex:  # YAML, OmegaConf and Hydra's parse errors, a folder in its place, bad UTF-8
+        first = (str(ex).strip().splitlines() or [type(ex).__name__])[0][:160]
+        raise MixtrainError(f"{path} is damaged ({first}): it lists the run's overrides as Hydra saved them; "
+                            "restore it, or start a new run") from None
+    return overrides

@@ -14,6 +14,7 @@ files.
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -26,7 +27,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from mixtrain.config.dataset import StreamedConfig
 from mixtrain.config.errors import require
-from mixtrain.data.images import UNREADABLE, load_rgb, read_bytes
+from mixtrain.data.images import UNREADABLE, load_rgb, open_regular, read_bytes
 from mixtrain.data.label_noise import corrupt_folder_labels
 from mixtrain.data.source import LoaderOptions, Split, device_split, register_source
 from mixtrain.data.streaming import CheckedItems, stream_split
@@ -141,10 +142,18 @@ def check_same_classes(train: Sequence[str], val: Sequence[str]) -> None:
     if list(train) != list(val):
         only_train = sorted(set(train) - set(val))
         only_val = sorted(set(val) - set(train))
-        raise MixtrainError(
-            f"train and val class folders differ (only in train: {only_train[:5] or 'none'}; only in val: "
-            f"{only_val[:5] or 'none'}): give both splits the same class folders"
-        )
+        # The same name in two Unicode forms (NFC and NFD: folders copied from macOS) prints the same:
+        # show the code points, and say so.
+        def nfc(names):
+            return {unicodedata.normalize("NFC", name) for name in names}
+
+        forms = nfc(only_train) & nfc(only_val)
+        show = (lambda names: "[" + ", ".join(map(ascii, names)) + "]") if forms else str
+        fix = ("the same names in two Unicode forms (NFC and NFD): rename the folders to one form" if forms else
+               "give both splits the same class folders")
+        listed = [show(names[:5]) if names else "none" for names in (only_train, only_val)]
+        raise MixtrainError(f"train and val class folders differ (only in train: {listed[0]}; only in val: "
+                            f"{listed[1]}): {fix}")
 
 
 def decode_folder(dataset: datasets.ImageFolder, image_size: int,
@@ -158,7 +167,8 @@ def decode_folder(dataset: datasets.ImageFolder, image_size: int,
     for start in range(0, len(dataset.samples), chunk):
         part = dataset.samples[start:start + chunk]
         try:  # the fast path: one batched libjpeg call (most folders of small images)
-            decoded = decode_jpeg([read_bytes(p) for p, _ in part], mode=ImageReadMode.RGB)
+            decoded = decode_jpeg([read_bytes(p) for p, _ in part], mode=ImageReadMode.RGB,
+                                  apply_exif_orientation=True)
         except (RuntimeError, OSError):  # not all JPEG, or a broken one: file by file through PIL
             decoded = []
             for path, _ in part:
@@ -209,7 +219,7 @@ def cache_hint(cfg: FolderConfig, dataset: CheckedImageFolder, checked: int = 64
     sizes = []
     for path, _ in dataset.samples[::max(1, len(dataset.samples) // checked)][:checked]:
         try:
-            with Image.open(path) as image:
+            with open_regular(path) as f, Image.open(f) as image:
                 sizes.append(image.size)
         except UNREADABLE:
             continue

@@ -5,7 +5,8 @@
 Images come from ``dataset.image_column`` (the ``Image`` feature: decoded on read, or raw bytes or
 a path), labels from ``dataset.label_column``, the class names from its ``ClassLabel`` feature.
 The samples stream as a folder's do, through the same code: transforms, per-sample seeds (so
-exact resume), workers, unreadable images counted, named and left out.
+exact resume), workers, unreadable images counted, named and left out; a label outside the classes
+(-1, Hugging Face's "no label") makes its sample unreadable too.
 """
 
 from __future__ import annotations
@@ -123,7 +124,10 @@ class HFItems(CheckedItems):
 
     def read(self, index: int) -> Tuple[Image.Image, int]:
         row = self.dataset[int(index)]
-        return as_rgb(row[self.image_column]), int(row[self.label_column])
+        label = int(row[self.label_column])
+        if not 0 <= label < len(self.classes):  # -1: Hugging Face's "no label" (a test split's)
+            raise ValueError(f"label {label} of {len(self.classes)} classes")
+        return as_rgb(row[self.image_column]), label
 
     def name(self, index: int) -> str:
         return f"{self.dataset.split or 'dataset'}[{index}]"

@@ -13,7 +13,12 @@ command prints the line).
 from __future__ import annotations
 
 import io
+import os
+import shlex
+import shutil
+import stat
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
@@ -47,8 +52,8 @@ def write_shard(path: Path, samples: Sequence[Tuple[int, str, int]]) -> None:
     write_atomic(path, write, binary=True)
 
 
-def write_split(root: Path, split: str, out: Path, per_shard: int) -> Tuple[List[str], dict]:
-    """Shards of one split; ``(classes, the split's entry of _info.json)``."""
+def write_split(root: Path, split: str, out: Path, per_shard: int, shown: Path) -> Tuple[List[str], dict]:
+    """Shards of one split into ``out`` (said as ``shown``); ``(classes, the split's entry of _info.json)``."""
     folder = open_image_folder(str(root), split, "--splits")
     samples = [(i, path, label) for i, (path, label) in enumerate(folder.samples)]
     names, lengths = [], []
@@ -57,13 +62,26 @@ def write_split(root: Path, split: str, out: Path, per_shard: int) -> Tuple[List
         write_shard(out / name, samples[start:start + per_shard])
         names.append(name)
         lengths.append(len(samples[start:start + per_shard]))
-        print(f"{out / name}: {lengths[-1]} samples", flush=True)
+        print(f"{shown / name}: {lengths[-1]} samples", flush=True)
     return list(folder.classes), {"name": split, "num_samples": len(samples), "filenames": names,
                                   "shard_lengths": lengths}
 
 
+SET_FILES = ("_info.json", "classes.json")  # with every *.tar: what a shard set is
+STAGING = ".shards-new"  # a set being written beside OUT: .<OUT>.shards-new-XXXX
+
+
+def is_set_file(name: str) -> bool:
+    return name.endswith(".tar") or name in SET_FILES
+
+
 def write_shards(root: Path, out: Path, splits: Sequence[str], per_shard: int, overwrite: bool = False) -> dict:
-    """Every split of ``root`` as shards in ``out``; returns ``_info.json``."""
+    """Every split of ``root`` as shards in ``out``; returns ``_info.json``.
+
+    The new set is written whole beside ``out`` and then swapped in for the old one, so that a write
+    that fails (a class check, a full disk, a kill) leaves the old set as it was, and a set with fewer
+    shards leaves none of the old ones behind.
+    """
     if not root.is_dir():
         raise MixtrainError(f"{root} is not a folder: give an ImageFolder root (ROOT/<split>/<class>/<image>)")
     if per_shard < 1:
@@ -73,17 +91,37 @@ def write_shards(root: Path, out: Path, splits: Sequence[str], per_shard: int, o
         raise MixtrainError(f"{out} already holds shards ({held[0]}, ...): pick another OUT, or pass --overwrite")
     if not claim_dir(out):
         raise MixtrainError(f"{out} is being written by another mixtrain process: pick another OUT")
-    info: dict = {"name": root.name, "splits": {}}
-    classes = None
-    for split in splits:
-        split_classes, entry = write_split(root, split, out, per_shard)
-        if classes is not None and split_classes != classes:
-            raise MixtrainError(f"the splits' class folders differ ({split}): give every split the same class folders")
-        classes, info["splits"][split] = split_classes, entry
-    info["classes"], info["num_classes"] = classes, len(classes)
-    write_json_atomic(out / "_info.json", info)
-    write_json_atomic(out / "classes.json", {"classes": classes})
+    for orphan in out.parent.glob(f".{out.name}{STAGING}-*"):  # a killed writer's: we hold OUT's claim
+        shutil.rmtree(orphan, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{STAGING}-", dir=out.parent))
+    try:
+        info: dict = {"name": root.name, "splits": {}}
+        classes = None
+        for split in splits:
+            split_classes, entry = write_split(root, split, staging, per_shard, shown=out)
+            if classes is not None and split_classes != classes:
+                raise MixtrainError(f"the splits' class folders differ ({split}): give every split the same class "
+                                    f"folders (nothing in {out} was changed)")
+            classes, info["splits"][split] = split_classes, entry
+        info["classes"], info["num_classes"] = classes, len(classes)
+        write_json_atomic(staging / "_info.json", info)
+        write_json_atomic(staging / "classes.json", {"classes": classes})
+        swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return info
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """``staging`` becomes ``out`` by two renames; what ``out`` held besides its shard set moves along."""
+    os.chmod(staging, stat.S_IMODE(out.stat().st_mode))  # OUT's own mode, not mkdtemp's 0700
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.shards-old-", dir=out.parent))
+    os.rename(out, old / "set")
+    os.rename(staging, out)
+    for entry in (old / "set").iterdir():
+        if not is_set_file(entry.name):
+            os.rename(entry, out / entry.name)
+    shutil.rmtree(old)
 
 
 def brace(split: dict, out: Path) -> str:
@@ -107,7 +145,8 @@ def main(args: Sequence[str]) -> int:
     splits = parsed.splits or [name for name in ("train", "val") if (root / name).is_dir()]
     info = write_shards(root, out, splits, parsed.per_shard, parsed.overwrite)
     urls = {name: brace(split, out) for name, split in info["splits"].items()}
-    # Hydra reads `{` as a dict: the URLs go in double quotes, the whole override in single quotes.
-    line = " ".join(f"'dataset.{'train' if name == 'train' else 'val'}_urls=\"{url}\"'" for name, url in urls.items())
+    # Hydra reads `{` as a dict: the URLs go in double quotes, the whole override quoted for the shell.
+    line = " ".join(shlex.quote(f'dataset.{"train" if name == "train" else "val"}_urls="{url}"')
+                    for name, url in urls.items())
     print(f"{len(info['classes'])} classes; train with: mixtrain train dataset=webdataset {line}")
     return 0

@@ -25,6 +25,9 @@ import io
 import itertools
 import json
 import re
+import tarfile
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -55,9 +58,12 @@ class WebDatasetConfig(StreamedConfig):
     train_urls: str = MISSING  # shards/train-{000000..000099}.tar
     val_urls: str = MISSING  # the validation shards, as train_urls
     info: Optional[str] = None  # _info.json or classes.json; None: beside the first train shard
+    # Seconds an http(s) shard server may send nothing before the read fails (a stalled transfer).
+    read_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.read_timeout > 0, "dataset.read_timeout", "must be > 0 seconds", self.read_timeout)
         require(self.label_noise == 0, "dataset.label_noise", "is not supported with dataset=webdataset (its labels "
                 "are read sample by sample)", self.label_noise)
 
@@ -76,9 +82,28 @@ def expand(urls: str) -> List[str]:
     return list(wds().shardlists.expand_urls(urls))
 
 
-def open_url(url: str):
-    """A readable stream of a local path or any URL WebDataset opens (http://, pipe:, ...)."""
+def open_url(url: str, timeout: float = 60.0):
+    """A readable stream of a local path or any URL WebDataset opens (http://, pipe:, ...).
+
+    http(s) is read here, with ``timeout`` seconds allowed between bytes: WebDataset's reader runs
+    ``curl`` with no time limit on a transfer that stalls (and with 30 retries that append a
+    retried transfer to the partial one)."""
+    if urllib.parse.urlparse(url).scheme in ("http", "https"):
+        return urllib.request.urlopen(url, timeout=timeout)
     return wds().gopen(url, "rb")
+
+
+def shard_error(url: str, ex: Exception, timeout: float) -> MixtrainError:
+    """One line for a shard that could not be read: stalled, damaged, or not there."""
+    first = (str(ex).strip().splitlines() or [type(ex).__name__])[0][:160]
+    if isinstance(ex, TimeoutError) or isinstance(getattr(ex, "reason", None), TimeoutError):
+        return MixtrainError(f"the shard {url} sent nothing for {timeout:g} s (dataset.read_timeout): check the "
+                             "server, or raise dataset.read_timeout")
+    if isinstance(ex, (tarfile.TarError, ValueError, EOFError, UnicodeDecodeError)):
+        return MixtrainError(f"the shard {url} is truncated or damaged ({first}): copy it again, or write the set "
+                             "again (mixtrain shards)")
+    return MixtrainError(f"cannot read the shard {url} ({first}): check the server or the file, and "
+                         "dataset.train_urls / dataset.val_urls")
 
 
 def beside(url: str, name: str) -> str:
@@ -90,7 +115,7 @@ def read_info(cfg: WebDatasetConfig, first_shard: str) -> Dict[str, Any]:
     candidates = [cfg.info] if cfg.info else [beside(first_shard, name) for name in INFO_FILES]
     for url in candidates:
         try:
-            with open_url(url) as stream:
+            with open_url(url, cfg.read_timeout) as stream:
                 info = json.loads(stream.read())
         except Exception:  # absent here: try the next name (gopen raises its own types for URLs)
             continue
@@ -111,9 +136,10 @@ class Shards:
     counts: List[int]
     classes: List[str]
     counted: bool = False  # the counts came from reading the shards (no _info.json had them)
+    read_timeout: float = 60.0  # seconds a remote shard may send nothing (dataset.read_timeout)
 
 
-def shard_members(url: str) -> List[Dict[str, Any]]:
+def shard_members(url: str, timeout: float = 60.0) -> List[Dict[str, Any]]:
     """The samples of one shard, raw: ``{"__key__": ..., "jpg": bytes, "cls": bytes, ...}``, in order.
 
     The shard is read whole (its in-shard shuffle needs every sample). Plain ustar members (what
@@ -122,7 +148,7 @@ def shard_members(url: str) -> List[Dict[str, Any]]:
     Either way WebDataset groups the files into samples.
     """
     tariterators = wds().tariterators
-    with open_url(url) as stream:
+    with open_url(url, timeout) as stream:
         data = stream.read()
     files = ustar_files(data)
     if files is None:
@@ -179,12 +205,11 @@ def open_shards(cfg: WebDatasetConfig, split: str) -> Shards:
             counts.append(int(known[name]))
             continue
         try:
-            counts.append(sum(1 for _ in shard_members(url)))
+            counts.append(sum(1 for _ in shard_members(url, cfg.read_timeout)))
         except Exception as ex:  # a missing file, a refused connection, a broken tar
-            raise MixtrainError(f"cannot read the shard {url} ({str(ex).splitlines()[0][:160]}): check "
-                                f"dataset.{split}_urls") from None
+            raise shard_error(url, ex, cfg.read_timeout) from None
         counted = True
-    return Shards(urls, counts, [str(c) for c in info["classes"]], counted)
+    return Shards(urls, counts, [str(c) for c in info["classes"]], counted, cfg.read_timeout)
 
 
 # --------------------------------------------------------------------------- the epoch's order
@@ -274,10 +299,14 @@ class ShardStream(torch.utils.data.IterableDataset):
             if skip >= count:  # a whole shard the run has seen: not even opened
                 skip -= count
                 continue
-            members = list(shard_members(self.shards.urls[shard]))
-            if len(members) != count:
-                raise MixtrainError(f"{self.shards.urls[shard]} holds {len(members)} samples but _info.json says "
-                                    f"{count}: rewrite _info.json (mixtrain shards), or drop it to count the shards")
+            url = self.shards.urls[shard]
+            try:
+                members = shard_members(url, self.shards.read_timeout)
+            except Exception as ex:  # a server gone or stalled, a truncated tar, a duplicated member
+                raise shard_error(url, ex, self.shards.read_timeout) from None
+            if len(members) != count:  # a shard cut short, or replaced: never hide it by rewriting the counts
+                raise MixtrainError(f"the shard {url} holds {len(members)} samples but _info.json says {count}: it is "
+                                    "truncated or damaged; copy it again, or write the set again (mixtrain shards)")
             order = sample_order(count, self.train, self.seed, self.epoch, shard)
             seeds = sample_seeds(count, self.seed, self.epoch, shard) if self.train else [None] * count
             for position in range(skip, count):
@@ -291,7 +320,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         for offset in range(len(order)):
             sample = members[order[(position + offset) % len(order)]]
             try:
-                image, label = read_sample(sample)
+                image, label = read_sample(sample, len(self.shards.classes))
             except UNREADABLE:
                 continue
             with seeded(seed):
@@ -303,8 +332,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         raise MixtrainError(f"no readable sample in {self.shards.urls[shard]}")
 
 
-def read_sample(sample: Dict[str, Any]) -> Tuple[Image.Image, int]:
-    """The RGB image and class index of a raw sample; one of :data:`UNREADABLE` for a broken one."""
+def read_sample(sample: Dict[str, Any], num_classes: int) -> Tuple[Image.Image, int]:
+    """The RGB image and class index of a raw sample; one of :data:`UNREADABLE` for a broken one (a class
+    index that names no class included)."""
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     key = key or next((k for k in sample if k not in ("__key__", "__url__", "cls", "json", "txt")
                        and isinstance(sample[k], bytes)), None)  # another format PIL reads (bmp, tif, ...)
@@ -315,7 +345,10 @@ def read_sample(sample: Dict[str, Any]) -> Tuple[Image.Image, int]:
     label = sample.get("cls")
     if label is None:
         raise ValueError(f"no cls member in sample {sample.get('__key__')}")
-    return to_rgb(image), int(label.decode() if isinstance(label, bytes) else label)
+    index = int(label.decode() if isinstance(label, bytes) else label)
+    if not 0 <= index < num_classes:
+        raise ValueError(f"class index {index} in sample {sample.get('__key__')}, of {num_classes} classes")
+    return to_rgb(image), index
 
 
 class ShardLoader:

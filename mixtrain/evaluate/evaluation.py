@@ -24,7 +24,7 @@ from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.calibration import claim_calibration, write_calibration
 from mixtrain.artifacts.logits import save_logits
 from mixtrain.artifacts.model import build_model, resolve_checkpoint
-from mixtrain.config import (DatasetConfig, EvalConfig, TrainConfig, config_from_dict, describe_config_error,
+from mixtrain.config import (DatasetConfig, EvalConfig, TrainConfig, describe_config_error,
                              heldout_fraction, schema_for)
 from mixtrain.config.overrides import override_key
 from mixtrain.config.trust import check_stored
@@ -192,7 +192,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
     if cfg.calibrate:  # before any work: the checkpoint's run must not be running
         claim_calibration(path)
     state = checkpoint.load(path)
-    train_cfg = config_from_dict(state["config"], path, passed_keys(dataset_keys, cfg.trust))
+    train_cfg = checkpoint.saved_config(state, path, passed_keys(dataset_keys, cfg.trust))
     dataset = eval_dataset_config(train_cfg.dataset, cfg.dataset, dataset_keys)
     if heldout_fraction(cfg.heldout) is None:
         dataset.split_name(cfg.heldout)  # a split this dataset has, before any data is read

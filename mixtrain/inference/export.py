@@ -14,6 +14,7 @@ absolute difference is printed and must be below 1e-4.
 from __future__ import annotations
 
 import io
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Dict
@@ -99,12 +100,18 @@ def export(cfg, say=print) -> Dict[str, Any]:
               "label_names": loaded.classes, "pretrained_cfg": pretrained_cfg(loaded),
               "temperature": loaded.temperature, "weights": cfg.weights, "format": cfg.format,
               "file": FILES[cfg.format], "checkpoint": str(loaded.checkpoint)}
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as ex:
         raise MixtrainError(f"cannot make out={out} ({ex.strerror}): pick another out=") from None
-    write_atomic(target, lambda f: f.write(data), binary=True)
-    write_json_atomic(out / "config.json", config)
+    try:
+        write_atomic(target, lambda f: f.write(data), binary=True)
+        write_json_atomic(out / "config.json", config)
+    except BaseException:  # a full disk, a size limit: no half an export (the model without its config)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     say(f"wrote {target} and {out / 'config.json'} (temperature {loaded.temperature:.4f})")
     return result
 

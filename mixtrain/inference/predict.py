@@ -12,6 +12,7 @@ import csv
 import glob
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,18 @@ def list_inputs(inputs: str) -> List[str]:
             raise MixtrainError(f"inputs={inputs} matches {len(matches)} folder(s) and no file: end the glob in a "
                                 "file pattern (e.g. DIR/**/*.jpg), or pass the folder itself")
         return files
+    if path.exists():  # neither a file nor a folder
+        raise MixtrainError(f"inputs={inputs} is {special_kind(path)}, not a file or a folder: pass an image, a "
+                            "folder, a glob or a text file of paths")
     raise MixtrainError(f"inputs={inputs} does not exist: pass an image, a folder, a glob or a text file of paths")
+
+
+def special_kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is, in words."""
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -96,6 +108,14 @@ def predict_batches(loaded: LoadedModel, paths: Sequence[str], batch_size: int, 
 
 
 OUT_FORMATS = (".csv", ".jsonl")
+# OWASP's CSV injection rule: a cell a spreadsheet would read as a formula starts with one of these;
+# a leading ' makes it text (https://owasp.org/www-community/attacks/CSV_Injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A text cell (a path, a class name, a reason) that a spreadsheet shows and never runs."""
+    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
 
 
 class Writer:
@@ -111,17 +131,27 @@ class Writer:
         if self.jsonl:
             self.file.write(json.dumps({"path": path, "classes": classes, "probs": probs}) + "\n")
         else:
-            self.csv.writerow([path, *[v for pair in zip(classes, (f"{p:.6f}" for p in probs)) for v in pair]])
+            self.csv.writerow([csv_text(path), *[v for pair in zip(map(csv_text, classes), (f"{p:.6f}" for p in probs))
+                                                 for v in pair]])
+
+
+def errors_file(out: Path) -> Path:
+    """Where the unreadable inputs of ``out`` are listed: ``<stem>_errors.csv`` beside it."""
+    return out.with_name(f"{out.stem}_errors.csv")
 
 
 def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse, before any work, an ``out=`` that cannot take the predictions."""
+    """Refuse, before any work, an ``out=`` that cannot take the predictions, or whose error list would
+    replace (or remove) a file already there."""
     if out.is_dir():
         raise MixtrainError(f"out={out} is a directory: name a file in it, e.g. out={out / 'preds.csv'}")
     if out.suffix.lower() not in OUT_FORMATS:
         raise MixtrainError(f"out={out} must end in .csv or .jsonl (JSON lines): pick one of those names")
     if out.exists() and not overwrite:
         raise MixtrainError(f"{out} exists: pick another out=, or pass overwrite=true")
+    if os.path.lexists(errors_file(out)) and not overwrite:
+        raise MixtrainError(f"{errors_file(out)} exists (predict lists unreadable inputs there): pick another out=, "
+                            "or pass overwrite=true")
     existing = out.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -138,7 +168,7 @@ def predict(cfg, out_stream=None) -> Dict[str, Any]:
     """
     out_stream = out_stream or sys.stdout
     out = Path(os.path.expanduser(cfg.out))
-    errors_path = out.with_name(f"{out.stem}_errors.csv")
+    errors_path = errors_file(out)
     check_out(out, cfg.overwrite)
     paths = list_inputs(cfg.inputs)
     loaded = load_model(cfg.checkpoint, resolve_device(cfg.device), cfg.weights, cfg.trust)
@@ -177,7 +207,13 @@ def predict(cfg, out_stream=None) -> Dict[str, Any]:
         raise MixtrainError(f"{out} was written by another process meanwhile: pick another out=, or pass "
                             "overwrite=true") from None
     if failed:
-        write_atomic(errors_path, lambda f: csv.writer(f).writerows([("path", "reason"), *failed]))
+        try:
+            rows = [("path", "reason"), *((csv_text(path), csv_text(reason)) for path, reason in failed)]
+            write_atomic(errors_path, lambda f: csv.writer(f).writerows(rows),
+                         overwrite=cfg.overwrite)
+        except FileExistsError:
+            raise MixtrainError(f"{errors_path} was written by another process meanwhile: the predictions are in "
+                                f"{out}; pick another out= for the list of unreadable files") from None
     else:
         errors_path.unlink(missing_ok=True)  # a list from an earlier run of this out= would be stale
     classified = len(paths) - len(failed)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mixtrain.config.overrides import override_key, sweep_jobs
 from mixtrain.config.store import flatten
@@ -43,6 +43,7 @@ class Run:
     metrics: Dict[str, float] = field(default_factory=dict)
     epochs_done: int = 0
     last_val_acc1: float = math.nan
+    notes: List[str] = field(default_factory=list)  # damaged files read around (the report says each)
 
     @property
     def seed(self) -> Any:
@@ -86,35 +87,48 @@ def read_json(path: Path) -> Optional[dict]:
     return data
 
 
-def read_metrics(path: Path) -> List[dict]:
-    """The epoch records of ``metrics.jsonl``; a line cut short by a crash is skipped."""
-    records = []
-    if path.is_file():
-        # A byte that is not UTF-8 spoils its line, not the file.
-        for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
+def read_metrics(path: Path) -> Tuple[List[dict], str]:
+    """The epoch records of ``metrics.jsonl``; a line cut short by a crash (or otherwise damaged) is
+    skipped, and the second value says how many were ("" when none, or no file)."""
+    if not os.path.lexists(path):
+        return [], ""
+    if not path.is_file():
+        return [], f"{path.name} is not a file: no epoch records read"
+    records, skipped = [], 0
+    # A byte that is not UTF-8 spoils its line, not the file.
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # not UTF-8, not JSON
+            skipped += 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            skipped += 1
+    return records, f"{path.name}: skipped {skipped} damaged line(s)" if skipped else ""
 
 
-def _hydra_config(run_dir: Path) -> Dict[str, Any]:
-    """The job's composed config from ``.hydra/config.yaml`` (resolved when it can be), or {}."""
+def _hydra_config(run_dir: Path) -> Tuple[Dict[str, Any], str]:
+    """The job's composed config from ``.hydra/config.yaml`` (resolved when it can be), or {} and what
+    was wrong with the file ("" when there is none)."""
 
     path = run_dir / HYDRA / "config.yaml"
-    if not path.is_file():
-        return {}
+    if not os.path.lexists(path):
+        return {}, ""
     try:
         cfg = OmegaConf.load(path)
-    except Exception:  # an unreadable file: the run is reported, its config unknown
-        return {}
+        if not isinstance(cfg, DictConfig) or not cfg:
+            raise ValueError("empty, or not a mapping")
+    except Exception as ex:  # an unreadable file: the run is reported, its config from summary.json if any
+        first = (str(ex).strip().splitlines() or [type(ex).__name__])[0][:120]
+        return {}, f"{HYDRA}/config.yaml is unreadable ({first})"
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        return OmegaConf.to_container(cfg, resolve=True), ""
     except Exception:  # e.g. an environment variable missing here
-        return OmegaConf.to_container(cfg, resolve=False)
+        return OmegaConf.to_container(cfg, resolve=False), ""
 
 # --------------------------------------------------------------------------- run status
 
@@ -172,7 +186,7 @@ def _status_from_summary(summary: dict, summary_path: Path, records: List[dict])
 def load_run(run_dir: Path) -> Run:
     """One run dir: its status, config and metrics, whatever state it was left in."""
     summary_path = run_dir / SUMMARY
-    records = read_metrics(run_dir / METRICS_FILE)
+    records, metrics_note = read_metrics(run_dir / METRICS_FILE)
     summary: Optional[dict] = None
     if summary_path.is_file():
         try:
@@ -181,6 +195,8 @@ def load_run(run_dir: Path) -> Run:
             status, detail = "crashed", f"summary.json is unreadable ({ex})"
         else:
             status, detail = _status_from_summary(summary, summary_path, records)
+    elif os.path.lexists(summary_path):
+        status, detail = "crashed", "summary.json is not a file"
     elif records:
         status, detail = "crashed", f"no summary.json; stopped after {len(records)} epoch(s)"
     else:
@@ -188,10 +204,17 @@ def load_run(run_dir: Path) -> Run:
 
     # Hydra's copy first: every job of a sweep has one, resolved here the same way for all of
     # them (summary.json's copy was resolved in the job's environment, e.g. its MIXTRAIN_DATA).
-    config = _hydra_config(run_dir)
-    if not config and summary and isinstance(summary.get("config"), dict):
-        config = summary["config"]
-    run = Run(run_dir, status, detail, flatten(config), epochs_done=len(records))
+    config, config_note = _hydra_config(run_dir)
+    saved = summary.get("config") if summary else None
+    if isinstance(saved, dict):
+        lacking = set(flatten(saved)) - set(flatten(config))
+        if config and lacking:  # a file cut short still parses: it lacks keys the run had
+            config_note = f"{HYDRA}/config.yaml lacks {len(lacking)} key(s) of the run's config (cut short?)"
+        if not config or lacking:
+            config = saved
+            config_note += ": the config of summary.json is used" if config_note else ""
+    run = Run(run_dir, status, detail, flatten(config), epochs_done=len(records),
+              notes=[note for note in (metrics_note, config_note) if note])
     evaluated = [r for r in records if isinstance(r.get("val_acc1"), (int, float))]
     if evaluated:
         run.last_val_acc1 = float(evaluated[-1]["val_acc1"])
@@ -199,6 +222,9 @@ def load_run(run_dir: Path) -> Run:
         epochs = summary.get("epochs")
         if isinstance(epochs, (int, float)) and math.isfinite(epochs):  # a hand-edited "three" or 1e999 is no count
             run.epochs_done = max(run.epochs_done, int(epochs))
+            if len(records) < epochs and not metrics_note:
+                run.notes.append(f"{METRICS_FILE} holds {len(records)} of the {int(epochs)} epoch(s) summary.json "
+                                 "counts")
         run.metrics = {m: float(summary[m]) for m in METRICS
                        if isinstance(summary.get(m), (int, float)) and not isinstance(summary.get(m), bool)}
     return run

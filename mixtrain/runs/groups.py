@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
@@ -22,6 +23,7 @@ from mixtrain.runs.dirs import COMPLETED, STATUSES, Run
 # objective do not change what is trained.
 NOT_GROUPED = ("seed", "resume", "objective")
 MISSING_VALUE = "-"
+UNREADABLE_LOGITS = f"{layout.LOGITS} is unreadable: left out of the pooled intervals"
 
 
 @dataclass
@@ -51,8 +53,15 @@ class Group:
 
     def pooled_intervals(self) -> Dict[str, List[float]]:
         """95% bootstrap intervals over the pooled final validation predictions of the completed
-        runs that saved them (``val_logits.pt``): images from every seed, resampled together."""
-        saved = [p for p in (load_logits(r.path / layout.LOGITS) for r in self.completed) if p is not None]
+        runs that saved them (``val_logits.pt``): images from every seed, resampled together. A file
+        that cannot be read is left out, and noted on its run."""
+        saved = []
+        for run in self.completed:
+            predictions = load_logits(run.path / layout.LOGITS)
+            if predictions is not None:
+                saved.append(predictions)
+            elif os.path.lexists(run.path / layout.LOGITS) and UNREADABLE_LOGITS not in run.notes:
+                run.notes.append(UNREADABLE_LOGITS)
         if not saved:
             return {}
         return bootstrap_intervals(torch.cat([p.logits for p in saved]), torch.cat([p.labels for p in saved]))

@@ -37,7 +37,7 @@ from mixtrain.artifacts.calibration import claim_calibration
 from mixtrain.artifacts.model import resolve_checkpoint
 from mixtrain.config import GROUPS, config_dir, debug_enabled, describe_config_error, to_object
 from mixtrain.config.overrides import hydra_args_parser, override_key, sweep_jobs
-from mixtrain.errors import MixtrainError, RunStopped, fail, say
+from mixtrain.errors import MixtrainError, RunStopped, environment_error, fail, say
 from mixtrain.evaluate.evaluation import eval_overrides
 from mixtrain.files import claim_dir, records_in
 from mixtrain.runs.claims import (check_writable, claim_run_dir, defer_job_files, remove_hydra_files,
@@ -162,6 +162,8 @@ class Guard(Callback):
 
     def on_run_end(self, config, job_return=None, **kwargs) -> None:
         error = getattr(job_return, "_return_value", None)
+        if environment_error(error):  # a full disk, a path too long: a refusal like bad input
+            error = MixtrainError(environment_error(error))
         if not isinstance(error, (MixtrainError, RunStopped)):
             return
         if debug_enabled():
@@ -194,8 +196,9 @@ def refusals():
         yield
     except MixtrainError as ex:
         raise SystemExit(fail(str(ex))) from None
-    except Exception:
-
+    except Exception as ex:
+        if environment_error(ex):  # a path longer than the OS takes, a full disk: not a bug
+            raise SystemExit(fail(environment_error(ex))) from None
         traceback.print_exc()
         raise SystemExit(1) from None
 

@@ -173,6 +173,9 @@ def report(paths: Sequence[Path], out_dir: Path, console=None, overwrite: bool =
         "runs.csv": write_runs_csv(out_dir / "runs.csv", runs, keys, roots),
         "report.png": write_plot(out_dir / "report.png", groups, keys),
     }
+    for run in runs:  # damaged files read around: said, never silently taken for data
+        for note in run.notes:
+            console.print(f"note: {_display_path(run.path, roots)}: {note}", highlight=False)
     console.print(f"{len(runs)} runs ({status_text(status_counts(runs))}) in {len(groups)} group(s); wrote "
                   + ", ".join(str(p) for p in written.values() if p is not None), highlight=False)
     return {"runs": runs, "keys": keys, "groups": groups, **written}

@@ -9,6 +9,7 @@ the Guard checks once Hydra has composed and resolved them (:func:`check_replaye
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,19 +67,30 @@ def resume_args(args: List[str], parsed) -> List[str]:
     check_option_names([(override_key(o), override_value(o)) for o in original if "." not in override_key(o)],
                        hydra_dir / "overrides.yaml")
     flags = [a for a in args if a not in parsed.overrides]
-    if (hydra_dir / "hydra.yaml").is_file():
-        saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
-        dirs = [str(s.path) for s in saved.runtime.config_sources if s.provider == "command-line"]
+    if os.path.lexists(hydra_dir / "hydra.yaml"):
+        name, dirs = saved_config_source(hydra_dir / "hydra.yaml")
         if dirs and not parsed.config_dir:
             raise MixtrainError(f"{run_dir} was trained with the configs of {dirs[0]} (-cd), which may name code: "
                                 f"pass -cd {dirs[0]} to continue it, if you trust them")
-        name = saved.job.config_name  # a name, looked up where Hydra looks (conf/, the -cd given)
+        # a name, looked up where Hydra looks (conf/, the -cd given)
         if name and not parsed.config_name and not Path(str(name)).is_absolute() and ".." not in Path(str(name)).parts:
             flags += ["--config-name", str(name)]
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     REPLAYED = Replayed(hydra_dir / "overrides.yaml", original, [override_key(o) for o in rest])
     return [*flags, *original, *rest, f"resume={quote(ckpt)}", f"hydra.run.dir={quote(run_dir)}",
             f"hydra.output_subdir=.hydra/resume-{stamp}"]
+
+
+def saved_config_source(path: Path):
+    """``(config name, [config dirs from the command line])`` of a run, from Hydra's ``hydra.yaml``."""
+    try:
+        saved = OmegaConf.load(path).hydra
+        return str(saved.job.config_name), [str(s.path) for s in saved.runtime.config_sources
+                                             if s.provider == "command-line"]
+    except Exception as ex:  # cut short, edited, bad UTF-8, a folder in its place: OmegaConf and YAML errors
+        first = (str(ex).strip().splitlines() or [type(ex).__name__])[0][:160]
+        raise MixtrainError(f"{path} is damaged ({first}): it names the run's config; restore it, or pass the "
+                            "run's -cn NAME (and -cd DIR) with resume=") from None
 
 
 def check_replayed(job, choices) -> None:

@@ -149,6 +149,27 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+class StopVote:
+    """Whether any rank was asked to stop, the same answer on every rank, asked every step without
+    reading the device: each step's flag goes to a CPU (gloo) all-reduce whose result is read one step
+    later, so every rank stops at the same step (with one process: the flag itself, at once)."""
+
+    def __init__(self) -> None:
+        self.group = dist.new_group(backend="gloo") if _context.enabled else None
+        self.flag, self.pending = torch.zeros(1, dtype=torch.int32), None
+
+    def __call__(self, asked: bool) -> bool:
+        if self.group is None:
+            return asked
+        agreed = False
+        if self.pending is not None:
+            self.pending.wait()  # the previous step's vote: long done unless a rank is a step behind
+            agreed = bool(self.flag.item())
+        self.flag = torch.tensor([int(asked)], dtype=torch.int32)
+        self.pending = dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        return agreed
+
+
 def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
     """DistributedDataParallel (and SyncBatchNorm if asked) when running under torchrun."""
     if not _context.enabled:

@@ -5,10 +5,14 @@
   which checks its gradients itself), so the host can queue steps ahead of a GPU.
 - :class:`Trainer` runs steps and calls its parts (:mod:`mixtrain.train.parts`) at named moments:
   ``epoch_start``, ``step_end`` after every step (device work only: EMA), ``sync`` at each sync point (every
-  ``trainer.log_every`` and ``checkpoint_every_steps`` steps and at the epoch's end: the only
-  place the host reads device values: NaN policy, stop signals, progress, step
-  checkpoints), ``epoch_end`` (evaluation fills the epoch's record), ``eval_end`` (the record
-  is final: checkpoints, logging) and ``stop`` (the run ends, however it ends).
+  ``trainer.log_every`` and ``checkpoint_every_steps`` steps, at the epoch's end, and after the step
+  in progress when a stop is asked: the only place the host reads device values: NaN policy, stop
+  signals, progress, step checkpoints), ``epoch_end`` (evaluation fills the epoch's record),
+  ``eval_end`` (the record is final: checkpoints, logging) and ``stop`` (the run ends, however it ends).
+
+A stop request (a signal) is a host flag, looked at after every step without reading the device:
+a stop is honoured within one step (two under torchrun, whose ranks agree on the step by a CPU
+vote), plus the checkpoint it writes, however long a step takes.
 """
 
 from __future__ import annotations
@@ -209,6 +213,9 @@ class Trainer:
     history: List[Dict[str, Any]] = field(default_factory=list)
     parts: List[Part] = field(default_factory=list)
     stop_requested: Callable[[], bool] = lambda: False
+    # Whether to stop after this step, the same on every rank, from this rank's stop_requested()
+    # (mixtrain.runtime.distributed.StopVote); one process: the flag itself.
+    stop_vote: Callable[[bool], bool] = lambda asked: asked
     startup_time: Optional[float] = None  # seconds from this job's start to its first batch (runtime/clock.py)
     startup_reported: bool = False
     done: bool = False  # a part may end the run after the epoch it is in (debug=overfit: the batches are fit)
@@ -259,7 +266,8 @@ class Trainer:
             state.step, state.global_step, images = step + 1, state.global_step + 1, images + y.shape[0]
             self.schedule.step_update(state.global_step)
             self.call("step_end", out)
-            if self.sync_due(step + 1) and step + 1 < steps:
+            stop = self.stop_vote(self.stop_requested())  # a host flag: no device read
+            if (stop or self.sync_due(step + 1)) and step + 1 < steps:
                 self.sync(tally, steps)
         stats = self.sync(tally, steps)
         seconds, seen = time.perf_counter() - self.t_epoch, stats["seen"]

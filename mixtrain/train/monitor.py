@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -36,6 +37,19 @@ TRAIN_ACC_NOTE = ("* train acc: top-1 against the dominant label of each (mixed,
                   "ECE T: val ECE after temperature scaling, T fitted on the other half of val")
 
 
+def _quiet_tensorboard_disk_errors(args) -> None:
+    """TensorBoard writes its events from a thread of its own: an OSError there (a full disk, the run dir
+    removed) reaches the run on its next write to TensorBoard, which says it in one line; the thread's
+    own traceback would only repeat it."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+        return
+    _excepthook(args)
+
+
+_excepthook = threading.excepthook
+threading.excepthook = _quiet_tensorboard_disk_errors
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one line and fsync it: a crash can lose the line being written, never earlier ones."""
     with open_append(path) as f:
@@ -44,20 +58,31 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def reconcile_metrics(path: Path, history: list) -> None:
-    """Make ``metrics.jsonl`` hold exactly the epochs of a checkpoint being resumed.
+def reconcile_metrics(path: Path, history: list) -> Optional[str]:
+    """Make ``metrics.jsonl`` hold exactly the epochs of a checkpoint being resumed; return what was
+    done, in words (None when the file already held them).
 
-    Lines of epochs the checkpoint has not reached (a crashed attempt, or an older
-    checkpoint) are set aside in ``metrics.jsonl.replaced-<time>``, never deleted; lines
-    the checkpoint has but the file lacks (a crash between the two writes) are added.
+    Lines the checkpoint has but the file lacks (a crash between the two writes) are added. A file
+    that holds anything else (epochs the checkpoint has not reached: a crashed attempt, or an older
+    checkpoint; a damaged line; a folder in its place) is set aside whole as
+    ``metrics.jsonl.replaced-<time>``, never deleted, and the file is written from the checkpoint.
     """
-    lines = path.read_text().splitlines() if path.exists() else []
     wanted = [json.dumps(record) for record in history]
+    if not os.path.lexists(path):
+        lines = []
+    elif path.is_file():
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    else:
+        lines = None  # a folder, ...: set aside
     if lines == wanted:
-        return
-    if len(lines) > len(history):
-        path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}").write_text("\n".join(lines) + "\n")
+        return None
+    note = f"{path.name} lacked {len(wanted) - len(lines or [])} epoch(s) of the checkpoint: added"
+    if lines is None or lines != wanted[:len(lines)]:
+        aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.rename(path, aside)
+        note = f"{path.name} did not match the checkpoint's {len(wanted)} epoch(s): set aside as {aside.name}"
     write_text_atomic(path, "".join(line + "\n" for line in wanted))
+    return note
 
 
 def _fmt(value, fmt: str) -> str:
@@ -172,9 +197,17 @@ class RunMonitor:
             self.writer.add_hparams(params, metrics, run_name=".")
 
     def close(self) -> None:
+        """Flush and close what the run writes; a dir that a full disk or a removal has taken leaves them
+        unwritten (the run's end was said already)."""
         self.stop_progress()
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError:
+                pass
         if self.log is not None:
-            self.log.file.close()
+            try:
+                self.log.file.close()
+            except OSError:
+                pass
             self.log = None

@@ -37,7 +37,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopRequest:
-    """SIGINT, SIGTERM and SIGHUP ask the run to stop at the next sync point, with a checkpoint.
+    """SIGINT, SIGTERM and SIGHUP ask the run to stop after the step in progress, with a checkpoint
+    (the handler only sets a flag, which the trainer looks at after every step).
 
     A second signal stops at once, as an interruption (exit 128 + signal, ``interrupted``), without
     a new checkpoint. Handlers can only be set from the main thread; elsewhere (e.g. a launcher's
@@ -71,7 +72,8 @@ class StopRequest:
 
 
 class StopOnSignal(Part):
-    """A signal on any rank: every rank stops at the same sync point, after a checkpoint."""
+    """A signal on any rank: every rank stops at the same sync point (the trainer makes one after the
+    step in progress), after a checkpoint."""
 
     name = "stop"
 

@@ -38,6 +38,7 @@ from mixtrain.models import create_model
 from mixtrain.runtime import clock, distributed
 from mixtrain.runtime.precision import resolve_device, resolve_precision
 from mixtrain.train.debug import debug_mode
+from mixtrain.train.endings import disk_fix, ending
 from mixtrain.train.engine import Step, Trainer
 from mixtrain.train.freeze import Freeze
 from mixtrain.train.monitor import RunMonitor, reconcile_metrics
@@ -154,6 +155,7 @@ class Training:
                                   exclude_buffers=True)
         self.config = asdict(cfg)
         self.state, self.history, self.resume_note, self.wall_before = TrainState(), [], None, 0.0
+        self.metrics_note: Optional[str] = None  # what resuming did to metrics.jsonl
         saved_parts: Dict[str, Dict[str, Any]] = {}
         if saved is not None:
             self.resume_note = checkpoint.check_resumable(saved, self.config, self.data.classes, Path(cfg.resume),
@@ -163,7 +165,7 @@ class Training:
             saved_parts = checkpoint.part_states(saved)
             self.wall_before = self.state.wall_time
             if ctx.is_main:
-                reconcile_metrics(run_dir / layout.METRICS, self.history)
+                self.metrics_note = reconcile_metrics(run_dir / layout.METRICS, self.history)
             if self.resume_note:
                 lr_next = self.scheduler.lr_at(self.state.epoch, self.state.global_step)
                 self.resume_note += f"; here: lr {self.scheduler.lr():.4g} -> {lr_next:.4g}"
@@ -230,11 +232,9 @@ class Training:
                 checkpoint.save_atomic(checkpoint.snapshot(self.stateful(), self.config, self.data.classes,
                                                            self.state, self.history, ranks, parts,
                                                            self.data.train.num_samples, self.loader_order()), path)
-            except OSError as ex:  # a full disk, a dir made read-only under the run, ...
-                kept = f"; continue from the last one with {resume_command(self.run_dir)}" \
-                    if (self.run_dir / layout.LAST).is_file() else ""
-                raise RunStopped(f"cannot write the checkpoint {path} ({ex.strerror or ex}): free space or fix the "
-                                 f"dir's permissions{kept}") from None
+            except OSError as ex:  # a full disk, a file size limit, a dir made read-only or removed under the run
+                raise RunStopped(f"cannot write the checkpoint {path} ({ex.strerror or ex}): "
+                                 f"{disk_fix(ex, self.run_dir)}") from None
 
     def option(self, group: str) -> str:
         """How the run names a group's option: the option's own name (a user's ``dataset=photos``),
@@ -288,6 +288,8 @@ class Training:
             monitor.info(f"resumed from {cfg.resume} at epoch {self.state.epoch} step {self.state.step}")
             if self.resume_note:
                 monitor.info(self.resume_note)
+            if self.metrics_note:
+                monitor.info(self.metrics_note)
         elif monitor.enabled and self.mixer.active(0) and method_of(cfg.augment).previewable:
             monitor.image("mixing/batch", mixed_batch_grid(data.train, data.classes, cfg.augment, cfg.dataset,
                                                            cfg.trainer.epochs, cfg.seed))
@@ -334,7 +336,8 @@ class Training:
         return Trainer(self.train_model, self.data.train, self.step, self.scheduler, self.state,
                        self.debug.epochs(cfg.epochs), self.device,
                        self.schedule_metric[0] if self.schedule_metric else None, cfg.log_every,
-                       cfg.checkpoint_every_steps, self.ctx.world_size, self.history, self.parts, self.stop)
+                       cfg.checkpoint_every_steps, self.ctx.world_size, self.history, self.parts, self.stop,
+                       distributed.StopVote())
 
     def train(self) -> Dict[str, Any]:
         monitor = self.monitor
@@ -343,20 +346,16 @@ class Training:
         try:
             with self.stop:
                 self.trainer().fit()
-        except RunStopped as ex:
-            self.write_status(layout.INTERRUPTED if ex.exit_code > 128 else layout.FAILED, error=str(ex))
-            monitor.close()
-            raise
-        except OSError as ex:  # the disk under the run: full, gone read-only, unmounted
-            stopped = RunStopped(f"I/O error on {ex.filename or self.run_dir} ({ex.strerror or ex}): free space or "
-                                 f"fix the dir, then continue with {resume_command(self.run_dir)}")
-            self.write_status(layout.FAILED, error=str(stopped))
-            monitor.close()
-            raise stopped from None
         except BaseException as ex:
-            self.write_status(layout.FAILED, error=f"{type(ex).__name__}: {ex}"[:500])
+            said = ending(ex, self.run_dir)  # a full disk, a worker killed, ...: one line that says so
+            stopped = isinstance(said, RunStopped) and said.exit_code > 128
+            known = isinstance(said, (RunStopped, MixtrainError))
+            self.write_status(layout.INTERRUPTED if stopped else layout.FAILED,
+                              error=str(said) if known else f"{type(ex).__name__}: {ex}"[:500])
             monitor.close()
-            raise
+            if said is ex:
+                raise
+            raise said from None
         digests = distributed.gather_objects(distributed.weights_digest(self.model))
         summary = {"status": layout.COMPLETED, **self.summary(), "world_size": self.ctx.world_size,
                    "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "pid": os.getpid(),
