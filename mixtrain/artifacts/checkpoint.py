@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from omegaconf import MISSING
 
-from mixtrain.config import GROUPS, asdict as config_asdict, config_from_dict
+from mixtrain.config import GROUPS, TrainConfig, asdict as config_asdict, config_from_dict
 from mixtrain.config.trust import code_values
 from mixtrain.errors import MixtrainError
 from mixtrain.files import write_atomic
@@ -141,13 +142,22 @@ def resume_checkpoint(path: str | Path) -> Path:
     return ckpt
 
 
+# The groups a run's config always holds (a schema's MISSING: the run must choose them).
+REQUIRED_GROUPS = tuple(f.name for f in fields(TrainConfig) if f.name in GROUPS and f.default is MISSING)
+
+
 def damage(state: Dict[str, Any]) -> Optional[str]:
     """What is wrong with a checkpoint's contents (a file that carries the marker but was cut, edited or
     written by something else), or None: the parts every command reads are there and of their types,
     so no command meets the damage later as a traceback (the config itself: :func:`saved_config`)."""
     config = state.get("config")
-    if not isinstance(config, dict) or not all(isinstance(config.get(group), dict) for group in GROUPS):
-        return "no config" if not isinstance(config, dict) else "its config lacks a group"
+    if not isinstance(config, dict):
+        return "no config"
+    # Every group a run must choose is a mapping; one it may leave out (debug) is a mapping or null.
+    for group in GROUPS:
+        value = config.get(group)
+        if not isinstance(value, dict) and not (value is None and group not in REQUIRED_GROUPS):
+            return f"its config lacks the {group} group"
     count = state.get("num_classes")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         return f"num_classes is {count!r}, not a count"
