@@ -1,5 +1,5 @@
-"""The registries: every kind of option of the ``dataset``, ``model``, ``augment``, ``optim`` and
-``sched`` groups, one entry each, registered by the module that implements it.
+"""The registries: every kind of option of the ``dataset``, ``model``, ``augment``, ``optim``,
+``sched`` and ``logger`` groups, one entry each, registered by the module that implements it.
 
 An entry has a ``name`` (its schema in Hydra's ConfigStore: ``/schema/augment/fmix``, what a YAML
 option starts from) and a ``schema`` (its config dataclass); each group's entries add what that
@@ -10,8 +10,8 @@ ConfigStore. Everything that lists or dispatches on options (the ConfigStore, th
 kind is its module, its YAML and its tests.
 
 This module sits at the bottom of the package (it imports no other part of mixtrain); the packages
-that register (``mixtrain.data``, ``mixtrain.models``, ``mixtrain.mixing`` and the optim and sched
-schemas) import it, and what reads it runs after they were imported.
+that register (``mixtrain.data``, ``mixtrain.models``, ``mixtrain.mixing``, ``mixtrain.loggers`` and
+the optim and sched schemas) import it, and what reads it runs after they were imported.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ from typing import Any, Dict, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 
-GROUPS = ("dataset", "model", "augment", "optim", "sched")
+GROUPS = ("dataset", "model", "augment", "optim", "sched")  # one option each
+# Groups that take a list of options (``logger=[tensorboard,mlflow]``): the config holds one node per
+# option chosen, under its name (``logger.mlflow.*``).
+LIST_GROUPS = ("logger",)
 
-REGISTRY: Dict[str, Dict[str, "Entry"]] = {group: {} for group in GROUPS}
+REGISTRY: Dict[str, Dict[str, "Entry"]] = {group: {} for group in (*GROUPS, *LIST_GROUPS)}
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,15 @@ live with their registry entries (``mixtrain/data``, ``mixtrain/models``, ``mixt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mixtrain.config.augment import AugmentConfig
 from mixtrain.config.errors import at_least, choice, require, valid_device, valid_seed
-from mixtrain.config.registry import Entry, check_run, register
+from mixtrain.config.registry import Entry, check_run, entry_of, option_names, register, saved_entry
+from mixtrain.errors import MixtrainError
 from mixtrain.layout import OBJECTIVES
 
 # --------------------------------------------------------------------------- optim
@@ -222,6 +224,9 @@ class TrainConfig:
     augment: Any = MISSING  # the mixing group: augment=<option>, then augment.* keys
     optim: Any = MISSING  # the optimizer group: optim=<option>
     sched: Any = MISSING  # the schedule group: sched=<option>
+    # The logger group, a list: logger=[tensorboard,mlflow], logger=wandb, logger=[]; each one's keys
+    # under logger.<name>.* (mixtrain/loggers/)
+    logger: Dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # loop, device, precision, checkpoints: trainer.* keys
     seed: int = 0  # seeds weights, data order, augmentation and mixing (0 <= seed < 2**32)
     resume: Optional[str] = None  # a checkpoint file or a run dir to continue
@@ -237,7 +242,25 @@ class TrainConfig:
                     f"must be <= trainer.epochs ({self.trainer.epochs})", self.augment.disable_epochs)
         require(self.sched.warmup_epochs < self.trainer.epochs or self.sched.warmup_epochs == 0,
                 "sched.warmup_epochs", f"must be < trainer.epochs ({self.trainer.epochs})", self.sched.warmup_epochs)
+        self.logger = {key: typed_logger(key, node) for key, node in self.logger.items()}
         check_run(self)  # each option's own checks against the whole run (its registry entry)
+
+
+def typed_logger(key: str, node: Any) -> Any:
+    """A ``logger.<key>`` node as its kind's schema. A node without one (``+logger.mine._target_=...``,
+    a YAML option that does not start from a schema) is read as the kind that owns its ``name``,
+    else the one whose keys it has (a class of your own: ``_target_`` and ``kwargs``)."""
+    if entry_of("logger", node) is not None:
+        return node
+    entry = saved_entry("logger", node) if isinstance(node, dict) and node else None
+    if entry is None:
+        raise MixtrainError(f"logger.{key} is not a logger: choose from {', '.join(option_names('logger'))}, or name "
+                            f"a class of your own with logger.{key}._target_=my_pkg.trackers.MyLogger (its arguments "
+                            f"under logger.{key}.kwargs)")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(entry.schema), node))
+    except OmegaConfBaseException as ex:
+        raise MixtrainError(f"logger.{key}.{ex.full_key or ''}: {str(ex.msg).splitlines()[0]}") from None
 
 
 # --------------------------------------------------------------------------- registry

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from mixtrain.config.commands import EvalConfig, ExportConfig, PredictConfig
 from mixtrain.config.errors import to_object
-from mixtrain.config.registry import GROUPS, option_names, saved_entry
+from mixtrain.config.registry import GROUPS, LIST_GROUPS, option_names, saved_entry
 from mixtrain.config.schemas import TrainConfig
 from mixtrain.errors import MixtrainError
 
@@ -59,7 +59,10 @@ def config_from_dict(saved: Dict[str, Any]) -> "TrainConfig":
         fields = {f.name for f in dataclasses.fields(schema)}
         values = {k: v for k, v in saved[group].items() if k != TARGET or k in fields}
         nodes[group] = OmegaConf.merge(OmegaConf.structured(schema), values)
-    top = OmegaConf.merge(OmegaConf.structured(TrainConfig), {k: v for k, v in saved.items() if k not in GROUPS})
+    # A saved config's loggers are not read back: they never change what the run means, and one of a
+    # user's own names code (`_target_`) that a checkpoint must not make anyone import.
+    top = OmegaConf.merge(OmegaConf.structured(TrainConfig),
+                          {k: v for k, v in saved.items() if k not in (*GROUPS, *LIST_GROUPS)})
     for group, node in nodes.items():
         top[group] = node
     return to_object(top)

@@ -43,6 +43,7 @@ class Run:
     metrics: Dict[str, float] = field(default_factory=dict)
     epochs_done: int = 0
     last_val_acc1: float = math.nan
+    loggers: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # summary.json's: where each logger logged
 
     @property
     def seed(self) -> Any:
@@ -201,6 +202,9 @@ def load_run(run_dir: Path) -> Run:
             run.epochs_done = max(run.epochs_done, int(epochs))
         run.metrics = {m: float(summary[m]) for m in METRICS
                        if isinstance(summary.get(m), (int, float)) and not isinstance(summary.get(m), bool)}
+        loggers = summary.get("loggers")
+        if isinstance(loggers, dict):
+            run.loggers = {k: v for k, v in loggers.items() if isinstance(v, dict)}
     return run
 
 # --------------------------------------------------------------------------- jobs of a sweep that never started

@@ -23,11 +23,11 @@ from mixtrain import layout
 from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.checkpoint import TrainState
 from mixtrain.config import MixConfig, TrainConfig, asdict
-from mixtrain.config.overrides import override_key, saved_overrides
-from mixtrain.config.store import flatten
+from mixtrain.config.overrides import saved_overrides
 from mixtrain.data import Data, build_data
 from mixtrain.errors import MixtrainError, RunStopped, resume_command
 from mixtrain.files import write_json_atomic
+from mixtrain.loggers import FAILED, FINISHED, KILLED, RunInfo, create_loggers, sweep_of
 from mixtrain.mixing import create_mixer, method_of, target_entropy
 from mixtrain.mixing.losses import create_loss
 from mixtrain.mixing.preview import mixed_batch_grid
@@ -38,6 +38,7 @@ from mixtrain.train.engine import Step, Trainer
 from mixtrain.train.monitor import RunMonitor, reconcile_metrics
 from mixtrain.train.optim import create_optimizer, create_scheduler, scaled_lr
 from mixtrain.train.parts import Checkpoints, Ema, Evaluation, NanPolicy, Records, StopOnSignal, StopRequest
+from mixtrain.train.tracking import Loggers
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -68,11 +69,15 @@ class Training:
                                 f"({trainer.eval_batch_size}) are global batches and must divide evenly over "
                                 f"{ctx.world_size} processes")
         saved = checkpoint.load(cfg.resume) if cfg.resume else None
-        problem = None
+        problem, loggers = None, {}
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             if saved is None and holds_run(run_dir):
                 problem = f"{run_dir} already holds a run: pick another hydra.run.dir, or continue it with {resume_command(run_dir)}"
+            try:
+                loggers = create_loggers(cfg.logger)  # only rank 0 logs
+            except MixtrainError as ex:
+                problem = problem or str(ex)
         problem = distributed.broadcast_object(problem)  # every rank stops with the same line
         if problem:
             raise MixtrainError(problem)
@@ -116,9 +121,8 @@ class Training:
         self.train_model = distributed.wrap_model(self.model, self.device, trainer.sync_bn)
         if trainer.compile:
             self.train_model = torch.compile(self.train_model)
-        # On resume, TensorBoard hides what a crashed attempt logged after the checkpoint.
-        self.monitor = monitor or RunMonitor(run_dir, enabled=ctx.is_main,
-                                             purge_step=self.state.global_step if saved is not None else None)
+        self.monitor = monitor or RunMonitor(run_dir, enabled=ctx.is_main)
+        self.loggers = Loggers(loggers, self.monitor)
         if self.ema is not None:
             self.monitor.optional_columns.add("ema_val_acc1")
         self.resumed = saved is not None
@@ -156,7 +160,7 @@ class Training:
         if self.ctx.is_main:
             write_summary(self.run_dir / layout.SUMMARY, {
                 "status": status, **self.summary(), **fields, "pid": os.getpid(), "host": socket.gethostname(),
-                "world_size": self.ctx.world_size, "config": self.config})
+                "world_size": self.ctx.world_size, "loggers": self.loggers.where(), "config": self.config})
 
     def save(self, name: str) -> None:
         """A checkpoint (every rank takes part: each one's RNG state goes in it; rank 0 writes)."""
@@ -213,9 +217,9 @@ class Training:
             monitor.info(f"resumed from {cfg.resume} at epoch {self.state.epoch} step {self.state.step}")
             if self.resume_note:
                 monitor.info(self.resume_note)
-        elif monitor.enabled and self.mixer.active(0) and method_of(cfg.augment).previewable:
-            monitor.image("mixing/batch", mixed_batch_grid(data.train, data.classes, cfg.augment, cfg.dataset,
-                                                           cfg.trainer.epochs, cfg.seed))
+        elif self.loggers.wants_images and self.mixer.active(0) and method_of(cfg.augment).previewable:
+            self.loggers.image("mixing/batch", mixed_batch_grid(data.train, data.classes, cfg.augment, cfg.dataset,
+                                                                cfg.trainer.epochs, cfg.seed))
 
     def warn_stacked_smoothing(self) -> None:
         """Mixing and label smoothing together soften the targets twice; with alpha above 0.5 this
@@ -247,8 +251,9 @@ class Training:
         if self.ema is not None:
             parts.append(Ema(self.ema, self.model, trainer.ema.every))
         evaluation = Evaluation(self.model, self.ema.module if self.ema is not None else None, self.data.val,
-                                self.precision, self.run_dir, self.monitor, trainer.epochs, trainer.eval_every)
-        return [*parts, evaluation, self.checkpoints, Records(self.monitor, trainer.batch_size, self.report)]
+                                self.precision, self.run_dir, self.loggers, trainer.epochs, trainer.eval_every)
+        return [*parts, evaluation, self.checkpoints, Records(self.monitor, trainer.batch_size, self.report),
+                self.loggers]
 
     def report(self) -> None:
         """At each epoch's end: unreadable files (once), and summary.json saying running."""
@@ -261,34 +266,46 @@ class Training:
                        self.device, self.cfg.sched.step_on, cfg.log_every, cfg.checkpoint_every_steps,
                        self.ctx.world_size, self.history, self.parts, self.stop)
 
+    def run_info(self) -> RunInfo:
+        """What the loggers are told of this run when they start."""
+        return RunInfo(self.run_dir, self.config, saved_overrides(self.run_dir), sweep_of(self.run_dir),
+                       list(self.history), self.state.global_step, self.resumed)
+
+    def end(self, status: str, tracker_status: str, **fields: Any) -> None:
+        """A run that did not complete: summary.json says how, the loggers hear it, the monitor closes."""
+        self.write_status(status, **fields)
+        self.loggers.finish(tracker_status, {"status": status, **self.summary(), **fields}, self.run_dir)
+        self.monitor.close()
+
     def train(self) -> Dict[str, Any]:
         monitor = self.monitor
+        self.loggers.start(self.run_info())
         self.introduce()
+        self.loggers.announce()
         self.write_status(layout.RUNNING)
         try:
             with self.stop:
                 self.trainer().fit()
         except RunStopped as ex:
-            self.write_status(layout.INTERRUPTED if ex.exit_code > 128 else layout.FAILED, error=str(ex))
-            monitor.close()
+            signalled = ex.exit_code > 128
+            self.end(layout.INTERRUPTED if signalled else layout.FAILED, KILLED if signalled else FAILED,
+                     error=str(ex))
             raise
         except OSError as ex:  # the disk under the run: full, gone read-only, unmounted
             stopped = RunStopped(f"I/O error on {ex.filename or self.run_dir} ({ex.strerror or ex}): free space or "
                                  f"fix the dir, then continue with {resume_command(self.run_dir)}")
-            self.write_status(layout.FAILED, error=str(stopped))
-            monitor.close()
+            self.end(layout.FAILED, FAILED, error=str(stopped))
             raise stopped from None
         except BaseException as ex:
-            self.write_status(layout.FAILED, error=f"{type(ex).__name__}: {ex}"[:500])
-            monitor.close()
+            self.end(layout.FAILED, KILLED if isinstance(ex, KeyboardInterrupt) else FAILED,
+                     error=f"{type(ex).__name__}: {ex}"[:500])
             raise
         digests = distributed.gather_objects(distributed.weights_digest(self.model))
         summary = {"status": layout.COMPLETED, **self.summary(), "world_size": self.ctx.world_size,
-                   "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "config": self.config}
+                   "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0],
+                   "loggers": self.loggers.where(), "config": self.config}
         if self.ctx.is_main:
             write_summary(self.run_dir / layout.SUMMARY, summary)
-        monitor.hparams(hparams(self.config, self.run_dir), {f"hparam/{k}": summary[k] for k in layout.OBJECTIVES
-                                                             if isinstance(summary.get(k), float)})
         if not summary["ranks_in_sync"]:
             monitor.warn_once("sync", f"the ranks' final weights differ: {digests}")
         ema = f", EMA {summary['final_ema_val_acc1']:.2f}" if self.ema is not None else ""
@@ -297,6 +314,7 @@ class Training:
             f"{summary['final_val_acc1']:.2f}{ema}, ECE {summary['final_val_ece']:.4f}, NLL "
             f"{summary['final_val_nll']:.4f} in {summary['wall_time_s']:.0f}s | {self.run_dir / layout.SUMMARY}"
         )
+        self.loggers.finish(FINISHED, summary, self.run_dir)
         monitor.close()
         distributed.barrier()  # no rank leaves before rank 0 has written the run's files
         return summary
@@ -312,22 +330,6 @@ def write_summary(path: Path, summary: Dict[str, Any]) -> None:
             path.write_text(json.dumps(summary, indent=2))
         except OSError:
             pass
-
-
-# What TensorBoard's HParams tab shows of every run, beside each key set on its command line.
-HPARAMS = ("dataset.name", "model.name", "augment.name", "augment.alpha", "augment.mode", "optim.name", "optim.lr",
-           "sched.name", "trainer.epochs", "trainer.batch_size", "seed")
-
-
-def hparams(config: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
-    """The run's hyperparameters for TensorBoard: :data:`HPARAMS` and the keys of its overrides
-    (``.hydra/overrides.yaml``: a sweep's swept keys), as numbers, strings or booleans."""
-    flat = flatten(config)
-    keys = list(HPARAMS)
-    for key in map(override_key, saved_overrides(run_dir)):
-        if key in flat and key not in keys:
-            keys.append(key)
-    return {k: flat[k] if isinstance(flat[k], (bool, int, float, str)) else str(flat[k]) for k in keys if k in flat}
 
 
 def summarize(history: List[dict], best_epoch: int, nan_skips: int, wall_time: float, data: Data,
