@@ -172,7 +172,7 @@ RESUME_MAY_CHANGE = {
 }
 
 
-# Groups whose every key may differ: where the run logs to (a saved config's loggers are not read back).
+# Groups whose every key may differ: where the run logs to (logger=..., added or dropped on resume).
 RESUME_MAY_CHANGE_GROUPS = ("logger.",)
 
 

@@ -83,6 +83,13 @@ def saved_entry(group: str, saved: Dict[str, Any]) -> Optional[Entry]:
     return owner
 
 
+def logger_kind(saved: Dict[str, Any]) -> Optional[Entry]:
+    """The kind of a ``logger.<key>`` node given as a dict: the one that owns its ``name``, else (no
+    ``name``: a class of your own by ``_target_``) the one whose keys it has."""
+    entry = saved_entry("logger", saved) if saved else None
+    return None if entry is None or ("name" in saved and not entry.owns(saved)) else entry
+
+
 def option_names(group: str) -> Tuple[str, ...]:
     """Every config name of ``group``'s kinds (``resnet20``, ``timm``, ...), sorted."""
     return tuple(sorted({n for e in REGISTRY[group].values() for n in (e.names or (e.name,))}))

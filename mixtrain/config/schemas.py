@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mixtrain.config.augment import AugmentConfig
 from mixtrain.config.errors import at_least, choice, require, valid_device, valid_seed
-from mixtrain.config.registry import Entry, check_run, entry_of, option_names, register, saved_entry
+from mixtrain.config.registry import Entry, check_run, entry_of, logger_kind, option_names, register
 from mixtrain.errors import MixtrainError
 from mixtrain.layout import OBJECTIVES
 
@@ -252,7 +252,7 @@ def typed_logger(key: str, node: Any) -> Any:
     else the one whose keys it has (a class of your own: ``_target_`` and ``kwargs``)."""
     if entry_of("logger", node) is not None:
         return node
-    entry = saved_entry("logger", node) if isinstance(node, dict) and node else None
+    entry = logger_kind(node) if isinstance(node, dict) else None
     if entry is None:
         raise MixtrainError(f"logger.{key} is not a logger: choose from {', '.join(option_names('logger'))}, or name "
                             f"a class of your own with logger.{key}._target_=my_pkg.trackers.MyLogger (its arguments "

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from mixtrain.config.commands import EvalConfig, ExportConfig, PredictConfig
 from mixtrain.config.errors import to_object
-from mixtrain.config.registry import GROUPS, LIST_GROUPS, option_names, saved_entry
+from mixtrain.config.registry import GROUPS, logger_kind, option_names, saved_entry
 from mixtrain.config.schemas import TrainConfig
 from mixtrain.errors import MixtrainError
 
@@ -59,10 +59,12 @@ def config_from_dict(saved: Dict[str, Any]) -> "TrainConfig":
         fields = {f.name for f in dataclasses.fields(schema)}
         values = {k: v for k, v in saved[group].items() if k != TARGET or k in fields}
         nodes[group] = OmegaConf.merge(OmegaConf.structured(schema), values)
-    # A saved config's loggers are not read back: they never change what the run means, and one of a
-    # user's own names code (`_target_`) that a checkpoint must not make anyone import.
-    top = OmegaConf.merge(OmegaConf.structured(TrainConfig),
-                          {k: v for k, v in saved.items() if k not in (*GROUPS, *LIST_GROUPS)})
+    rest = {k: v for k, v in saved.items() if k not in GROUPS}
+    if isinstance(rest.get("logger"), dict):
+        # Loggers are read as data (a class of your own stays a name: nothing here imports it); one of a
+        # kind this process has not registered is left out: no logger changes what the run means.
+        rest["logger"] = {k: v for k, v in rest["logger"].items() if isinstance(v, dict) and logger_kind(v)}
+    top = OmegaConf.merge(OmegaConf.structured(TrainConfig), rest)
     for group, node in nodes.items():
         top[group] = node
     return to_object(top)

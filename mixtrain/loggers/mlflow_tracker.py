@@ -133,7 +133,8 @@ class MlflowLogger(Logger):
 
     def finish(self, status: str, summary: Dict[str, Any], artifacts: List[Path]) -> None:
         # The summary's objectives, so MLflow's run table can sort by the best epoch's top-1.
-        self.log({k: summary[k] for k in layout.OBJECTIVES if finite(summary.get(k))}, int(summary.get("epochs", 0)))
+        self.log({f"summary/{k}": summary[k] for k in layout.OBJECTIVES if finite(summary.get(k))},
+                 int(summary.get("epochs", 0)))
         for path in artifacts:
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, status)
