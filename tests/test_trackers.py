@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import SLOW, TINY, folder_args, make_config, make_image_folder, run_cli, start
+from helpers import SLOW, TINY, folder_args, make_config, make_image_folder, run_cli, start, wait_until_inside
 
 from mixtrain.artifacts import checkpoint
 
@@ -372,28 +372,33 @@ def slow_data(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("slow"), per_class=40, val_per_class=4, size=16)
 
 
-def test_sigkill_then_resume_continues_the_same_mlflow_run_each_step_once(slow_data, mlflow_uri, tmp_path):
-    # 3 epochs of 30 steps, a sync (and a tracker log) after every step, a checkpoint every 10: the kill
-    # lands with the tracker ahead of the checkpoint, so the resumed run trains steps the tracker has.
+def test_a_stop_is_killed_and_resumes_after_sigkill_continue_the_same_mlflow_run_each_step_once(
+        slow_data, mlflow_uri, tmp_path):
+    # 3 epochs of 30 steps, a sync (and a tracker log) after every step, a checkpoint every 10. SIGTERM
+    # in epoch 0: a clean stop, KILLED. Resumed, then SIGKILL in epoch 1 with the tracker ahead of the
+    # checkpoint, so the second resume trains steps the tracker has. Resumed again, to the end.
     args = [*folder_args(slow_data), *[a for a in SLOW if not a.startswith("trainer.checkpoint_every_steps")],
             "trainer.checkpoint_every_steps=10", "trainer.log_every=1", "logger=[tensorboard,mlflow]",
             f"logger.mlflow.tracking_uri={mlflow_uri}", "logger.mlflow.experiment_name=resume"]
     run = tmp_path / "run"
-    proc = start([*args, f"hydra.run.dir={run}"], tmp_path)
     mlflow = client(mlflow_uri)
-    deadline, run_id = time.monotonic() + 300, None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            saved = checkpoint.load(run / "last.pt")["state"]
-            run_id = run_id or json.loads((run / "summary.json").read_text())["loggers"]["mlflow"]["run_id"]
-        except Exception:  # nothing written yet
-            time.sleep(0.1)
-            continue
-        logged = [m.step for m in mlflow.get_metric_history(run_id, "train/loss_running")]
-        if saved["epoch"] == 1 and logged and max(logged) >= saved["global_step"] + 3:
-            break
+    proc = start([*args, f"hydra.run.dir={run}"], tmp_path)
+    wait_until_inside(run, proc, epoch=0)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr
+    run_id = json.loads((run / "summary.json").read_text())["loggers"]["mlflow"]["run_id"]
+    assert mlflow.get_run(run_id).info.status == "KILLED"  # stopped by a signal; it can be resumed
+
+    proc = start([f"resume={run}"], tmp_path)
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.05)
+        saved = checkpoint.load(run / "last.pt")["state"]  # written atomically: the old one or the new one
+        logged = [m.step for m in mlflow.get_metric_history(run_id, "train/loss_running")]
+        if saved["epoch"] == 1 and max(logged) >= saved["global_step"] + 3:
+            break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     at_kill = checkpoint.load(run / "last.pt")["state"]
@@ -403,7 +408,7 @@ def test_sigkill_then_resume_continues_the_same_mlflow_run_each_step_once(slow_d
     resumed = run_cli("train", f"resume={run}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary, records = json.loads((run / "summary.json").read_text()), read_metrics(run)
-    assert summary["loggers"]["mlflow"]["run_id"] == run_id  # the same MLflow run, continued
+    assert summary["loggers"]["mlflow"]["run_id"] == run_id  # the same MLflow run, continued twice
     experiment = mlflow.get_experiment_by_name("resume").experiment_id
     assert [r.info.run_id for r in mlflow.search_runs([experiment])] == [run_id]
     assert mlflow.get_run(run_id).info.status == "FINISHED"
@@ -454,8 +459,9 @@ def test_a_tracker_gone_at_start_or_mid_run_costs_one_warning_and_never_the_run(
         assert [s for s, _ in logged] == [0]
     finally:
         stop_mlflow_server(server)  # mid-run: epoch 0 is logged, three to go
-    _, stderr = proc.communicate(timeout=300)
+    stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
+    assert "Retrying" not in stdout + stderr  # urllib3's own warning for each retry is not said
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and [r["epoch"] for r in read_metrics(run)] == [0, 1, 2, 3]
     warnings = [line for line in (run / "train.log").read_text().splitlines() if line.startswith("warning:")]
@@ -522,3 +528,45 @@ def test_under_torchrun_only_rank_0_logs(data, mlflow_uri, tmp_path):
     assert mlflow_history(mlflow, tracked.info.run_id, "val_acc1") == [(r["epoch"], r["val_acc1"]) for r in records]
     with open(run / "metrics.csv", newline="") as f:
         assert [float(row["val_acc1"]) for row in csv.DictReader(f)] == [r["val_acc1"] for r in records]
+
+
+# --------------------------------------------------------------------------- the group's config
+
+
+def test_the_logger_group_takes_a_list_and_its_errors_are_one_line_read_from_the_registry():
+    from helpers import compose_config
+
+    from mixtrain.config import asdict, config_from_dict, options
+    from mixtrain.errors import MixtrainError
+    from mixtrain.loggers import CsvConfig, CustomLoggerConfig, MlflowConfig, TensorBoardConfig, create_loggers
+
+    assert make_config().logger == {"tensorboard": TensorBoardConfig()}  # the default: today's TensorBoard
+    assert make_config("logger=[]").logger == {}
+    assert make_config("logger=csv").logger == {"csv": CsvConfig()}
+    both = make_config("logger=[tensorboard,mlflow]", "logger.mlflow.experiment_name=x").logger
+    assert both == {"tensorboard": TensorBoardConfig(), "mlflow": MlflowConfig(experiment_name="x")}
+    # A node of your own without a schema is read by its keys: a class by _target_, its arguments in kwargs.
+    mine = make_config("+logger.mine._target_=my_pkg.Logger", "+logger.mine.kwargs.every=2").logger["mine"]
+    assert mine == CustomLoggerConfig(_target_="my_pkg.Logger", kwargs={"every": 2})
+
+    names = ", ".join(sorted(options("logger")))
+    with pytest.raises(MixtrainError, match=f"^unknown logger 'foo': choose one of {names}$"):
+        from mixtrain.options import compose
+
+        compose("train", ["logger=[tensorboard,foo]"])
+    with pytest.raises(MixtrainError, match=f"^logger.mine is not a logger: choose from {names}, or name a class"):
+        make_config("+logger.mine.every=2")
+    with pytest.raises(MixtrainError, match=r"^logger.wandb.mode must be one of online, offline, disabled \(got 'cloud'\)"):
+        make_config("logger=wandb", "logger.wandb.mode=cloud")
+    with pytest.raises(MixtrainError, match=r"^logger.mine._target_='no_such_pkg.Logger' cannot be imported"):
+        create_loggers({"mine": CustomLoggerConfig(_target_="no_such_pkg.Logger")})
+    with pytest.raises(MixtrainError, match=r"^mixtrain.loggers.csv_file.CsvLogger\(\*\*logger.mine.kwargs\) failed"):
+        create_loggers({"mine": CustomLoggerConfig(_target_="mixtrain.loggers.csv_file.CsvLogger", kwargs={"x": 1})})
+    assert compose_config("logger=[csv,wandb]").logger.keys() == {"csv", "wandb"}
+
+    # A saved config (a checkpoint's, summary.json's) keeps its loggers as data: a class of your own
+    # stays a name, never imported; a kind this process has not registered is left out.
+    saved = asdict(make_config("logger=[tensorboard,custom]", "logger.custom._target_=no_such_pkg.Logger"))
+    assert config_from_dict(saved).logger["custom"] == CustomLoggerConfig(_target_="no_such_pkg.Logger")
+    saved["logger"]["theirs"] = {"name": "their_tracker", "url": "x"}
+    assert set(config_from_dict(saved).logger) == {"tensorboard", "custom"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -64,6 +65,8 @@ class MlflowLogger(Logger):
 
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
+        # urllib3 logs each retry as a warning of its own: a server that is gone says so once, below.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.uri = self.cfg.tracking_uri or mlflow.get_tracking_uri()
         self.client = client = MlflowClient(self.uri)
         present: Dict[str, str] = {}

@@ -1,10 +1,12 @@
 """The run's loggers (the ``logger`` group) as one part: what they are told, and when.
 
-Each logger (:mod:`mixtrain.loggers`) gets the step scalars at every sync point, each epoch's
-record after its checkpoint is written, the run's pictures, and how the run ended. Their states
-(a tracker's run id) go into every checkpoint under this part's name, so a resumed run continues
-the same tracker runs. A logger that raises is dropped with one warning and the run goes on:
-``metrics.jsonl`` stays the record. Only rank 0 has loggers.
+Each logger (:mod:`mixtrain.loggers`) gets the step scalars at every sync point (before a signal
+stops the run there), each epoch's record once evaluation has filled it, the run's pictures, and how
+the run ended. Their states (a tracker's run id) go into every checkpoint under this part's name, so
+a resumed run continues the same tracker runs, whose steps after the checkpoint it logs again (each
+tracker keeps one value a step: MLflow's logger skips the steps its run has, TensorBoard hides the
+killed attempt's, W&B keeps its steps increasing). A logger that raises is dropped with one warning and
+the run goes on: ``metrics.jsonl`` stays the record. Only rank 0 has loggers.
 """
 
 from __future__ import annotations

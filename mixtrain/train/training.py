@@ -247,13 +247,13 @@ class Training:
         self.checkpoints = Checkpoints(self.save, self.run_dir, cfg.objective,
                                        trainer.ema.select_best and self.ema is not None, trainer.keep_best,
                                        trainer.checkpoint_every_steps)
-        parts = [self.nan_policy, StopOnSignal(self.stop, self.save, self.run_dir, trainer.checkpoint)]
+        # The loggers before a stop: a sync point's numbers reach them before a signal stops the run there.
+        parts = [self.nan_policy, self.loggers, StopOnSignal(self.stop, self.save, self.run_dir, trainer.checkpoint)]
         if self.ema is not None:
             parts.append(Ema(self.ema, self.model, trainer.ema.every))
         evaluation = Evaluation(self.model, self.ema.module if self.ema is not None else None, self.data.val,
                                 self.precision, self.run_dir, self.loggers, trainer.epochs, trainer.eval_every)
-        return [*parts, evaluation, self.checkpoints, Records(self.monitor, trainer.batch_size, self.report),
-                self.loggers]
+        return [*parts, evaluation, self.checkpoints, Records(self.monitor, trainer.batch_size, self.report)]
 
     def report(self) -> None:
         """At each epoch's end: unreadable files (once), and summary.json saying running."""
