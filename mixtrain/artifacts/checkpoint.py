@@ -194,7 +194,8 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequ
     old, new = _flatten(config_asdict(config_from_dict(saved["config"]))), _flatten(config)
     # A changed group option (augment.name, ...) first: it explains the keys that come with it.
     for key in sorted(set(old) | set(new), key=lambda k: (not k.endswith(".name"), k)):
-        if key not in RESUME_MAY_CHANGE and not key.startswith(RESUME_MAY_CHANGE_GROUPS) and old.get(key) != new.get(key):
+        may_change = key in RESUME_MAY_CHANGE or key.startswith(RESUME_MAY_CHANGE_GROUPS)
+        if not may_change and old.get(key) != new.get(key):
             raise MixtrainError(
                 f"cannot resume {path}: {key} is {new.get(key)!r} but the checkpoint has {old.get(key)!r}; "
                 "drop that override, or start a new run"

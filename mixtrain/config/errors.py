@@ -177,9 +177,9 @@ def describe_config_error(ex: BaseException, cfg: Optional[DictConfig] = None) -
         group, _, name = str(ex.missing_cfg_file).rpartition("/")
         plugins = " (Hydra's launcher and sweeper plugins: pip install \"mixtrain[launchers]\")" if group.startswith("hydra/") else ""
         return f"unknown {group} '{name}': choose one of {', '.join(sorted(ex.options))}{plugins}"
-    if isinstance(ex, MissingConfigException) and ex.missing_cfg_file and str(ex.missing_cfg_file).rpartition("/")[0] in REGISTRY:
+    group, _, name = str(getattr(ex, "missing_cfg_file", None) or "").rpartition("/")
+    if isinstance(ex, MissingConfigException) and group in REGISTRY:
         # An option of a list (logger=[tensorboard,foo]): Hydra names no options; the registry does.
-        group, _, name = str(ex.missing_cfg_file).rpartition("/")
         return f"unknown {group} '{name}': choose one of {', '.join(option_names(group))}"
     if isinstance(ex, OverrideParseException):
         key, _, value = str(ex.override).partition("=")

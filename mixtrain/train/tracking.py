@@ -33,8 +33,8 @@ class Loggers(Part):
 
     @property
     def wants_images(self) -> bool:
-        """Whether a logger draws pictures (only then is one made)."""
-        return any(callable(getattr(logger, "log_image", None)) for logger in self.chosen.values())
+        """Whether a live logger draws pictures (only then is one made)."""
+        return any(callable(getattr(logger, "log_image", None)) for logger in self.live.values())
 
     def start(self, run: RunInfo) -> None:
         """Start each logger (a resumed one with its state from the checkpoint)."""
@@ -57,7 +57,8 @@ class Loggers(Part):
         try:
             function(*args)
         except Exception as ex:  # any failure of a tracker (its server, its package, a user's class)
-            self.remember(key)
+            if method != "start":  # one that never started keeps the state it had (its run to continue)
+                self.remember(key)
             del self.live[key]
             first = (str(ex).strip().splitlines() or [type(ex).__name__])[0][:300]
             self.monitor.warn_once(f"logger.{key}", f"logger {key} failed in {method} ({type(ex).__name__}: "
