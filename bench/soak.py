@@ -42,8 +42,8 @@ class MemoryMonitor(RunMonitor):
         self.peaks, self.ends = [], []
         reset_peak()
 
-    def epoch_end(self, record, global_step):
-        super().epoch_end(record, global_step)
+    def epoch_end(self, record):
+        super().epoch_end(record)
         self.peaks.append(status_kb("VmHWM") / 1024)
         self.ends.append(status_kb("VmRSS") / 1024)
         reset_peak()

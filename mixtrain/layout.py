@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 
 SUMMARY = "summary.json"  # the run's status, final metrics and resolved config (rewritten every epoch)
 METRICS = "metrics.jsonl"  # one line per epoch
+METRICS_CSV = "metrics.csv"  # the same rows as a table (logger=csv)
 LAST = "last.pt"  # the checkpoint to continue from
 BEST = "best.pt"  # the best epoch by the selection metric
 LOGITS = "val_logits.pt"  # the final validation logits and labels: paired comparisons, pooled intervals
@@ -21,6 +22,7 @@ HYDRA = ".hydra"
 EVAL = "eval.json"  # what `mixtrain eval` writes (beside its own reliability.png and val_logits.pt)
 PREVIEW = "preview.png"
 MULTIRUN = "multirun.yaml"  # what Hydra writes at the top of a sweep dir
+SWEEP_LOGGERS = "loggers.json"  # in a sweep dir: the trackers' runs that group its jobs (an MLflow parent run)
 COMPARE = "compare.json"
 REPORT_FILES = ("report.csv", "runs.csv", "report.png")
 PROFILE = "profile"  # debug=profile: a folder of the run dir holding the three below

@@ -1,7 +1,8 @@
 """Every option mixtrain ships, registered, for the commands that compose configs.
 
 Importing this imports each group's kinds (they register on import): the dataset sources, the
-model families and the mixing methods (the optim and sched schemas come with ``mixtrain.config``).
+model families, the mixing methods and the loggers (the optim and sched schemas come with
+``mixtrain.config``).
 :func:`register_configs` then adds the command schemas and the recipes to Hydra's ConfigStore.
 """
 
@@ -14,10 +15,10 @@ from hydra import compose as hydra_compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from mixtrain import config, data, mixing, models
+from mixtrain import config, data, loggers, mixing, models
 from mixtrain.errors import MixtrainError
 
-PACKAGES = (data, models, mixing)  # what registers the kinds of the dataset, model and augment groups
+PACKAGES = (data, models, mixing, loggers)  # what registers the kinds of the dataset, model, augment and logger groups
 
 
 def register_configs() -> None:

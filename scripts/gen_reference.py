@@ -110,7 +110,7 @@ def key_table(schema: type, prefix: str, missing: List[str], option: Optional[st
 
 def config_page(missing: List[str]) -> str:
     from mixtrain.config.commands import EvalConfig, ExportConfig, PredictConfig
-    from mixtrain.config.registry import GROUPS, options
+    from mixtrain.config.registry import GROUPS, LIST_GROUPS, options
     from mixtrain.config.schemas import EmaConfig, TrainConfig, TrainerConfig
     from mixtrain.options import register_configs
 
@@ -130,6 +130,13 @@ def config_page(missing: List[str]) -> str:
             shown = ", ".join(f"`{group}={n}`" for n in (entry.names or (entry.name,)))
             out.append(f"\n### {shown}\n\n{entry.doc}\n\n")
             out.append(key_table(entry.schema, f"{group}.", missing, option=(entry.names or (entry.name,))[0]))
+    for group in LIST_GROUPS:
+        entries = options(group)
+        out.append(f"\n## {group}\n\nA list of options: `{group}=[a,b]`, `{group}=a`, `{group}=[]` for none; each one's keys "
+                   f"under `{group}.<option>.`. Options: " + ", ".join(f"`{n}`" for n in entries) + ".\n")
+        for name, entry in sorted(entries.items()):
+            out.append(f"\n### `{group}={name}`\n\n{entry.doc}\n\n")
+            out.append(key_table(entry.schema, f"{group}.{name}.", missing, option=name))
     for title, schema in (("mixtrain eval", EvalConfig), ("mixtrain predict", PredictConfig),
                           ("mixtrain export", ExportConfig)):
         out.append(f"\n## {title}\n\n{(schema.__doc__ or '').strip().splitlines()[0]}\n\n")

@@ -15,7 +15,7 @@ GROUP_OPTIONS = sorted(
 )
 REQUIRED = {("dataset", "imagefolder"): ["dataset.root=/tmp/x"], ("model", "timm"): ["model.name=resnet18"],
             ("model", "custom"): ["model._target_=my_pkg.Net"], ("dataset", "custom"): ["dataset._target_=my_pkg.Data"],
-            ("dataset", "hf"): ["dataset.path=/tmp/x"],
+            ("dataset", "hf"): ["dataset.path=/tmp/x"], ("logger", "custom"): ["logger.custom._target_=my_pkg.Logger"],
             ("dataset", "webdataset"): ['dataset.train_urls="/tmp/t-{0..1}.tar"', "dataset.val_urls=/tmp/v-0.tar"]}
 
 

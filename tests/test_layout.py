@@ -16,7 +16,7 @@ LAYERS = [
     ("mixtrain.errors", "mixtrain.files", "mixtrain.layout"),  # names and writers every layer uses
     ("mixtrain.config",),  # schemas, their checks, the registries' data
     ("mixtrain.runtime",),  # device, precision, torchrun
-    ("mixtrain.data", "mixtrain.models", "mixtrain.mixing"),  # the kinds of options, each registering itself
+    ("mixtrain.data", "mixtrain.models", "mixtrain.mixing", "mixtrain.loggers"),  # the kinds of options, each registering itself
     ("mixtrain.artifacts", "mixtrain.options"),  # checkpoints and the model in them; every option registered
     ("mixtrain.evaluate",),  # metrics, calibration, bootstrap, robustness, mixtrain eval
     ("mixtrain.train",),  # the step, the Trainer, its parts, a run

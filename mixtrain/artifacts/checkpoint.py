@@ -278,6 +278,10 @@ RESUME_MAY_CHANGE = {
 }
 
 
+# Groups whose every key may differ: where the run logs to (logger=..., added or dropped on resume).
+RESUME_MAY_CHANGE_GROUPS = ("logger.",)
+
+
 def _flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     flat: Dict[str, Any] = {}
     for key, value in config.items():
@@ -301,7 +305,8 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequ
     old, new = _flatten(config_asdict(stored)), _flatten(config)
     # A changed group option (augment.name, ...) first: it explains the keys that come with it.
     for key in sorted(set(old) | set(new), key=lambda k: (not k.endswith(".name"), k)):
-        if key not in RESUME_MAY_CHANGE and old.get(key) != new.get(key):
+        may_change = key in RESUME_MAY_CHANGE or key.startswith(RESUME_MAY_CHANGE_GROUPS)
+        if not may_change and old.get(key) != new.get(key):
             raise MixtrainError(
                 f"cannot resume {path}: {key} is {new.get(key)!r} but the checkpoint has {old.get(key)!r}; "
                 "drop that override, or start a new run"

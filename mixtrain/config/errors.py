@@ -14,7 +14,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from mixtrain.config.registry import REGISTRY
+from mixtrain.config.registry import REGISTRY, option_names
 from mixtrain.errors import MixtrainError
 
 
@@ -177,6 +177,10 @@ def describe_config_error(ex: BaseException, cfg: Optional[DictConfig] = None) -
         group, _, name = str(ex.missing_cfg_file).rpartition("/")
         plugins = " (Hydra's launcher and sweeper plugins: pip install \"mixtrain[launchers]\")" if group.startswith("hydra/") else ""
         return f"unknown {group} '{name}': choose one of {', '.join(sorted(ex.options))}{plugins}"
+    group, _, name = str(getattr(ex, "missing_cfg_file", None) or "").rpartition("/")
+    if isinstance(ex, MissingConfigException) and group in REGISTRY:
+        # An option of a list (logger=[tensorboard,foo]): Hydra names no options; the registry does.
+        return f"unknown {group} '{name}': choose one of {', '.join(option_names(group))}"
     if isinstance(ex, OverrideParseException):
         key, _, value = str(ex.override).partition("=")
         quote = (f"; quote a value with braces or commas inside the override: '{key}=\"{value}\"'"

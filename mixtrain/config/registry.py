@@ -1,5 +1,6 @@
 """The registries: every kind of option of the ``dataset``, ``model``, ``augment``, ``optim``,
-``sched`` and ``debug`` groups, one entry each, registered by the module that implements it.
+``sched`` and ``debug`` groups and the ``logger`` list, one entry each, registered by the module that
+implements it.
 
 An entry has a ``name`` (its schema in Hydra's ConfigStore: ``/schema/augment/fmix``, what a YAML
 option starts from) and a ``schema`` (its config dataclass); each group's entries add what that
@@ -10,8 +11,8 @@ ConfigStore. Everything that lists or dispatches on options (the ConfigStore, th
 kind is its module, its YAML and its tests.
 
 This module sits at the bottom of the package (it imports no other part of mixtrain); the packages
-that register (``mixtrain.data``, ``mixtrain.models``, ``mixtrain.mixing`` and the optim, sched and
-debug schemas) import it, and what reads it runs after they were imported.
+that register (``mixtrain.data``, ``mixtrain.models``, ``mixtrain.mixing``, ``mixtrain.loggers`` and
+the optim, sched and debug schemas) import it, and what reads it runs after they were imported.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from typing import Any, Dict, List, Optional, Tuple
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-GROUPS = ("dataset", "model", "augment", "optim", "sched", "debug")
+GROUPS = ("dataset", "model", "augment", "optim", "sched", "debug")  # one option each
+# Groups that take a list of options (``logger=[tensorboard,mlflow]``): the config holds one node per
+# option chosen, under its name (``logger.mlflow.*``).
+LIST_GROUPS = ("logger",)
 
-REGISTRY: Dict[str, Dict[str, "Entry"]] = {group: {} for group in GROUPS}
+REGISTRY: Dict[str, Dict[str, "Entry"]] = {group: {} for group in (*GROUPS, *LIST_GROUPS)}
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,13 @@ def saved_entry(group: str, saved: Dict[str, Any]) -> Optional[Entry]:
         fits = [e for e in kinds if set(saved) <= {f.name for f in dataclasses.fields(e.schema)}]
         owner = min(fits, key=lambda e: len(dataclasses.fields(e.schema)), default=None)
     return owner
+
+
+def logger_kind(saved: Dict[str, Any]) -> Optional[Entry]:
+    """The kind of a ``logger.<key>`` node given as a dict: the one that owns its ``name``, else (no
+    ``name``: a class of your own by ``_target_``) the one whose keys it has."""
+    entry = saved_entry("logger", saved) if saved else None
+    return None if entry is None or ("name" in saved and not entry.owns(saved)) else entry
 
 
 def option_names(group: str) -> Tuple[str, ...]:

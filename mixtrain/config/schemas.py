@@ -13,12 +13,13 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mixtrain.config.augment import AugmentConfig
 from mixtrain.config.errors import at_least, choice, require, valid_device, valid_seed
 from mixtrain.config.dataset import StreamedConfig
-from mixtrain.config.registry import Entry, check_run, entry_of, register
+from mixtrain.config.registry import Entry, check_run, entry_of, logger_kind, option_names, register
 from mixtrain.errors import MixtrainError
 from mixtrain.layout import OBJECTIVES, objective_metric
 
@@ -257,6 +258,9 @@ class TrainConfig:
     augment: Any = MISSING  # the mixing group: augment=<option>, then augment.* keys
     optim: Any = MISSING  # the optimizer group: optim=<option>
     sched: Any = MISSING  # the schedule group: sched=<option>
+    # The logger group, a list: logger=[tensorboard,mlflow], logger=wandb, logger=[]; each one's keys
+    # under logger.<name>.* (mixtrain/loggers/)
+    logger: Dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # loop, device, precision, checkpoints: trainer.* keys
     debug: Any = None  # the debug group: debug=<option> checks a config rather than train it (none by default)
     seed: int = 0  # seeds weights, data order, augmentation and mixing (0 <= seed < 2**32)
@@ -283,12 +287,30 @@ class TrainConfig:
                     f"must be <= trainer.epochs ({self.trainer.epochs})", self.augment.disable_epochs)
         require(self.sched.warmup_epochs < self.trainer.epochs or self.sched.warmup_epochs == 0,
                 "sched.warmup_epochs", f"must be < trainer.epochs ({self.trainer.epochs})", self.sched.warmup_epochs)
+        self.logger = {key: typed_logger(key, node) for key, node in self.logger.items()}
         check_run(self)  # each option's own checks against the whole run (its registry entry)
         if isinstance(self.dataset, StreamedConfig):  # the model's own preprocessing where the data sets none
             model = entry_of("model", self.model)
             # Where each value came from, for the run's first line (not a key: the values are what is saved).
             self.dataset.preprocessing_from = self.dataset.resolve_preprocessing(
                 model.preprocessing(self.model) if model is not None else None)
+
+
+def typed_logger(key: str, node: Any) -> Any:
+    """A ``logger.<key>`` node as its kind's schema. A node without one (``+logger.mine._target_=...``,
+    a YAML option that does not start from a schema) is read as the kind that owns its ``name``,
+    else the one whose keys it has (a class of your own: ``_target_`` and ``kwargs``)."""
+    if entry_of("logger", node) is not None:
+        return node
+    entry = logger_kind(node) if isinstance(node, dict) else None
+    if entry is None:
+        raise MixtrainError(f"logger.{key} is not a logger: choose from {', '.join(option_names('logger'))}, or name "
+                            f"a class of your own with logger.{key}._target_=my_pkg.trackers.MyLogger (its arguments "
+                            f"under logger.{key}.kwargs)")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(entry.schema), node))
+    except OmegaConfBaseException as ex:
+        raise MixtrainError(f"logger.{key}.{ex.full_key or ''}: {str(ex.msg).splitlines()[0]}") from None
 
 
 # --------------------------------------------------------------------------- registry

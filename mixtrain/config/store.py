@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from mixtrain.config.commands import EvalConfig, ExportConfig, PredictConfig
 from mixtrain.config.errors import to_object
-from mixtrain.config.registry import GROUPS, option_names, saved_entry
+from mixtrain.config.registry import GROUPS, logger_kind, option_names, saved_entry
 from mixtrain.config.schemas import OptimConfig, TrainConfig
 from mixtrain.config.trust import TARGET, check_stored
 from mixtrain.errors import MixtrainError
@@ -79,7 +79,8 @@ def config_from_dict(saved: Dict[str, Any], source: Any, given: Collection[str] 
     """Rebuild (and re-validate) a TrainConfig from its ``asdict`` form, e.g. a checkpoint's (``source``),
     once :func:`~mixtrain.config.trust.check_stored` has found no code in it that the command line
     (``given``: the keys it passes) does not pass."""
-    check_stored(saved, source, given, commands, fix)
+    # Its loggers are read as names and never built from here (only a run's own command line builds them).
+    check_stored({k: v for k, v in saved.items() if k != "logger"}, source, given, commands, fix)
     saved = upgrade_saved(saved)
     nodes = {}
     for group in GROUPS:
@@ -89,7 +90,12 @@ def config_from_dict(saved: Dict[str, Any], source: Any, given: Collection[str] 
         fields = {f.name for f in dataclasses.fields(schema)}
         values = {k: v for k, v in saved[group].items() if k != TARGET or k in fields}
         nodes[group] = OmegaConf.merge(OmegaConf.structured(schema), values)
-    top = OmegaConf.merge(OmegaConf.structured(TrainConfig), {k: v for k, v in saved.items() if k not in GROUPS})
+    rest = {k: v for k, v in saved.items() if k not in GROUPS}
+    if isinstance(rest.get("logger"), dict):
+        # Loggers are read as data (a class of your own stays a name: nothing here imports it); one of a
+        # kind this process has not registered is left out: no logger changes what the run means.
+        rest["logger"] = {k: v for k, v in rest["logger"].items() if isinstance(v, dict) and logger_kind(v)}
+    top = OmegaConf.merge(OmegaConf.structured(TrainConfig), rest)
     for group, node in nodes.items():
         top[group] = node
     return to_object(top)

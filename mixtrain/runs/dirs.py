@@ -44,6 +44,7 @@ class Run:
     epochs_done: int = 0
     last_val_acc1: float = math.nan
     notes: List[str] = field(default_factory=list)  # damaged files read around (the report says each)
+    loggers: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # summary.json's: where each logger logged
 
     @property
     def seed(self) -> Any:
@@ -227,6 +228,9 @@ def load_run(run_dir: Path) -> Run:
                                  "counts")
         run.metrics = {m: float(summary[m]) for m in METRICS
                        if isinstance(summary.get(m), (int, float)) and not isinstance(summary.get(m), bool)}
+        loggers = summary.get("loggers")
+        if isinstance(loggers, dict):
+            run.loggers = {k: v for k, v in loggers.items() if isinstance(v, dict)}
     return run
 
 # --------------------------------------------------------------------------- jobs of a sweep that never started

@@ -19,9 +19,9 @@ from mixtrain.config.registry import GROUPS
 from mixtrain.evaluate.bootstrap import bootstrap_intervals
 from mixtrain.runs.dirs import COMPLETED, STATUSES, Run
 
-# Keys that do not define an experiment: seeds are its replicates; resume and the sweep
-# objective do not change what is trained.
-NOT_GROUPED = ("seed", "resume", "objective")
+# Keys that do not define an experiment: seeds are its replicates; resume, the sweep objective
+# and the loggers (every logger.* key) do not change what is trained.
+NOT_GROUPED = ("seed", "resume", "objective", "logger")
 MISSING_VALUE = "-"
 UNREADABLE_LOGITS = f"{layout.LOGITS} is unreadable: left out of the pooled intervals"
 
@@ -91,7 +91,7 @@ def differing_keys(runs: Sequence[Run]) -> List[str]:
     keys = sorted({k for r in known for k in r.params})
     out = []
     for key in keys:
-        if key in NOT_GROUPED:
+        if key in NOT_GROUPED or key.split(".", 1)[0] in NOT_GROUPED:
             continue
         present = [_comparable(r.params[key]) for r in known if key in r.params]
         if len(set(present)) > 1:

@@ -20,6 +20,7 @@ from rich.table import Table
 from mixtrain import layout
 from mixtrain.errors import CommandParser, MixtrainError
 from mixtrain.files import claim_dir, write_atomic
+from mixtrain.loggers.base import report_lines
 from mixtrain.runs.dirs import COMPLETED, METRICS, STATUSES, Run, collect
 from mixtrain.runs.groups import MISSING_VALUE, Group, differing_keys, format_value, group_runs, status_counts
 from mixtrain.runs.plots import write_plot
@@ -178,6 +179,10 @@ def report(paths: Sequence[Path], out_dir: Path, console=None, overwrite: bool =
             console.print(f"note: {_display_path(run.path, roots)}: {note}", highlight=False)
     console.print(f"{len(runs)} runs ({status_text(status_counts(runs))}) in {len(groups)} group(s); wrote "
                   + ", ".join(str(p) for p in written.values() if p is not None), highlight=False)
+    # Where the same runs are in the trackers they logged to (logger=mlflow, wandb, ...), and how to open them.
+    wheres = [where for run in runs for where in run.loggers.values()]
+    for line in report_lines(wheres, [p for p in written.values() if p is not None]):
+        console.print(line, highlight=False, soft_wrap=True)
     return {"runs": runs, "keys": keys, "groups": groups, **written}
 
 
@@ -186,7 +191,9 @@ USAGE = """usage: mixtrain report PATH... [--out DIR] [--overwrite]
 Summarize run directories and sweep directories (outputs/multirun/<date>/<time>):
 a table grouped by the config values that differ (mean ± std over seeds of best and
 final top-1, final ECE and NLL), report.csv (one row per group), runs.csv (one row per
-run, with its status) and report.png (top-1 and ECE against the swept alpha).
+run, with its status) and report.png (top-1 and ECE against the swept alpha). Runs that
+logged to a tracker (the logger group) get a line saying how to open them there; a
+sweep's MLflow parent run also gets the report's files.
 --out DIR     where to write the files (default: PATH when there is one, else .)
 --overwrite   replace the files of an earlier report there
 """

@@ -1,4 +1,5 @@
-"""What a run reports: a rich progress bar and epoch table, TensorBoard, metrics.jsonl."""
+"""What a run reports: a rich progress bar and epoch table, train.log, metrics.jsonl (trackers: the
+``logger`` group, :mod:`mixtrain.train.tracking`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from torch.utils.tensorboard import SummaryWriter
 
 from mixtrain import layout
 from mixtrain.files import open_append, write_text_atomic
@@ -92,22 +92,19 @@ def _fmt(value, fmt: str) -> str:
 
 
 class RunMonitor:
-    """Prints to the terminal and writes TensorBoard scalars and ``metrics.jsonl``."""
+    """Prints to the terminal and train.log, and writes ``metrics.jsonl``."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, console: Optional[Console] = None,
-                 purge_step: Optional[int] = None) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, console: Optional[Console] = None) -> None:
         self.run_dir = run_dir
         self.enabled = enabled  # False on non-zero ranks: they stay silent
         # Off a terminal (logs, CI) rich assumes 80 columns, too narrow for the epoch table.
         self.console = console or Console(width=None if Console().is_terminal else 120)
-        self.writer = None
         self.log = None  # train.log in the run dir: the same lines as the terminal, as plain text
         self._header_printed = False
         self._warned: set = set()
         self._bar, self._task = None, None
         self.optional_columns: set = set()  # which OPTIONAL columns this run's table shows
         if enabled:
-            self.writer = SummaryWriter(log_dir=str(run_dir / layout.TENSORBOARD), purge_step=purge_step)
             self.log = Console(file=open_append(run_dir / layout.TRAIN_LOG), width=120, no_color=True,
                                force_terminal=False, highlight=False, soft_wrap=True)
 
@@ -158,24 +155,11 @@ class RunMonitor:
         if self._bar is not None:
             self._bar.advance(self._task)
 
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(tag, value, step)
-
-    def image(self, tag: str, image, step: int = 0) -> None:
-        """An ``[H, W, 3]`` uint8 image into TensorBoard."""
-        if self.writer is not None:
-            self.writer.add_image(tag, image, step, dataformats="HWC")
-
-    def epoch_end(self, record: Dict[str, float], global_step: int) -> None:
-        """One epoch's record: a metrics.jsonl line, TensorBoard scalars (x = optimizer steps), a table row."""
+    def epoch_end(self, record: Dict[str, float]) -> None:
+        """One epoch's record: a metrics.jsonl line and a table row."""
         if not self.enabled:
             return
         append_jsonl(self.run_dir / layout.METRICS, record)
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.scalar(key.replace("_", "/", 1), value, global_step)
-        self.writer.flush()
         # Fixed widths, one space apart: rows printed one by one line up, within 80 columns.
         table = Table(show_header=not self._header_printed, box=None, show_edge=False, padding=(0, 0, 0, 1))
         columns = [c for c in COLUMNS if c[0] not in OPTIONAL or c[0] in self.optional_columns]
@@ -190,21 +174,10 @@ class RunMonitor:
             self.print(f"start-up {record['startup_time']:.1f}s to the first batch; outside training (evaluation and "
                        f"its extras) {record['eval_time']:.1f}s of this epoch's {record['epoch_time']:.1f}s", style="dim")
 
-    def hparams(self, params: Dict[str, Any], metrics: Dict[str, float]) -> None:
-        """The run's hyperparameters beside its final metrics, for TensorBoard's HParams tab:
-        ``tensorboard --logdir <sweep dir>`` lines a sweep's jobs up there, one row each."""
-        if self.writer is not None:
-            self.writer.add_hparams(params, metrics, run_name=".")
-
     def close(self) -> None:
         """Flush and close what the run writes; a dir that a full disk or a removal has taken leaves them
         unwritten (the run's end was said already)."""
         self.stop_progress()
-        if self.writer is not None:
-            try:
-                self.writer.close()
-            except OSError:
-                pass
         if self.log is not None:
             try:
                 self.log.file.close()

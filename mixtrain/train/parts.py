@@ -27,6 +27,7 @@ from mixtrain.runtime import distributed
 from mixtrain.runtime.precision import Precision
 from mixtrain.train.engine import Part, Trainer, evaluate
 from mixtrain.train.monitor import RunMonitor
+from mixtrain.train.tracking import Loggers
 
 Save = Callable[[str], None]  # write the checkpoint of this name into the run dir (every rank calls it)
 
@@ -172,9 +173,9 @@ class Evaluation(Part):
     name = "evaluation"
 
     def __init__(self, model: nn.Module, ema_model: Optional[nn.Module], val, precision: Precision, run_dir: Path,
-                 monitor: RunMonitor, epochs: int, eval_every: int) -> None:
+                 loggers: Loggers, epochs: int, eval_every: int) -> None:
         self.model, self.ema_model, self.val, self.precision = model, ema_model, val, precision
-        self.run_dir, self.monitor, self.epochs, self.eval_every = run_dir, monitor, epochs, eval_every
+        self.run_dir, self.loggers, self.epochs, self.eval_every = run_dir, loggers, epochs, eval_every
 
     def epoch_end(self, trainer: Trainer, record: Dict[str, Any]) -> None:
         epoch = record["epoch"]
@@ -199,10 +200,11 @@ class Evaluation(Part):
             distributed.broadcast_buffers(self.ema_model)
             record.update({f"ema_val_{k}": v for k, v in evaluate(self.ema_model, self.val,
                                                                  self.precision).compute().items()})
-        if final and self.monitor.enabled:
+        if final and main:
             save_reliability_diagram(meter.ece_bins, self.run_dir / layout.RELIABILITY, f"epoch {epoch}")
-            self.monitor.image("calibration/reliability", reliability_image(meter.ece_bins, f"epoch {epoch}"),
-                               trainer.state.global_step)
+            if self.loggers.wants_images:
+                self.loggers.image("calibration/reliability", reliability_image(meter.ece_bins, f"epoch {epoch}"),
+                                   trainer.state.global_step)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -271,7 +273,8 @@ class Checkpoints(Part):
 
 
 class Records(Part):
-    """What the run reports: the progress bar and lines at sync points, the epoch's line, the status."""
+    """What the run reports: the progress bar and lines at sync points, the epoch's line, the status
+    (trackers: :class:`~mixtrain.train.tracking.Loggers`)."""
 
     name = "records"
 
@@ -290,15 +293,11 @@ class Records(Part):
         rate = (state.step - trainer.first_step) * self.batch_size / max(stats["elapsed"], 1e-9)
         eta = (stats["steps"] - state.step) * self.batch_size / max(rate, 1e-9)
         monitor.sync_line(state.epoch, state.step, int(stats["steps"]), loss, rate, eta)
-        monitor.scalar("train/loss_running", loss, state.global_step)
-        monitor.scalar("train/lr_step", trainer.schedule.lr(), state.global_step)
-        if not math.isnan(stats["grad_norm"]):
-            monitor.scalar("train/grad_norm", stats["grad_norm"], state.global_step)
         if state.step == stats["steps"]:  # the epoch's last sync: its bar goes before evaluation
             monitor.stop_progress()
 
     def eval_end(self, trainer: Trainer, record: Dict[str, Any]) -> None:
-        self.monitor.epoch_end(record, trainer.state.global_step)
+        self.monitor.epoch_end(record)
         self.report()  # summary.json says running, with this epoch; unreadable files, once
 
     def stop(self, trainer: Trainer, error: Optional[BaseException]) -> None:

@@ -24,12 +24,12 @@ from mixtrain.artifacts import checkpoint
 from mixtrain.artifacts.checkpoint import TrainState
 from mixtrain.artifacts.init_from import init_weights
 from mixtrain.config import MixConfig, TrainConfig, asdict
-from mixtrain.config.overrides import override_key, saved_overrides
+from mixtrain.config.overrides import saved_overrides
 from mixtrain.config.registry import advice
-from mixtrain.config.store import flatten
 from mixtrain.data import Data, build_data
 from mixtrain.errors import MixtrainError, RunStopped, resume_command
 from mixtrain.files import write_json_atomic
+from mixtrain.loggers import FAILED, FINISHED, KILLED, RunInfo, create_loggers, sweep_of
 from mixtrain.mixing import create_mixer, method_of
 from mixtrain.mixing.losses import create_loss
 from mixtrain.mixing.preview import mixed_batch_grid
@@ -45,6 +45,7 @@ from mixtrain.train.monitor import RunMonitor, reconcile_metrics
 from mixtrain.train.optim import Schedule, create_optimizer, scaled_lr
 from mixtrain.train.parts import Checkpoints, Ema, Evaluation, NanPolicy, Records, StopOnSignal, StopRequest
 from mixtrain.train.summary import done_line, option_names, summarize
+from mixtrain.train.tracking import Loggers
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -110,11 +111,15 @@ class Training:
                                 f"({trainer.eval_batch_size}) are global batches and must divide evenly over "
                                 f"{ctx.world_size} processes")
         saved = checkpoint.load(checkpoint.resume_checkpoint(cfg.resume)) if cfg.resume else None
-        problem = None
+        problem, loggers = None, {}
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             if saved is None and holds_run(run_dir):
                 problem = f"{run_dir} already holds a run: pick another hydra.run.dir, or continue it with {resume_command(run_dir)}"
+            try:
+                loggers = create_loggers(cfg.logger)  # only rank 0 logs
+            except MixtrainError as ex:
+                problem = problem or str(ex)
         problem = distributed.broadcast_object(problem)  # every rank stops with the same line
         if problem:
             raise MixtrainError(problem)
@@ -174,8 +179,8 @@ class Training:
         if trainer.compile:
             self.train_model = torch.compile(self.train_model)
         # On resume, TensorBoard hides what a crashed attempt logged after the checkpoint.
-        self.monitor = monitor or RunMonitor(run_dir, enabled=ctx.is_main,
-                                             purge_step=self.state.global_step if saved is not None else None)
+        self.monitor = monitor or RunMonitor(run_dir, enabled=ctx.is_main)
+        self.loggers = Loggers(loggers, self.monitor)
         if self.ema is not None:
             self.monitor.optional_columns.add("ema_val_acc1")
         self.resumed = saved is not None
@@ -217,7 +222,8 @@ class Training:
         if self.ctx.is_main:
             write_summary(self.run_dir / layout.SUMMARY, {
                 "status": status, **self.summary(), **fields, "pid": os.getpid(), "host": socket.gethostname(),
-                "world_size": self.ctx.world_size, "options": self.options, "config": self.config})
+                "world_size": self.ctx.world_size, "options": self.options, "loggers": self.loggers.where(),
+                "config": self.config})
 
     def save(self, name: str) -> None:
         """A checkpoint (every rank takes part: each one's RNG state goes in it; rank 0 writes)."""
@@ -290,9 +296,9 @@ class Training:
                 monitor.info(self.resume_note)
             if self.metrics_note:
                 monitor.info(self.metrics_note)
-        elif monitor.enabled and self.mixer.active(0) and method_of(cfg.augment).previewable:
-            monitor.image("mixing/batch", mixed_batch_grid(data.train, data.classes, cfg.augment, cfg.dataset,
-                                                           cfg.trainer.epochs, cfg.seed))
+        elif self.loggers.wants_images and self.mixer.active(0) and method_of(cfg.augment).previewable:
+            self.loggers.image("mixing/batch", mixed_batch_grid(data.train, data.classes, cfg.augment, cfg.dataset,
+                                                                cfg.trainer.epochs, cfg.seed))
 
     def warn_stacked_smoothing(self) -> None:
         """Mixing and label smoothing together soften the targets twice: say so when, measured over
@@ -315,14 +321,15 @@ class Training:
         self.checkpoints = Checkpoints(self.save, self.run_dir, cfg.objective,
                                        trainer.ema.select_best and self.ema is not None, trainer.keep_best,
                                        trainer.checkpoint_every_steps)
-        parts = [self.nan_policy, StopOnSignal(self.stop, self.save, self.run_dir, trainer.checkpoint)]
+        # The loggers before a stop: a sync point's numbers reach them before a signal stops the run there.
+        parts = [self.nan_policy, self.loggers, StopOnSignal(self.stop, self.save, self.run_dir, trainer.checkpoint)]
         if cfg.model.freeze:
             parts.append(Freeze(self.model, cfg.model.freeze_epochs))
         if self.ema is not None:
             parts.append(Ema(self.ema, self.model, trainer.ema.every))
         parts += self.debug.parts(self)
         evaluation = Evaluation(self.model, self.ema.module if self.ema is not None else None, self.data.val,
-                                self.precision, self.run_dir, self.monitor, self.debug.epochs(trainer.epochs),
+                                self.precision, self.run_dir, self.loggers, self.debug.epochs(trainer.epochs),
                                 trainer.eval_every)
         return [*parts, evaluation, self.checkpoints, Records(self.monitor, trainer.batch_size, self.report)]
 
@@ -339,9 +346,22 @@ class Training:
                        cfg.checkpoint_every_steps, self.ctx.world_size, self.history, self.parts, self.stop,
                        distributed.StopVote())
 
+    def run_info(self) -> RunInfo:
+        """What the loggers are told of this run when they start."""
+        return RunInfo(self.run_dir, self.config, saved_overrides(self.run_dir), sweep_of(self.run_dir),
+                       list(self.history), self.state.global_step, self.resumed, self.options)
+
+    def end(self, status: str, tracker_status: str, **fields: Any) -> None:
+        """A run that did not complete: summary.json says how, the loggers hear it, the monitor closes."""
+        self.write_status(status, **fields)
+        self.loggers.finish(tracker_status, {"status": status, **self.summary(), **fields}, self.run_dir)
+        self.monitor.close()
+
     def train(self) -> Dict[str, Any]:
         monitor = self.monitor
+        self.loggers.start(self.run_info())
         self.introduce()
+        self.loggers.announce()
         self.write_status(layout.RUNNING)
         try:
             with self.stop:
@@ -350,23 +370,23 @@ class Training:
             said = ending(ex, self.run_dir)  # a full disk, a worker killed, ...: one line that says so
             stopped = isinstance(said, RunStopped) and said.exit_code > 128
             known = isinstance(said, (RunStopped, MixtrainError))
-            self.write_status(layout.INTERRUPTED if stopped else layout.FAILED,
-                              error=str(said) if known else f"{type(ex).__name__}: {ex}"[:500])
-            monitor.close()
+            killed = stopped or isinstance(ex, KeyboardInterrupt)
+            self.end(layout.INTERRUPTED if stopped else layout.FAILED, KILLED if killed else FAILED,
+                     error=str(said) if known else f"{type(ex).__name__}: {ex}"[:500])
             if said is ex:
                 raise
             raise said from None
         digests = distributed.gather_objects(distributed.weights_digest(self.model))
         summary = {"status": layout.COMPLETED, **self.summary(), "world_size": self.ctx.world_size,
                    "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests[0], "pid": os.getpid(),
-                   "host": socket.gethostname(), "options": self.options, "config": self.config}
+                   "host": socket.gethostname(), "options": self.options, "loggers": self.loggers.where(),
+                   "config": self.config}
         if self.ctx.is_main:
             write_summary(self.run_dir / layout.SUMMARY, summary)
-        monitor.hparams(hparams(self.config, self.run_dir, self.options),
-                        {f"hparam/{k}": summary[k] for k in layout.OBJECTIVES if isinstance(summary.get(k), float)})
         if not summary["ranks_in_sync"]:
             monitor.warn_once("sync", f"the ranks' final weights differ: {digests}")
         monitor.info(done_line(summary, self.ema is not None, self.cfg.trainer.checkpoint, self.run_dir))
+        self.loggers.finish(FINISHED, summary, self.run_dir)
         monitor.close()
         distributed.barrier()  # no rank leaves before rank 0 has written the run's files
         return summary
@@ -382,23 +402,6 @@ def write_summary(path: Path, summary: Dict[str, Any]) -> None:
             path.write_text(json.dumps(summary, indent=2))
         except OSError:
             pass
-
-
-# What TensorBoard's HParams tab shows of every run, beside each key set on its command line.
-HPARAMS = ("dataset.name", "model.name", "augment.name", "augment.alpha", "augment.mode", "optim.name", "optim.lr",
-           "sched.name", "trainer.epochs", "trainer.batch_size", "seed")
-
-
-def hparams(config: Dict[str, Any], run_dir: Path, options: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    """The run's hyperparameters for TensorBoard: :data:`HPARAMS` and the keys of its overrides
-    (``.hydra/overrides.yaml``: a sweep's swept keys), as numbers, strings or booleans; and the
-    option of each group (``dataset``: ``photos``)."""
-    flat = {**flatten(config), **(options or {})}
-    keys = [*(options or {}), *HPARAMS]
-    for key in map(override_key, saved_overrides(run_dir)):
-        if key in flat and key not in keys:
-            keys.append(key)
-    return {k: flat[k] if isinstance(flat[k], (bool, int, float, str)) else str(flat[k]) for k in keys if k in flat}
 
 
 def fit(cfg: TrainConfig, run_dir: Path, monitor: Optional[RunMonitor] = None,
