@@ -198,15 +198,19 @@ def train_defaults() -> Dict[str, str]:
 def groups_block() -> str:
     """Every group of ``mixtrain train`` and its options: the registries' (a new kind or a new group
     appears by itself), then trainer and recipe."""
-    from mixtrain.config.registry import GROUPS, option_names
+    from mixtrain.config.registry import GROUPS, LIST_GROUPS, option_names
     from mixtrain.runs.recipes import list_recipes
 
     defaults = train_defaults()
     rows = ["| group | options |", "|---|---|"]
-    for group in GROUPS:
-        names = [f"`{n}`" + (" (default)" if defaults.get(group) == n else "") for n in option_names(group)]
+    for group in (*GROUPS, *LIST_GROUPS):
+        chosen = defaults.get(group)
+        chosen = chosen if isinstance(chosen, list) else [chosen]
+        names = [f"`{n}`" + (" (default)" if n in chosen else "") for n in option_names(group)]
         empty = "; none by default" if group not in defaults else ""
-        rows.append(f"| `{group}` | {', '.join(names)}{empty} |")
+        example = [*(n for n in chosen if n), *(n for n in option_names(group) if n not in chosen)][:2]
+        listed = f"; a list: `{group}=[{','.join(example)}]`" if group in LIST_GROUPS else ""
+        rows.append(f"| `{group}` | {', '.join(names)}{empty}{listed} |")
     rows.append("| `trainer` | `default` (every `trainer.*` key: the configuration reference) |")
     rows.append(f"| `recipe` | {len(list_recipes())} named experiments in `recipes/` (`mixtrain recipes` lists them); "
                 "none by default |")
