@@ -119,13 +119,13 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str
     if found != FORMAT:
         raise MixtrainError(f"{path} is not a mixtrain checkpoint (no '{FORMAT}' marker)")
     expected = state.pop(CHECKSUM, None)
-    if expected is not None and tensor_checksum({k: v for k, v in state.items() if k != "format"}) != expected:
-        raise MixtrainError(f"{path} is damaged: its tensors no longer match the checksum saved with them (a bit "
-                            "changed on disk or in a copy): use another copy of it, or another checkpoint")
-    problem = damage(state)
+    problem = damage(state)  # what is missing or of the wrong type says more than a checksum that differs
     if problem:
         raise MixtrainError(f"{path} is a damaged mixtrain checkpoint ({problem}): use another checkpoint of the run "
                             "(best.pt, last.pt), or train again")
+    if expected is not None and tensor_checksum({k: v for k, v in state.items() if k != "format"}) != expected:
+        raise MixtrainError(f"{path} is damaged: its tensors no longer match the checksum saved with them (a bit "
+                            "changed on disk or in a copy): use another copy of it, or another checkpoint")
     return state
 
 

@@ -208,9 +208,11 @@ def load_run(run_dir: Path) -> Run:
     config, config_note = _hydra_config(run_dir)
     saved = summary.get("config") if summary else None
     if isinstance(saved, dict):
-        lacking = set(flatten(saved)) - set(flatten(config))
-        if config and lacking:  # a file cut short still parses: it lacks keys the run had
-            config_note = f"{HYDRA}/config.yaml lacks {len(lacking)} key(s) of the run's config (cut short?)"
+        # A file cut short still parses: it lacks sections the run had (its options' own keys may differ:
+        # model=auto's, resolved into the model it chose, are in summary.json's copy only).
+        lacking = set(saved) - set(config)
+        if config and lacking:
+            config_note = f"{HYDRA}/config.yaml lacks {len(lacking)} section(s) of the run's config (cut short?)"
         if not config or lacking:
             config = saved
             config_note += ": the config of summary.json is used" if config_note else ""
