@@ -35,7 +35,7 @@ from torchvision import datasets, transforms
 from mixtrain.config import AugmentConfig, EmaConfig, OptimConfig, SchedConfig, TrainConfig, TrainerConfig
 from mixtrain.data import FolderConfig
 from mixtrain.models import CifarModelConfig
-from mixtrain.train.engine import Part, Trainer
+from mixtrain.train.engine import Part
 from mixtrain.train.monitor import RunMonitor
 from mixtrain.train.training import Training
 
@@ -106,7 +106,7 @@ def bench_mixtrain(training: Training, epoch: int, device):
     """(a) or (d): one (shortened) epoch of the engine's Trainer, its only part timing the steps."""
     timer = StepTimes(device)
     gc.collect()  # what building the run left behind is not the loop's cost
-    Trainer(training, [timer]).train_epoch(epoch)
+    training.trainer(parts=[timer]).train_epoch(epoch)
     return rate_from_step_times(timer.times, training.cfg.trainer.batch_size)
 
 

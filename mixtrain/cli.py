@@ -72,11 +72,11 @@ def task(function: Callable) -> Callable:
     return run
 
 
-def output_dir(cfg) -> Path:
+def output_dir(command: str, cfg) -> Path:
     """This job's dir, which this process holds (the Guard claimed it; a sweep's job claims its own)."""
-    from mixtrain.runs import claims, launch  # imported by now: this runs inside launch's Hydra command
+    from mixtrain.runs import claims  # imported by now: this runs inside launch's Hydra command
 
-    return claims.job_dir(launch.COMMAND, cfg)
+    return claims.job_dir(command, cfg)
 
 
 def in_sweep() -> bool:
@@ -88,7 +88,7 @@ def in_sweep() -> bool:
 def _train_task(cfg) -> float:
     from mixtrain.train.training import fit  # start-up: see the note at the imports
 
-    out = output_dir(cfg)  # first: a sweep's job writes its Hydra files there once it holds it
+    out = output_dir("train", cfg)  # first: a sweep's job writes its Hydra files there once it holds it
     try:
         summary = fit(to_object(cfg), out, options=dict(HydraConfig.get().runtime.choices))
     except RunStopped as ex:
@@ -129,7 +129,7 @@ def _preview_task(cfg) -> None:
     from mixtrain.mixing.preview import mixed_batch_grid, write_png
     from mixtrain.runtime.precision import resolve_device
 
-    out = output_dir(cfg)
+    out = output_dir("preview", cfg)
     run = to_object(cfg)
     options = LoaderOptions(run.trainer.batch_size, resolve_device(run.trainer.device),
                             resolve_workers(run.trainer.num_workers), run.trainer.channels_last, run.seed)
@@ -146,7 +146,7 @@ def _eval_task(cfg) -> None:
     from mixtrain.evaluate.evaluation import dataset_override_keys, evaluate_checkpoint
     from mixtrain.evaluate.tables import print_report
 
-    out = output_dir(cfg)
+    out = output_dir("eval", cfg)
     console = Console(width=None if Console().is_terminal else 120)
     keys = dataset_override_keys(HydraConfig.get().overrides.task)
     print_report(evaluate_checkpoint(to_object(cfg), out, keys, console), out, console)

@@ -5,6 +5,7 @@ Every module that writes or reads a run's records takes the names from here.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Tuple
 
 # --------------------------------------------------------------------------- files
@@ -90,3 +91,8 @@ def objective_metric(objective: str):
     if key == "wall_time_s":
         return None
     return key, "min" if key.endswith(("_ece", "_nll", "_loss")) else "max"
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a run has written into ``run_dir`` (even one whose first epoch crashed)."""
+    return any((run_dir / name).exists() for name in RUN_FILES)

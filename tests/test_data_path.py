@@ -15,7 +15,8 @@ from mixtrain.data import LoaderOptions, build_data, open_split, resolve_workers
 from mixtrain.data.source import usable_cores
 from mixtrain.errors import MixtrainError, RunStopped
 from mixtrain.runtime.precision import Precision
-from mixtrain.train.training import fit, seed_everything
+from mixtrain.runtime.seeds import seed_everything
+from mixtrain.train.training import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,7 +21,8 @@ from mixtrain.artifacts import checkpoint
 from mixtrain.cli import main
 from mixtrain.data import LoaderOptions, WebDatasetConfig, open_split
 from mixtrain.data.shard_writer import write_shards
-from mixtrain.data.shards import ShardStream, open_shards, shard_members
+from mixtrain.data.shard_reading import shard_members
+from mixtrain.data.shards import ShardStream, open_shards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -234,7 +234,7 @@ def test_a_frozen_backbone_and_its_batchnorm_statistics_hold_still_then_train(ph
             if trainer.state.epoch == 1:
                 after_first.update({k: v.clone() for k, v in training.model.state_dict().items()})
 
-    training.parts.append(Snapshot())
+    training.parts.all.append(Snapshot())
     training.train()
     backbone = [k for k in start if not k.startswith("head.fc")]
     assert all(torch.equal(after_first[k], start[k]) for k in backbone)  # weights and running statistics

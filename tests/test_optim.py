@@ -74,7 +74,7 @@ def test_the_lr_at_every_step_is_timms(name, warmup, on_updates, tmp_path):
                       f"sched.step_on={'update' if on_updates else 'epoch'}", *extra)
     training = Training(cfg, tmp_path / "run")
     recorder = LrRecorder(training.optimizer)
-    training.parts.append(recorder)
+    training.parts.all.append(recorder)
     training.train()
     want = timms_lrs(name, warmup, on_updates, recorder.metrics, **SCHEDULES[name])
     assert recorder.lrs == pytest.approx(want, rel=1e-12, abs=1e-15)
@@ -86,7 +86,7 @@ def test_noise_cycles_and_k_decay_reach_timms_cosine(tmp_path):
                       "sched.cycle_limit=1", "sched.min_lr=0.001")
     training = Training(cfg, tmp_path / "run")
     recorder = LrRecorder(training.optimizer)
-    training.parts.append(recorder)
+    training.parts.all.append(recorder)
     training.train()
     want = timms_lrs("cosine", 0, True, recorder.metrics, noise=[0.3, 0.9], noise_pct=0.5, k_decay=2.0, min_lr=0.001)
     assert recorder.lrs == pytest.approx(want, rel=1e-12)
@@ -193,7 +193,7 @@ def test_resume_is_bit_identical_for_every_kind_of_schedule(sched, tmp_path):
             "trainer.epochs=4", "trainer.log_every=2", "optim.lr=0.2", *sched]
     straight = fit(make_config(*args), tmp_path / "straight")
     training = Training(make_config(*args), tmp_path / "run")
-    training.parts.append(StopAfter(training.stop, 14))  # inside epoch 2, after two evaluations
+    training.parts.all.append(StopAfter(training.stop, 14))  # inside epoch 2, after two evaluations
     with pytest.raises(RunStopped):
         training.train()
     resumed = fit(to_object(compose_config(*args, f"resume={tmp_path / 'run'}")), tmp_path / "run")

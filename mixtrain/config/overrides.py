@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections import OrderedDict
 from itertools import product
 from pathlib import Path
@@ -53,6 +54,15 @@ def sweep_jobs(overrides: list) -> List[List[str]]:
         else:
             choices[key] = [f"{key}={override.get_value_element_as_str()}"]
     return [list(job) for job in product(*choices.values())]
+
+
+def quote_value(value) -> str:
+    """A value as a quoted Hydra override value (a path may hold spaces, '=', ',', quotes, brackets).
+
+    Inside quotes Hydra's grammar keeps a backslash as it is, except a run of them that ends at a quote
+    or at the string's end, which it reads as escapes: that run is doubled, and a quote escaped."""
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, str(value))
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def override_key(override: str) -> str:

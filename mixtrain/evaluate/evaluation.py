@@ -9,6 +9,7 @@ before and after; top-1 under FGSM. Everything lands in ``eval.json`` (read by
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -26,7 +27,7 @@ from mixtrain.artifacts.logits import save_logits
 from mixtrain.artifacts.model import build_model, resolve_checkpoint
 from mixtrain.config import (DatasetConfig, EvalConfig, TrainConfig, describe_config_error,
                              heldout_fraction, schema_for)
-from mixtrain.config.overrides import override_key
+from mixtrain.config.overrides import override_key, quote_value
 from mixtrain.config.trust import check_stored
 from mixtrain.data import FolderConfig, LoaderOptions, check_bad_images, open_split, resolve_workers, unreadable_so_far
 from mixtrain.errors import MixtrainError
@@ -69,19 +70,13 @@ def eval_overrides(overrides: List[str]) -> List[str]:
     changed = set(dataset_override_keys(overrides))
     required = [f.name for f in dataclasses.fields(schema_for("dataset", saved))
                 if f.default == MISSING and f.name != "name" and f.name not in changed and f.name in saved]
-    return [f"dataset={saved['name']}", *(f"dataset.{key}={quote_override(saved[key])}" for key in required), *overrides]
+    return [f"dataset={saved['name']}", *(f"dataset.{key}={quote_value(saved[key])}" for key in required), *overrides]
 
 
 def passed_keys(dataset_keys: Sequence[str], trust: Sequence[str]) -> List[str]:
     """The keys of a checkpoint's config that eval's command line passes: the dataset keys it sets
     (their stored values are not used) and those it trusts."""
     return [*(f"dataset.{key}" for key in dataset_keys), *map(str, trust or [])]
-
-
-def quote_override(value: Any) -> str:
-    """A string as a quoted Hydra override value (paths may hold spaces, '=' or ',')."""
-    # Inside quotes Hydra treats a backslash as special only before a quote.
-    return "'" + str(value).replace("'", "\\'") + "'"
 
 
 def override_value(override: str) -> Any:
@@ -182,12 +177,51 @@ def temperature_scaling(cfg: EvalConfig, val_logits: torch.Tensor, val_labels: t
     return section, sums
 
 
+@dataclass
+class Target:
+    """What an evaluation reads: the checkpoint, the config it was trained with, the split and the model."""
+
+    path: Path
+    state: Dict[str, Any]
+    train_cfg: Any
+    dataset: Any
+    options: LoaderOptions
+    val: Any
+    model: Any
+
+
+@dataclass
+class Measured:
+    """What an evaluation found: the clean logits, the fitted temperature, FGSM's predictions."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    temperature: Dict[str, Any]
+    sums: Dict[str, Any]
+    eps_levels: List[float]
+    attacked: Any
+    fgsm: List[Dict[str, Any]]
+    unreadable: List[str]
+
+
 def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[str] = (),
                         console: Optional[Console] = None) -> Dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; write ``eval.json`` and ``reliability.png`` to ``out_dir``; return the report."""
     out_dir = Path(out_dir)
     if (out_dir / layout.EVAL).exists():
         raise MixtrainError(f"{out_dir} already holds an {layout.EVAL}: pick another hydra.run.dir")
+    target = open_target(cfg, dataset_keys)
+    announce(target, console)
+    measured = measure(cfg, target)
+    if measured.unreadable and console is not None:
+        shown = ", ".join(measured.unreadable[:3]) + (" ..." if len(measured.unreadable) > 3 else "")
+        console.print(f"[yellow]warning:[/] left out {len(measured.unreadable)} unreadable image(s) from every "
+                      f"metric: {shown}", highlight=False)
+    return write_report(cfg, target, measured, out_dir)
+
+
+def open_target(cfg: EvalConfig, dataset_keys: Sequence[str]) -> Target:
+    """The checkpoint (read as data, its classes held to the data's), the split and the model."""
     path = resolve_checkpoint(cfg.checkpoint).resolve()
     if cfg.calibrate:  # before any work: the checkpoint's run must not be running
         claim_calibration(path)
@@ -205,21 +239,31 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
                             "pass dataset.root=NEW_PATH")
     val = open_split(dataset, "val", False, options)
     check_bad_images(dataset, [val])
-    classes = val.classes
-    checkpoint.check_classes(state, classes, f"cannot evaluate {path} on {dataset.name} val",
+    checkpoint.check_classes(state, val.classes, f"cannot evaluate {path} on {dataset.name} val",
                              "evaluate on a dataset with the classes it was trained on")
-    model = build_model(train_cfg, state, len(classes), path, device, cfg.weights)
-    option = run_option(path, "dataset") if dataset.name == train_cfg.dataset.name else None
-    shown = dataset.name if option in (None, dataset.name) else f"{option} ({dataset.name})"
-    if console is not None:
-        console.print(f"[bold]mixtrain eval[/] {path} ({train_cfg.model.name}, {describe_run(train_cfg)}, "
-                      f"{layout.epoch_label(*layout.checkpoint_epoch(state['state']))}) on {shown} val ({val.loader.num_samples} images) | "
-                      f"{device}", highlight=False)
+    model = build_model(train_cfg, state, len(val.classes), path, device, cfg.weights)
+    return Target(path, state, train_cfg, dataset, options, val, model)
 
-    logits, labels = logits_of(model, val.loader, cfg.tta)
-    splits, heldout = [val], None
+
+def announce(target: Target, console: Optional[Console]) -> None:
+    """The line that says what is evaluated on what."""
+    if console is None:
+        return
+    train_cfg, dataset = target.train_cfg, target.dataset
+    option = run_option(target.path, "dataset") if dataset.name == train_cfg.dataset.name else None
+    shown = dataset.name if option in (None, dataset.name) else f"{option} ({dataset.name})"
+    epoch = layout.epoch_label(*layout.checkpoint_epoch(target.state["state"]))
+    console.print(f"[bold]mixtrain eval[/] {target.path} ({train_cfg.model.name}, {describe_run(train_cfg)}, {epoch}) "
+                  f"on {shown} val ({target.val.loader.num_samples} images) | {target.options.device}", highlight=False)
+
+
+def measure(cfg: EvalConfig, target: Target) -> Measured:
+    """The clean logits (with ``tta``), the temperature (fitted on held-out images) and FGSM's predictions."""
+    model, dataset = target.model, target.dataset
+    logits, labels = logits_of(model, target.val.loader, cfg.tta)
+    splits, heldout = [target.val], None
     if heldout_fraction(cfg.heldout) is None:
-        fit = open_split(dataset, cfg.heldout, False, options)
+        fit = open_split(dataset, cfg.heldout, False, target.options)
         check_bad_images(dataset, [fit])
         splits.append(fit)
         fit_logits, fit_labels = logits_of(model, fit.loader, cfg.tta)
@@ -227,40 +271,43 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir: Path, dataset_keys: Sequence[s
     temperature, sums = temperature_scaling(cfg, logits, labels, heldout)
     eps_levels = [float(e) for e in cfg.fgsm_eps]
     eps_list = [e / 255.0 for e in eps_levels]
-    attacked, attacked_labels = fgsm_predictions(model, val.loader, eps_list, dataset.mean, dataset.std)
+    attacked, attacked_labels = fgsm_predictions(model, target.val.loader, eps_list, dataset.mean, dataset.std)
     fgsm = fgsm_accuracy(attacked, attacked_labels, eps_list)
     for row, level in zip(fgsm, eps_levels):
         row["eps_255"] = level
     unreadable = unreadable_so_far([p for s in splits for p in s.skipped], [s.loader for s in splits])
-    if unreadable and console is not None:
-        shown = ", ".join(unreadable[:3]) + (" ..." if len(unreadable) > 3 else "")
-        console.print(f"[yellow]warning:[/] left out {len(unreadable)} unreadable image(s) from every metric: {shown}",
-                      highlight=False)
+    return Measured(logits, labels, temperature, sums, eps_levels, attacked, fgsm, unreadable)
 
+
+def write_report(cfg: EvalConfig, target: Target, measured: Measured, out_dir: Path) -> Dict[str, Any]:
+    """``val_logits.pt``, ``reliability.png``, the calibration file when asked, then ``eval.json``."""
+    train_cfg, logits, labels = target.train_cfg, measured.logits, measured.labels
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_logits(out_dir / layout.LOGITS, logits, labels, fgsm={"eps_255": eps_levels, "predictions": attacked})
-    t = temperature["value"]
-    save_reliability_panels([(sums["before"], f"before scaling (T=1), {temperature['report_samples']} images"),
-                             (sums["after"], f"after scaling (T={t:.3f})")], out_dir / layout.RELIABILITY)
+    save_logits(out_dir / layout.LOGITS, logits, labels,
+                fgsm={"eps_255": measured.eps_levels, "predictions": measured.attacked})
+    temperature = measured.temperature
+    save_reliability_panels([(measured.sums["before"], f"before scaling (T=1), {temperature['report_samples']} images"),
+                             (measured.sums["after"], f"after scaling (T={temperature['value']:.3f})")],
+                            out_dir / layout.RELIABILITY)
     report = {
-        "checkpoint": str(path),
+        "checkpoint": str(target.path),
         "weights": cfg.weights,
         # Numbered as metrics.jsonl numbers epochs (from 0); step: how far into that epoch, or None at its end.
-        **dict(zip(("epoch", "step"), layout.checkpoint_epoch(state["state"]))),
+        **dict(zip(("epoch", "step"), layout.checkpoint_epoch(target.state["state"]))),
         "run": {"label": describe_run(train_cfg), "model": train_cfg.model.name, "augment": train_cfg.augment.name,
                 "label_noise": train_cfg.dataset.label_noise, "seed": train_cfg.seed},
-        "dataset": {"name": dataset.name, "split": "val", "samples": len(labels), "num_classes": len(classes),
-                    "unreadable": len(unreadable)},
+        "dataset": {"name": target.dataset.name, "split": "val", "samples": len(labels),
+                    "num_classes": len(target.val.classes), "unreadable": len(measured.unreadable)},
         "clean": calibration_metrics(logits, labels),
         "bootstrap": ({"resamples": cfg.bootstrap, "seed": cfg.seed, "level": 0.95,
                        "clean": bootstrap_intervals(logits, labels, cfg.bootstrap, cfg.seed)} if cfg.bootstrap else None),
         "temperature": temperature,
-        "fgsm": fgsm,
-        "eval_config": {"heldout": cfg.heldout, "fgsm_eps": eps_levels, "seed": cfg.seed, "weights": cfg.weights,
-                        "bootstrap": cfg.bootstrap, "tta": cfg.tta},
+        "fgsm": measured.fgsm,
+        "eval_config": {"heldout": cfg.heldout, "fgsm_eps": measured.eps_levels, "seed": cfg.seed,
+                        "weights": cfg.weights, "bootstrap": cfg.bootstrap, "tta": cfg.tta},
         "files": {"reliability": layout.RELIABILITY, "logits": layout.LOGITS},
     }
     if cfg.calibrate:
-        report["files"]["calibration"] = str(write_calibration(path, temperature))
+        report["files"]["calibration"] = str(write_calibration(target.path, temperature))
     write_json_atomic(out_dir / layout.EVAL, report)
     return report

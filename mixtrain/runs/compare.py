@@ -23,7 +23,8 @@ from mixtrain.artifacts.logits import Predictions, load_logits
 from mixtrain.config import to_object
 from mixtrain.errors import MixtrainError
 from mixtrain.evaluate.bootstrap import paired_accuracy, paired_differences
-from mixtrain.evaluate.evaluation import dataset_override_keys, eval_overrides, evaluate_checkpoint, quote_override
+from mixtrain.config.overrides import quote_value
+from mixtrain.evaluate.evaluation import dataset_override_keys, eval_overrides, evaluate_checkpoint
 from mixtrain.evaluate.tables import METRIC_ROWS, eps_label
 from mixtrain.files import claim_dir, first_missing, remove_made_dirs, write_json_atomic
 from mixtrain.options import compose
@@ -215,7 +216,7 @@ def compare(args: Sequence[str], console: Optional[Console] = None) -> Dict[str,
         if done is not None:
             jobs.append((run, done, None))
             continue
-        cfg = compose("eval", eval_overrides([*overrides, f"checkpoint={quote_override(run)}"]))
+        cfg = compose("eval", eval_overrides([*overrides, f"checkpoint={quote_value(run)}"]))
         jobs.append((run, None, to_object(cfg)))
 
     made = first_missing(out_dir)

@@ -23,7 +23,7 @@ import sys
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -45,10 +45,6 @@ from mixtrain.runs.claims import (check_writable, claim_run_dir, defer_job_files
 from mixtrain.runs.resume import check_replayed, resume_args
 from mixtrain.runtime import distributed
 
-# The command whose task this process runs (set by :func:`run_hydra_command`); a Hydra app
-# that composes mixtrain's configs by itself is checked as `train`.
-COMMAND = "train"
-
 
 # --------------------------------------------------------------------------- the command line
 
@@ -60,13 +56,13 @@ def run_hydra_command(command: str, task: Callable, config_name: str, args: List
     anyway): ``train resume=RUN`` continues RUN with its original overrides, config name and
     config dir; ``eval dataset.key=...`` names the checkpoint's dataset first.
     """
-    global COMMAND
     parsed = hydra_args_parser().parse_args(args)
     if runs_a_job(parsed):
         args = {"train": resume_args, "eval": eval_args}.get(command, lambda a, p: a)(args, parsed)
-        if command == "preview" and not any(o.startswith("hydra.run.dir=") for o in parsed.overrides):
-            args = [*args, "hydra.run.dir=outputs/preview/${now:%Y-%m-%d}/${now:%H-%M-%S}"]
-    COMMAND = command
+        if command == "preview":  # train's config, checked as a preview (the command rides on the Guard)
+            args = [*args, "hydra.callbacks.mixtrain.command=preview"]
+            if not any(o.startswith("hydra.run.dir=") for o in parsed.overrides):
+                args.append("hydra.run.dir=outputs/preview/${now:%Y-%m-%d}/${now:%H-%M-%S}")
     try:
         with hydra_argv(args), full_errors():
             hydra_main(task, config_name)()
@@ -151,14 +147,19 @@ class Guard(Callback):
     and after a job whose task refused its input (taking back what Hydra wrote for it).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, command: str = "train", replayed: Optional[str] = None, given: Sequence[str] = ()) -> None:
+        """``command``: the command whose job this is (conf/train.yaml, conf/eval.yaml; preview's is set on its
+        command line); ``replayed``, ``given``: ``train resume=``'s run dir and the keys its command line
+        passes (:func:`~mixtrain.runs.resume.resume_args`), for :func:`~mixtrain.runs.resume.check_replayed`."""
+        self.command = command
+        self.replayed = (Path(replayed), list(given)) if replayed else None
         self.created: Optional[Path] = None  # the topmost folder this run made for its run dir
         self.run_dir: Optional[Path] = None
         self.job_files: Optional[str] = None  # a sweep's: the Hydra subdir each job writes once it holds its dir
 
     def on_run_start(self, config, config_name: Optional[str] = None, **kwargs) -> None:
         with refusals():
-            self.run_dir, self.created = prepare_run(config, COMMAND)
+            self.run_dir, self.created = prepare_run(config, self.command, self.replayed)
 
     def on_run_end(self, config, job_return=None, **kwargs) -> None:
         error = getattr(job_return, "_return_value", None)
@@ -178,7 +179,7 @@ class Guard(Callback):
 
     def on_multirun_start(self, config, config_name: Optional[str] = None, **kwargs) -> None:
         with refusals():
-            check_sweep(config, COMMAND)
+            check_sweep(config, self.command)
             self.job_files = defer_job_files(config)
 
     def on_job_start(self, config, **kwargs) -> None:
@@ -237,7 +238,7 @@ def check_job(cfg, output_dir: Path, base=None) -> None:
             raise MixtrainError(describe_config_error(ex, base)) from None
 
 
-def prepare_run(cfg, command: str):
+def prepare_run(cfg, command: str, replayed: Optional[Tuple[Path, List[str]]] = None):
     """Check the job, then make and lock its run dir (rank 0; every rank uses rank 0's dir).
 
     Returns ``(run_dir, created)``: ``created`` is the topmost folder made for it (None if the
@@ -245,9 +246,9 @@ def prepare_run(cfg, command: str):
     """
 
     declared = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
-    if command == "train":
+    if replayed is not None:
         with hydra_config_of(cfg, Path(str(cfg.hydra.run.dir))):
-            check_replayed(task_config(cfg), set(OmegaConf.to_container(cfg.hydra.runtime.choices)))
+            check_replayed(task_config(cfg), set(OmegaConf.to_container(cfg.hydra.runtime.choices)), *replayed)
     check_job(cfg, Path(str(cfg.hydra.run.dir)))
     if command == "eval" and OmegaConf.select(cfg, "calibrate"):  # its run must not be running: before any work
         claim_calibration(resolve_checkpoint(str(cfg.checkpoint)).resolve())

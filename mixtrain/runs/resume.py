@@ -11,30 +11,23 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from omegaconf import OmegaConf
 
 from mixtrain.artifacts.checkpoint import resume_checkpoint
-from mixtrain.config.overrides import override_key, saved_overrides
+from mixtrain.config.overrides import override_key, quote_value, saved_overrides
 from mixtrain.config.trust import check_option_names, check_stored
 from mixtrain.errors import MixtrainError
 from mixtrain.evaluate.evaluation import override_value
 from mixtrain.layout import HYDRA
 
 
-@dataclass
-class Replayed:
-    """The overrides ``train resume=`` took from a run dir (``source``), and the keys its command line passes."""
-
-    source: Path
-    overrides: List[str]
-    given: List[str]
-
-
-REPLAYED: Optional[Replayed] = None  # set by resume_args for the `train` command it rewrites, checked by the Guard
+def replayed_overrides(run_dir: Path) -> List[str]:
+    """The overrides ``train resume=`` takes from a run dir: its ``.hydra/overrides.yaml`` less Hydra's and
+    ``resume`` (Hydra keeps its own apart, in ``hydra.overrides.hydra``: any in this file were not its)."""
+    return [o for o in saved_overrides(run_dir) if not override_key(o).startswith("hydra") and override_key(o) != "resume"]
 
 
 def resume_args(args: List[str], parsed) -> List[str]:
@@ -42,8 +35,6 @@ def resume_args(args: List[str], parsed) -> List[str]:
     pointed at the run's own dir; its config name unless given again. Hydra's files for this
     invocation go to ``.hydra/resume-<time>``, so the original ``.hydra/`` stays as it was.
     """
-    global REPLAYED
-    REPLAYED = None
     given = [o for o in parsed.overrides if o.startswith("resume=")]
     if not given:
         return args
@@ -59,9 +50,7 @@ def resume_args(args: List[str], parsed) -> List[str]:
         raise MixtrainError(f"resume continues {run_dir} in its own dir: drop {moved[-1]} (a new run in another dir "
                             f"from this checkpoint is init_from={ckpt})")
     hydra_dir = run_dir / HYDRA
-    # Hydra keeps its own overrides apart (hydra.overrides.hydra): any in this file were not written by it.
-    original = [o for o in saved_overrides(run_dir) if not override_key(o).startswith("hydra")
-                and override_key(o) != "resume"]
+    original = replayed_overrides(run_dir)
     # Before Hydra composes them: a group choice is a name (a path would load any file); the values are
     # checked by the Guard, composed and resolved (check_replayed).
     check_option_names([(override_key(o), override_value(o)) for o in original if "." not in override_key(o)],
@@ -76,9 +65,11 @@ def resume_args(args: List[str], parsed) -> List[str]:
         if name and not parsed.config_name and not Path(str(name)).is_absolute() and ".." not in Path(str(name)).parts:
             flags += ["--config-name", str(name)]
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    REPLAYED = Replayed(hydra_dir / "overrides.yaml", original, [override_key(o) for o in rest])
-    return [*flags, *original, *rest, f"resume={quote(ckpt)}", f"hydra.run.dir={quote(run_dir)}",
-            f"hydra.output_subdir=.hydra/resume-{stamp}"]
+    given = ",".join(dict.fromkeys(override_key(o) for o in rest))
+    # What the Guard checks once Hydra has composed them rides on the Guard itself (check_replayed).
+    return [*flags, *original, *rest, f"resume={quote_value(ckpt)}", f"hydra.run.dir={quote_value(run_dir)}",
+            f"hydra.output_subdir=.hydra/resume-{stamp}", f"++hydra.callbacks.mixtrain.replayed={quote_value(run_dir)}",
+            f"++hydra.callbacks.mixtrain.given=[{given}]"]
 
 
 def saved_config_source(path: Path):
@@ -93,28 +84,21 @@ def saved_config_source(path: Path):
                             "run's -cn NAME (and -cd DIR) with resume=") from None
 
 
-def check_replayed(job, choices) -> None:
-    """Before the resumed config is read (its ``_target_`` imported, its data opened): the values the run
-    dir's overrides set in ``job`` (the task's config, composed), resolved, may name code only where this
-    command line passes the key. A group choice (``model=tiny_net``; ``choices``: Hydra's) names an
-    option, whose file is mixtrain's or the user's own."""
-    if REPLAYED is None:
-        return
+def check_replayed(job, choices, run_dir: Path, given: List[str]) -> None:
+    """Before the resumed config is read (its ``_target_`` imported, its data opened): the values the
+    overrides of ``run_dir`` set in ``job`` (the task's config, composed), resolved, may name code only
+    where this command line passes the key (``given``). A group choice (``model=tiny_net``; ``choices``:
+    Hydra's) names an option, whose file is mixtrain's or the user's own."""
     try:
         tree = OmegaConf.to_container(job, resolve=True)
     except Exception:  # an interpolation that does not resolve: check the values as written (to_object says the rest)
         tree = OmegaConf.to_container(job, resolve=False)
     set_by_file = {}
-    for key in dict.fromkeys(map(override_key, REPLAYED.overrides)):
+    for key in dict.fromkeys(map(override_key, replayed_overrides(run_dir))):
         if key not in choices:
             node = tree
             for part in key.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
             set_by_file[key] = node
-    check_stored(set_by_file, REPLAYED.source, REPLAYED.given,
+    check_stored(set_by_file, run_dir / HYDRA / "overrides.yaml", given,
                  fix=lambda keys: " ".join(f"{key}=..." for key in keys) + " on this command line")
-
-
-def quote(value) -> str:
-    """A value as a quoted Hydra override value (paths may hold spaces, '=', ',' or brackets)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"

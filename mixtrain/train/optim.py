@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from mixtrain.config import OptimConfig, SchedConfig
+from mixtrain.config import OptimConfig, SchedConfig, TrainConfig
 from mixtrain.errors import MixtrainError
+from mixtrain.layout import objective_metric
 
 
 def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
@@ -156,3 +157,14 @@ class Schedule:
         if self.name == "plateau" and "plateau" in state:
             self.scheduler.lr_scheduler.load_state_dict(state["plateau"])
             self.scheduler.restore_lr = state["restore_lr"]
+
+
+def schedule_metric(cfg: TrainConfig) -> Optional[Tuple[str, str]]:
+    """What a plateau schedule steps on: the record key of the run's objective (the EMA weights' with
+    ``trainer.ema.select_best``) and its direction; None for the other schedules."""
+    if cfg.sched.name != "plateau":
+        return None
+    key, mode = objective_metric(cfg.objective)
+    if cfg.trainer.ema.enabled and cfg.trainer.ema.select_best and key.startswith("val_"):
+        key = f"ema_{key}"
+    return key, mode

@@ -7,6 +7,7 @@ the objective's metric; epochs are numbered from 0, as ``metrics.jsonl`` numbers
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -14,6 +15,7 @@ from typing import Any, Dict, List, Optional
 from mixtrain import layout
 from mixtrain.config import GROUPS, TrainConfig
 from mixtrain.data import Data
+from mixtrain.files import write_json_atomic
 
 
 def summarize(history: List[dict], best_epoch: int, nan_skips: int, wall_time: float, data: Data,
@@ -86,3 +88,15 @@ def done_line(summary: Dict[str, Any], ema: bool, checkpoints: bool, run_dir: Pa
             f"{summary['final_val_ece']:.4f}, NLL {summary['final_val_nll']:.4f}; best epoch {summary['best_epoch']}"
             f"{held} by {by}: val acc {summary['best_val_acc1']:.2f}{best_ema}, NLL {summary['best_val_nll']:.4f} | "
             f"{summary['wall_time_s']:.0f}s | {run_dir / layout.SUMMARY}")
+
+
+def write_summary(path: Path, summary: Dict[str, Any]) -> None:
+    """``summary.json``, atomically; where the dir no longer takes a new file (made read-only under
+    the run), in place, so that it still tells how the run ended; else nothing more to do."""
+    try:
+        write_json_atomic(path, summary)
+    except OSError:
+        try:
+            path.write_text(json.dumps(summary, indent=2))
+        except OSError:
+            pass
