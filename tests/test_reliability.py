@@ -256,7 +256,9 @@ def test_resume_with_another_model_names_the_difference(tmp_path):
     result = run_cli("train", f"resume={run}", "model=resnet56", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (f"mixtrain: error: cannot resume {run / 'last.pt'}: model.name is 'resnet56' "
-                                     "but the checkpoint has 'resnet20'; drop that override, or start a new run")
+                                     "but the checkpoint has 'resnet20' (the run dir's .hydra/overrides.yaml and this "
+                                     "command line make the config): drop that override (or restore overrides.yaml), "
+                                     "or start a new run")
 
 
 def test_weights_of_another_model_are_refused(tmp_path):

@@ -292,10 +292,10 @@ def _flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
-def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequence[str], path: Path,
-                    train_samples: int = 0, order: Optional[Dict[str, Any]] = None) -> Optional[str]:
-    """Refuse, naming the key, any change that alters the run's meaning; allow ``trainer.epochs``
-    to grow, and return the line that says what that does to the schedule (else None)."""
+def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], path: Path) -> Optional[str]:
+    """Refuse, naming the key, any change that alters the run's meaning (before any data is read); allow
+    ``trainer.epochs`` to grow, and return the line that says what that does to the schedule (else None).
+    What the data must match: :func:`check_resumable_data`."""
     # Through the schema, so that keys added since the checkpoint was written take their defaults. The
     # checkpoint may name code (an import path) only where this run's own config names the same.
     mine = dict(code_values(config))
@@ -308,17 +308,10 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequ
         may_change = key in RESUME_MAY_CHANGE or key.startswith(RESUME_MAY_CHANGE_GROUPS)
         if not may_change and old.get(key) != new.get(key):
             raise MixtrainError(
-                f"cannot resume {path}: {key} is {new.get(key)!r} but the checkpoint has {old.get(key)!r}; "
-                "drop that override, or start a new run"
+                f"cannot resume {path}: {key} is {new.get(key)!r} but the checkpoint has {old.get(key)!r} (the run dir's "
+                ".hydra/overrides.yaml and this command line make the config): drop that override (or restore "
+                "overrides.yaml), or start a new run"
             )
-    check_classes(saved, classes, f"cannot resume {path}", "resume on the same dataset, or start a new run")
-    if saved.get("train_samples") and train_samples and saved["train_samples"] != train_samples:
-        raise MixtrainError(f"cannot resume {path}: the training data has {train_samples} samples but the checkpoint's "
-                            f"had {saved['train_samples']}; resume on the same data, or start a new run")
-    if saved.get("order") and order and saved["order"] != order:
-        changed = ", ".join(f"{k} {saved['order'].get(k)} -> {v}" for k, v in order.items() if saved["order"].get(k) != v)
-        raise MixtrainError(f"cannot resume {path}: the training order depends on {changed}; resume with the run's "
-                            f"value (trainer.num_workers={saved['order'].get('num_workers')}) to continue exactly")
     before, after = old["trainer.epochs"], new["trainer.epochs"]
     if after < before:
         raise MixtrainError(f"cannot resume {path}: trainer.epochs is {after} but the run was set for {before}; "
@@ -327,6 +320,20 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any], classes: Sequ
         return None
     return (f"trainer.epochs {before} -> {after}: the {new['sched.name']} schedule now spans {after} epochs from the "
             "start, so the learning rate from here on follows the longer schedule (it jumps where the two differ)")
+
+
+def check_resumable_data(saved: Dict[str, Any], classes: Sequence[str], path: Path, train_samples: int = 0,
+                         order: Optional[Dict[str, Any]] = None) -> None:
+    """The data a resumed run reads against its checkpoint's: the classes, the training set's size, and what
+    the training order depends on beyond the config (shards: the loader workers)."""
+    check_classes(saved, classes, f"cannot resume {path}", "resume on the same dataset, or start a new run")
+    if saved.get("train_samples") and train_samples and saved["train_samples"] != train_samples:
+        raise MixtrainError(f"cannot resume {path}: the training data has {train_samples} samples but the checkpoint's "
+                            f"had {saved['train_samples']}; resume on the same data, or start a new run")
+    if saved.get("order") and order and saved["order"] != order:
+        changed = ", ".join(f"{k} {saved['order'].get(k)} -> {v}" for k, v in order.items() if saved["order"].get(k) != v)
+        raise MixtrainError(f"cannot resume {path}: the training order depends on {changed}; resume with the run's "
+                            f"value (trainer.num_workers={saved['order'].get('num_workers')}) to continue exactly")
 
 
 def check_classes(saved: Dict[str, Any], classes: Sequence[str], refusal: str, fix: str) -> None:

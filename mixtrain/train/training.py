@@ -91,6 +91,9 @@ class Training:
                                 f"({trainer.eval_batch_size}) are global batches and must divide evenly over "
                                 f"{ctx.world_size} processes")
         saved = checkpoint.load(checkpoint.resume_checkpoint(cfg.resume)) if cfg.resume else None
+        self.config = asdict(cfg)
+        # A resume that would change what the run means is refused before any data is read.
+        self.resume_note = checkpoint.check_resumable(saved, self.config, Path(cfg.resume)) if saved else None
         problem, loggers = None, {}
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -157,14 +160,13 @@ class Training:
     def _restore(self, saved: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         """Where the run is: a new run at its start, a resumed one from its checkpoint (every object's state,
         its history, the note of what a longer run does to the schedule). Returns the parts' saved states."""
-        self.config = asdict(self.cfg)
-        self.state, self.history, self.resume_note, self.wall_before = TrainState(), [], None, 0.0
+        self.state, self.history, self.wall_before = TrainState(), [], 0.0
         self.metrics_note: Optional[str] = None  # what resuming did to metrics.jsonl
         if saved is None:
             return {}
         ctx = self.ctx
-        self.resume_note = checkpoint.check_resumable(saved, self.config, self.data.classes, Path(self.cfg.resume),
-                                                      self.data.train.num_samples, self.loader_order())
+        checkpoint.check_resumable_data(saved, self.data.classes, Path(self.cfg.resume), self.data.train.num_samples,
+                                        self.loader_order())
         self.state, self.history = checkpoint.restore(saved, self.stateful(), self.mixer, ctx.rank, ctx.world_size)
         self.wall_before = self.state.wall_time
         if ctx.is_main:
