@@ -37,3 +37,9 @@ LOSSES: Dict[str, Callable[[AugmentConfig], Loss]] = {
 
 def create_loss(cfg: AugmentConfig) -> Loss:
     return LOSSES[cfg.loss](cfg)
+
+
+def target_entropy(targets: torch.Tensor) -> float:
+    """Mean entropy (nats) of soft targets, each row normalized to a distribution first."""
+    p = targets.double() / targets.double().sum(1, keepdim=True)
+    return float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
