@@ -113,7 +113,8 @@ def mix_sources(images: torch.Tensor, plan: MixPlan, inplace: bool = False) -> t
     if plan.shared and bool(plan.cutmix[0]):
         out = images if inplace else images.clone()
         for partner, (y_low, y_high, x_low, x_high) in zip(partners, plan.boxes[:, 0].tolist()):
-            out[:, :, y_low:y_high, x_low:x_high] = images.index_select(0, partner)[:, :, y_low:y_high, x_low:x_high]
+            # Only the box of each partner: with several boxes, whole partners cost 5x more at 224 px
+            out[:, :, y_low:y_high, x_low:x_high] = images[:, :, y_low:y_high, x_low:x_high].index_select(0, partner)
         return out
     weights = source_weights(plan, *images.shape[-2:], images.device, images.dtype)
     out = images * weights[0]
