@@ -142,7 +142,8 @@ class Mixer:
         ``(weights [k + 1, n], boxes)``, each source's share (the sample's own first, each column
         summing to 1), and for a method that pastes regions the partners' ``[k, n, 4]`` boxes
         ``(y_low, y_high, x_low, x_high)``, disjoint, with ``weights`` their exact areas
-        (:func:`region_weights`); ``None`` for a blend."""
+        (:func:`region_weights`); ``None`` for a blend. The rule then shares a group's draw (pair mode)
+        and leaves the entries that do not mix whole; ``symmetric_lam`` is the method's to honour."""
         raise NotImplementedError(f"{type(self).__name__} draws its own weights (lam_draw='method'): define "
                                   "draw_weights(n, height, width)")
 

@@ -125,7 +125,8 @@ def group_partners(batch_size: int, partners: int, rng: np.random.Generator):
 def draw_source_plan(spec: MixSpec, rng: np.random.Generator, batch_size: int, height: int, width: int,
                      draw_weights: Callable[[int, int, int], Tuple[np.ndarray, Optional[np.ndarray]]]) -> "MixPlan":
     """The rule for a method that draws its own weights (``lam_draw=method``): ``k`` partners per sample
-    (a permutation per slot; in ``pair`` mode groups of ``k + 1``), which entries mix (``prob``), then
+    (a permutation per slot, so a partner may repeat or be the sample itself, as Mixup's one partner
+    may; in ``pair`` mode groups of ``k + 1``, all distinct), which entries mix (``prob``), then
     ``draw_weights(n, H, W)``: each entry's ``[k + 1, n]`` source weights (own first) and, for a method
     that pastes regions, the partners' ``[k, n, 4]`` boxes (disjoint; the sample keeps the rest)."""
     k, n = spec.partners, 1 if spec.mode == "batch" else batch_size
