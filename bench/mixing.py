@@ -9,8 +9,9 @@ mixing as a share of one ResNet-20 training step on the same batch.
 
 Targets: batch mode no slower than timm; pair and elem modes >= 5x faster than timm.
 
-The mixing family (FMix, ResizeMix, SaliencyMix, SmoothMix) against mixtrain's CutMix in the same
-run: a 128-image batch at 32 and 224 px, each mode. Target: in batch mode each within 2x of CutMix.
+Every other registered method that mixes pixels (FMix, ResizeMix, SaliencyMix, SmoothMix, RegMixup,
+Mosaic, k-mixup, ...: read from the registry) against mixtrain's CutMix in the same run, each at its
+defaults: a 128-image batch at 32 and 224 px, each mode. Target: in batch mode each within 2x of CutMix.
 
     python bench/mixing.py [--calls 400] [--family-calls 60]
 """
@@ -27,8 +28,8 @@ import torch
 from timm.data import Mixup
 from torchvision.transforms import v2
 
-from mixtrain.mixing import (CutmixConfig, FMixConfig, Mixer, MixupConfig, ResizeMixConfig, SaliencyMixConfig,
-                             SmoothMixConfig, SwitchConfig, create_mixer)
+from mixtrain.config.registry import options
+from mixtrain.mixing import CutmixConfig, Mixer, MixupConfig, SwitchConfig, create_mixer
 from mixtrain.models.cifar_resnet import resnet_cifar
 
 BATCH, CLASSES, SMOOTHING = 256, 10, 0.1
@@ -98,14 +99,20 @@ def resnet20_step_seconds(x, y, steps=8):
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
-FAMILY = {"fmix": FMixConfig, "resizemix": ResizeMixConfig, "saliencymix": SaliencyMixConfig,
-          "smoothmix": SmoothMixConfig}
+TIMM_KINDS = ("mixup", "cutmix", "switch")  # measured against timm above
+
+
+def family_methods():
+    """Every registered method but those measured against timm and ``none``, that mixes pixels, by name."""
+    return {name: method.schema for name, method in sorted(options("augment").items())
+            if method.previewable and name not in (*TIMM_KINDS, "none")}
 
 
 def family(calls: int) -> bool:
-    """Each new method beside CutMix, per batch of 128, at 32 and 224 px, in each mode."""
-    print(f"\nthe mixing family against CutMix (mixtrain), batch 128, {CLASSES} classes")
-    print(f"{'size':>5} {'mode':6} {'cutmix':>9} " + " ".join(f"{name:>16}" for name in FAMILY))
+    """Each other method beside CutMix, per batch of 128, at 32 and 224 px, in each mode."""
+    methods = family_methods()
+    print(f"\nthe other methods against CutMix (mixtrain), batch 128, {CLASSES} classes")
+    print(f"{'size':>5} {'mode':6} {'cutmix':>9} " + " ".join(f"{name:>16}" for name in methods))
     ok = True
     for size in (32, 224):
         g = torch.Generator().manual_seed(0)
@@ -113,7 +120,7 @@ def family(calls: int) -> bool:
         make = lambda: (x.clone(), y.clone())  # noqa: E731
         for mode in ("batch", "pair", "elem"):
             mixers = [create_mixer(CutmixConfig(mode=mode), CLASSES, epochs=1)]
-            mixers += [create_mixer(schema(mode=mode), CLASSES, epochs=1) for schema in FAMILY.values()]
+            mixers += [create_mixer(schema(mode=mode), CLASSES, epochs=1) for schema in methods.values()]
             fns = [lambda a, b, m=m: m(a, b, 0) for m in mixers]
             interleaved(fns, make, 5)
             cut, *others = interleaved(fns, make, calls)
@@ -147,11 +154,11 @@ def main() -> None:
     print(f"{'kind':8} {'mode':6} {'mixtrain':>10} {'timm':>10} {'torchvision':>12} {'timm/mixtrain':>14} "
           f"{'share of step':>14}")
     # Warm up every code path (and the heap) before anything is timed.
-    for kind in ("mixup", "cutmix", "switch"):
+    for kind in TIMM_KINDS:
         for mode in ("batch", "pair", "elem"):
             interleaved([mixtrain_mixer(kind, mode), timm_mixer(kind, mode)], make, 20)
     rows = []
-    for kind in ("mixup", "cutmix", "switch"):
+    for kind in TIMM_KINDS:
         for mode in ("batch", "pair", "elem"):
             ours, theirs, tv = interleaved(
                 [mixtrain_mixer(kind, mode), timm_mixer(kind, mode), torchvision_mixer(kind) if mode == "batch" else None],

@@ -39,7 +39,8 @@ MIX_MODES = ("batch", "pair", "elem")
 class MixConfig(AugmentConfig):
     """Keys shared by every mixing augment."""
 
-    mode: str = "batch"  # batch: one lambda per batch | pair: per pair of samples | elem: per sample
+    # batch: one lambda per batch | pair: per pair of samples (k partners: a group of k + 1) | elem: per sample
+    mode: str = "batch"
     prob: float = 1.0  # probability that a batch (batch mode) or a pair/sample is mixed at all
     symmetric_lam: bool = False  # lam = max(lam, 1 - lam): each sample dominates its own mix (fastai)
 

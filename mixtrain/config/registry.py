@@ -10,7 +10,7 @@ ConfigStore. Everything that lists or dispatches on options (the ConfigStore, th
 ``describe_run``, ``mixtrain recipes``, preview, report, the docs) reads them here, so adding a
 kind is its module, its YAML and its tests.
 
-This module sits at the bottom of the package (it imports no other part of mixtrain); the packages
+This module sits at the bottom of the package (it imports only :mod:`mixtrain.errors`); the packages
 that register (``mixtrain.data``, ``mixtrain.models``, ``mixtrain.mixing``, ``mixtrain.loggers`` and
 the optim, sched and debug schemas) import it, and what reads it runs after they were imported.
 """
@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+
+from mixtrain.errors import MixtrainError
 
 GROUPS = ("dataset", "model", "augment", "optim", "sched", "debug")  # one option each
 # Groups that take a list of options (``logger=[tensorboard,mlflow]``): the config holds one node per
@@ -94,10 +96,26 @@ def options(group: str) -> Dict[str, Entry]:
     return REGISTRY[group]
 
 
+# How each group's kinds register: named in the refusal of a config class that never did.
+REGISTERS = {"dataset": "mixtrain.data.register_source", "model": "mixtrain.models.register_family",
+             "augment": "mixtrain.mixing.register_method", "optim": "mixtrain.config.register",
+             "sched": "mixtrain.config.register", "debug": "mixtrain.config.register",
+             "logger": "mixtrain.loggers.register_logger"}
+
+
 def entry_of(group: str, config: Any) -> Optional[Entry]:
-    """The entry whose schema ``config`` is an instance of (the most derived one), else None."""
-    matches = [e for e in REGISTRY[group].values() if isinstance(config, e.schema)]
-    return max(matches, key=lambda e: len(e.schema.__mro__), default=None)
+    """The entry whose schema is ``config``'s class; None for a config of no registered kind. A subclass
+    of a registered schema that was never registered itself is refused: taken for its base, it would
+    run as the base's kind (a MixupConfig subclass training as plain mixup)."""
+    kind = type(config)
+    entry = next((e for e in REGISTRY[group].values() if e.schema is kind), None)
+    if entry is None:
+        base = next((e for c in kind.__mro__[1:] for e in REGISTRY[group].values() if e.schema is c), None)
+        if base is not None:
+            raise MixtrainError(f"{group} config {kind.__module__}.{kind.__qualname__} is not registered (it derives "
+                                f"from {base.schema.__name__}, {group}={base.name}): its module must call "
+                                f"{REGISTERS[group]}(name, {kind.__qualname__}, ...)")
+    return entry
 
 
 def saved_entry(group: str, saved: Dict[str, Any]) -> Optional[Entry]:

@@ -1,23 +1,41 @@
-"""Mixing: one rule that draws a plan for any method and mode (``plans``), one module per method
-(each defines its schema and mixer and registers itself: ``mixup`` for Mixup, CutMix, their switch
-and ``none``; ``manifold``; ``regmixup``), the soft-target losses (``losses``) and ``mixtrain
-preview`` (``preview``). :mod:`mixtrain.mixing.method` is the registry entry of a method."""
+"""Mixing: one rule draws a plan for any method and mode (``plans``: one partner per sample or
+``k``) and pure functions apply it (``apply``); what a method is, its registry entry and the
+:class:`Mixer` it builds on (``method``); one module per method, each registering itself; the
+soft-target losses (``losses``) and ``mixtrain preview`` (``preview``).
 
-# Importing a method's module registers it: mixup (none, mixup, cutmix, switch), manifold, regmixup,
-# fmix, resizemix, saliencymix, smoothmix.
-from mixtrain.mixing.fmix import FMixConfig, FMixMixer
-from mixtrain.mixing.manifold import ManifoldConfig, ManifoldMixer, stage_modules
-from mixtrain.mixing.method import MixingMethod, create_mixer, describe_augment, method_of, register_method
-from mixtrain.mixing.mixup import CutmixConfig, Mixer, MixupConfig, SwitchConfig
-from mixtrain.mixing.plans import (MixPlan, MixSpec, box_lam, cutmix_boxes, draw_plan, mix_images, mix_spec,
-                                   mix_targets, one_hot, pair_partners, partner_weights)
-from mixtrain.mixing.regmixup import RegMixupConfig, RegMixupMixer
-from mixtrain.mixing.resizemix import ResizeMixConfig, ResizeMixMixer
-from mixtrain.mixing.saliencymix import SaliencyMixConfig, SaliencyMixMixer
-from mixtrain.mixing.smoothmix import SmoothMixConfig, SmoothMixMixer
+The package imports every module in it, so a method's module registers itself by being here: a new
+method is its module, its YAML and its test. A method's own names are found in its module
+(``mixtrain.mixing.fmix.FMixConfig``) and, through :func:`__getattr__`, in the package.
+"""
 
-__all__ = ["CutmixConfig", "FMixConfig", "FMixMixer", "ResizeMixConfig", "ResizeMixMixer", "SaliencyMixConfig",
-           "SaliencyMixMixer", "SmoothMixConfig", "SmoothMixMixer", "ManifoldConfig", "ManifoldMixer", "MixPlan", "MixSpec", "Mixer", "MixingMethod",
-           "MixupConfig", "RegMixupConfig", "RegMixupMixer", "SwitchConfig", "box_lam", "create_mixer",
-           "cutmix_boxes", "describe_augment", "draw_plan", "method_of", "mix_images", "mix_spec", "mix_targets",
-           "one_hot", "pair_partners", "partner_weights", "register_method", "stage_modules"]
+import importlib
+import pkgutil
+from types import ModuleType
+from typing import Any, List
+
+from mixtrain.mixing.apply import mix_images, mix_targets, one_hot, partner_weights
+from mixtrain.mixing.method import (Mixer, MixingMethod, create_mixer, describe_augment, method_of, register_method,
+                                    spec_of)
+from mixtrain.mixing.plans import MixPlan, MixSpec, box_lam, cutmix_boxes, draw_plan, mix_spec, pair_partners
+
+
+def import_modules() -> List[ModuleType]:
+    """Every module of the package, in name order: importing a method's module registers the method."""
+    return [importlib.import_module(f"{__name__}.{module.name}") for module in pkgutil.iter_modules(__path__)]
+
+
+MODULES = import_modules()
+
+
+def __getattr__(name: str) -> Any:
+    """What a module of the package defines (``FMixConfig``, ``stage_modules``), as the package's own name."""
+    for module in MODULES:
+        value = vars(module).get(name)
+        if getattr(value, "__module__", None) == module.__name__:
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["MODULES", "Mixer", "MixPlan", "MixSpec", "MixingMethod", "box_lam", "create_mixer", "cutmix_boxes",
+           "describe_augment", "draw_plan", "method_of", "mix_images", "mix_spec", "mix_targets", "one_hot",
+           "pair_partners", "partner_weights", "register_method", "spec_of"]

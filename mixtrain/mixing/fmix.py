@@ -21,9 +21,8 @@ import torch
 
 from mixtrain.config.augment import MixConfig
 from mixtrain.config.errors import at_least, require
-from mixtrain.mixing.masks import MaskMixer, pair_sources, torch_generator
-from mixtrain.mixing.method import register_method
-from mixtrain.mixing.mixup import spec_of
+from mixtrain.mixing.masks import MaskMixer
+from mixtrain.mixing.method import pair_sources, register_method, spec_of, torch_generator
 from mixtrain.mixing.plans import MixPlan, MixSpec
 
 
@@ -41,7 +40,7 @@ class FMixConfig(MixConfig):
         require(self.decay_power > 0, "augment.decay_power", "must be > 0", self.decay_power)
 
     def spec(self) -> MixSpec:
-        return spec_of(self, self.alpha, 0.0, 0.0)
+        return spec_of(self, mixup_alpha=self.alpha)
 
 
 @lru_cache(maxsize=16)

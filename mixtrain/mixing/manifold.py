@@ -18,9 +18,9 @@ from mixtrain.config.augment import MixConfig
 from mixtrain.config.errors import at_least, require
 from mixtrain.config.registry import entry_of
 from mixtrain.errors import MixtrainError
-from mixtrain.mixing.method import register_method
-from mixtrain.mixing.mixup import Mixer, spec_of
-from mixtrain.mixing.plans import MixSpec, mix_images, mix_targets
+from mixtrain.mixing.apply import mix_images, mix_targets
+from mixtrain.mixing.method import Mixer, register_method, spec_of
+from mixtrain.mixing.plans import MixSpec
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ManifoldConfig(MixConfig):
                 "must list layers >= 0 (0 = input, k = after stage k)", self.layers)
 
     def spec(self) -> MixSpec:
-        return spec_of(self, self.alpha, 0.0, 0.0)
+        return spec_of(self, mixup_alpha=self.alpha)
 
 
 def stage_modules(model: nn.Module) -> List[nn.Module]:

@@ -16,21 +16,8 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from mixtrain.mixing.mixup import Mixer
+from mixtrain.mixing.method import Mixer
 from mixtrain.mixing.plans import MixPlan
-
-
-def entries(plan: MixPlan) -> int:
-    """How many masks a plan needs: one for a shared (batch-mode) plan, else one per sample."""
-    return 1 if plan.shared else len(plan.partner)
-
-
-def pair_sources(plan: MixPlan, mode: str) -> np.ndarray:
-    """For each sample, the sample whose random choices it uses: in pair mode the second member of
-    a pair (the larger index) copies the first's, so a pair shares one mask; otherwise itself."""
-    partner = plan.partner.numpy()
-    own = np.arange(len(partner))
-    return np.where(partner < own, partner, own) if mode == "pair" else own
 
 
 def mix_by_weights(images: torch.Tensor, targets: torch.Tensor, partner: torch.Tensor, weights: torch.Tensor,
@@ -75,14 +62,3 @@ class MaskMixer(Mixer):
             mixed = images.lerp_(self.partner_images(plan, images, other), mask)
             return mixed, targets.index_select(0, partner).lerp_(targets, lam)
         return mix_by_weights(images, targets, partner, weights, self.partner_images(plan, images, other))
-
-
-def mixing(plan: MixPlan) -> np.ndarray:
-    """``[n]`` bool: the plan entries that mix (their lambda is below 1)."""
-    return plan.lam.numpy() < 1.0
-
-
-def torch_generator(rng: np.random.Generator, device: torch.device) -> torch.Generator:
-    """A torch generator on ``device`` seeded from the mixer's NumPy stream: draws made with it on the
-    device are as resumable as the stream (its state is in every checkpoint)."""
-    return torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))

@@ -1,23 +1,24 @@
-"""Mix plans: every random choice for one batch, drawn by one rule for every mode, and their
-application to images and targets.
+"""Mix plans: every random choice for one batch, drawn by one rule for every mode.
 
 Two layers, as in composer's mixup: :func:`draw_plan` makes every random choice (a
 :class:`MixPlan`: partners, lambdas, which samples use CutMix, their boxes) from a
-normalized :class:`MixSpec` and a NumPy generator, and pure functions apply a plan. Tests
-inject plans; training draws them.
+normalized :class:`MixSpec` and a NumPy generator, and pure functions apply a plan
+(:mod:`mixtrain.mixing.apply`). Tests inject plans; training draws them.
 
-Conventions (timm's): targets are one-hot vectors, label-smoothed *before* mixing;
-``lam`` is the weight of a sample's own image and label, ``1 - lam`` its partner's.
-For CutMix the partner's pixels fill a box and, with ``correct_lam`` (default), ``lam``
-is the exact fraction of the sample's own pixels left after the box is clipped at the
-image border (Yun et al. 2019 compute lambda from the area they paste, Sec. 3.1).
+``lam`` is the weight of a sample's own image and label, ``1 - lam`` its partner's. For
+CutMix the partner's pixels fill a box and, with ``correct_lam`` (default), ``lam`` is the
+exact fraction of the sample's own pixels left after the box is clipped at the image
+border (Yun et al. 2019 compute lambda from the area they paste, Sec. 3.1). A plan may
+carry ``k`` partners per sample (Mosaic's three, k-mixup's ``k - 1``): then the method
+draws each source's weight (its mixer's ``draw_weights``), the rule the partners and which
+samples mix.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,6 +33,10 @@ class MixSpec:
     A sample (or pair, or batch) is mixed with probability ``prob``; it uses CutMix with
     probability ``switch_prob`` when both alphas are on, else the one that is on; its
     lambda is Beta(alpha, alpha) of that kind (timm's ``Mixup`` arguments).
+
+    ``lam_draw`` says where the weights come from: ``beta`` as above; ``uniform``: lam ~ U(0, 1),
+    for a method that maps it itself (ResizeMix's patch side); ``method``: the rule draws none,
+    the mixer's ``draw_weights`` draws the weight of each of the ``partners + 1`` sources.
     """
 
     mixup_alpha: float = 0.0
@@ -42,6 +47,12 @@ class MixSpec:
     minmax: Optional[Tuple[float, float]] = None
     correct_lam: bool = True
     symmetric: bool = False
+    lam_draw: str = "beta"  # beta | uniform | method
+    partners: int = 1  # k partners per sample (lam_draw=method); one otherwise
+
+    def __post_init__(self) -> None:
+        if self.partners != 1 and self.lam_draw != "method":
+            raise ValueError(f"{self.partners} partners per sample need lam_draw='method' (got {self.lam_draw!r})")
 
 
 def mix_spec(cfg: AugmentConfig) -> MixSpec:
@@ -51,13 +62,6 @@ def mix_spec(cfg: AugmentConfig) -> MixSpec:
 
 
 # --------------------------------------------------------------------------- drawing
-
-
-def one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """Float targets ``[B, C]``; with smoothing, ``1 - s + s/C`` on the label and ``s/C`` elsewhere (timm)."""
-    off = smoothing / num_classes
-    targets = torch.full((labels.shape[0], num_classes), off, dtype=torch.float32, device=labels.device)
-    return targets.scatter_(1, labels.view(-1, 1), 1.0 - smoothing + off)
 
 
 def cutmix_boxes(lam: np.ndarray, height: int, width: int, uniform: np.ndarray,
@@ -103,11 +107,55 @@ def pair_partners(batch_size: int, rng: np.random.Generator) -> Tuple[np.ndarray
     return partner, first, second
 
 
-def draw_plan(spec: MixSpec, rng: np.random.Generator, batch_size: int, height: int, width: int) -> "MixPlan":
+def group_partners(batch_size: int, partners: int, rng: np.random.Generator):
+    """Random disjoint groups of ``k + 1`` samples that mix among themselves: ``(partner [k, B], leader [B],
+    grouped [B])``. Member ``m``'s ``j``-th partner is member ``m + j`` (mod ``k + 1``), so every member
+    takes each slot once; ``leader`` is the member whose draw the group shares; the samples left over
+    (fewer than ``k + 1``) are their own partners and stay unmixed. With ``k = 1``: :func:`pair_partners`."""
+    order, size = rng.permutation(batch_size), partners + 1
+    members = order[:batch_size // size * size].reshape(size, -1)  # members[m, g]: member m of group g
+    partner = np.tile(np.arange(batch_size), (partners, 1))
+    for j in range(1, size):
+        partner[j - 1, members] = np.roll(members, -j, axis=0)
+    leader, grouped = np.arange(batch_size), np.zeros(batch_size, dtype=bool)
+    leader[members], grouped[members] = members[0], True
+    return partner, leader, grouped
+
+
+def draw_source_plan(spec: MixSpec, rng: np.random.Generator, batch_size: int, height: int, width: int,
+                     draw_weights: Callable[[int, int, int], Tuple[np.ndarray, Optional[np.ndarray]]]) -> "MixPlan":
+    """The rule for a method that draws its own weights (``lam_draw=method``): ``k`` partners per sample
+    (a permutation per slot, so a partner may repeat or be the sample itself, as Mixup's one partner
+    may; in ``pair`` mode groups of ``k + 1``, all distinct), which entries mix (``prob``), then
+    ``draw_weights(n, H, W)``: each entry's ``[k + 1, n]`` source weights (own first) and, for a method
+    that pastes regions, the partners' ``[k, n, 4]`` boxes (disjoint; the sample keeps the rest)."""
+    k, n = spec.partners, 1 if spec.mode == "batch" else batch_size
+    if spec.mode == "pair":
+        partner, leader, grouped = group_partners(batch_size, k, rng)
+    else:
+        partner = rng.permuted(np.tile(np.arange(batch_size), (k, 1)), axis=1)
+        leader, grouped = np.arange(n), np.ones(n, dtype=bool)
+    mixes = rng.random(n) < spec.prob
+    weights, boxes = draw_weights(n, height, width)
+    regions = boxes is not None
+    boxes = np.zeros((k, n, 4), dtype=np.int64) if boxes is None else boxes
+    # A group shares its leader's draw; an entry that does not mix keeps all of itself.
+    weights, boxes, mixes = weights[:, leader], boxes[:, leader], mixes[leader] & grouped
+    weights = np.where(mixes, weights, np.eye(k + 1, 1))
+    return MixPlan(torch.from_numpy(partner), torch.from_numpy(weights[0].copy()), torch.from_numpy(mixes & regions),
+                   torch.from_numpy(boxes * (mixes & regions)[:, None]), shared=spec.mode == "batch",
+                   weights=torch.from_numpy(weights))
+
+
+def draw_plan(spec: MixSpec, rng: np.random.Generator, batch_size: int, height: int, width: int,
+              draw_weights: Optional[Callable] = None) -> "MixPlan":
     """Every random choice for one batch. The same rule for every mode: one draw per sample
     (``elem``), per pair (``pair``, the pair's second member copies the first's), or one for
-    the whole batch (``batch``: a plan of one entry, broadcast to every sample).
+    the whole batch (``batch``: a plan of one entry, broadcast to every sample). A method that
+    draws its own weights passes ``draw_weights`` (:func:`draw_source_plan`).
     """
+    if spec.lam_draw == "method":
+        return draw_source_plan(spec, rng, batch_size, height, width, draw_weights)
     if spec.mode == "batch":  # the rule in Python scalars: saves ~30 us a step of NumPy's per-op cost on 1-entry arrays
         lam, cutmix, box = draw_one(spec, rng, height, width)
         return MixPlan(torch.from_numpy(rng.permutation(batch_size)), torch.from_numpy(np.array([lam])),
@@ -128,7 +176,8 @@ def draw_many(spec: MixSpec, rng: np.random.Generator, n: int, height: int, widt
     both = spec.mixup_alpha > 0 and spec.cutmix_alpha > 0
     cutmix = switch_u < spec.switch_prob if both else np.full(n, spec.cutmix_alpha > 0)
     # One Beta draw per kind that is on (a scalar alpha: ~10x faster than an array of alphas).
-    lam = rng.beta(spec.mixup_alpha, spec.mixup_alpha, n) if spec.mixup_alpha > 0 else np.ones(n)
+    alpha = blend_alpha(spec)
+    lam = rng.beta(alpha, alpha, n) if alpha > 0 else np.ones(n)
     if spec.cutmix_alpha > 0:
         cut_lam = rng.beta(spec.cutmix_alpha, spec.cutmix_alpha, n)
         lam = np.where(cutmix, cut_lam, lam) if both else cut_lam
@@ -145,13 +194,20 @@ def draw_many(spec: MixSpec, rng: np.random.Generator, n: int, height: int, widt
     return lam, cutmix, boxes
 
 
+def blend_alpha(spec: MixSpec) -> float:
+    """The alpha of the blend draw: Mixup's, or 1 for ``lam_draw=uniform``: U(0, 1) is Beta(1, 1), and drawn
+    as NumPy's Beta(1, 1) it keeps the random stream (and the results) of the runs made before the flag."""
+    return 1.0 if spec.lam_draw == "uniform" else spec.mixup_alpha
+
+
 def draw_one(spec: MixSpec, rng: np.random.Generator, height: int, width: int):
     """One draw of the rule of :func:`draw_many`, in Python scalars, from the same random numbers
     in the same order (a test holds the two equal): ``(lam, cutmix, (y_low, y_high, x_low, x_high))``."""
     mix_u, switch_u = rng.random(2).tolist()
     both = spec.mixup_alpha > 0 and spec.cutmix_alpha > 0
     cutmix = switch_u < spec.switch_prob if both else spec.cutmix_alpha > 0
-    lam = float(rng.beta(spec.mixup_alpha, spec.mixup_alpha)) if spec.mixup_alpha > 0 else 1.0
+    alpha = blend_alpha(spec)
+    lam = float(rng.beta(alpha, alpha)) if alpha > 0 else 1.0
     if spec.cutmix_alpha > 0:
         cut_lam = float(rng.beta(spec.cutmix_alpha, spec.cutmix_alpha))
         lam = cut_lam if cutmix or not both else lam
@@ -178,9 +234,6 @@ def draw_one(spec: MixSpec, rng: np.random.Generator, height: int, width: int):
     return lam, True, box
 
 
-# --------------------------------------------------------------------------- applying
-
-
 @dataclass
 class MixPlan:
     """Every random choice for one batch; applying it is deterministic.
@@ -192,6 +245,9 @@ class MixPlan:
     ``boxes[i]``: ``(y_low, y_high, x_low, x_high)`` of that box.
     ``shared``: one draw for the whole batch (``mode=batch``): ``lam``, ``cutmix`` and ``boxes``
     hold one entry, broadcast to every sample.
+    With ``k`` partners per sample, ``partner`` is ``[k, B]``, ``weights`` ``[k + 1, n]`` the share
+    of each source (the sample's own first, so ``lam = weights[0]``), and ``cutmix[i]`` says that the
+    partners fill regions, ``boxes[j, i]`` partner ``j``'s, rather than blend.
     A plan lives on the host (CPU tensors); applying it moves what the device needs.
     """
 
@@ -200,63 +256,8 @@ class MixPlan:
     cutmix: torch.Tensor
     boxes: torch.Tensor
     shared: bool = False
+    weights: Optional[torch.Tensor] = None
 
     @property
     def is_identity(self) -> bool:
         return self.lam.numpy()[0] == 1.0 if self.shared else bool((self.lam == 1).all())
-
-
-def partner_weights(plan: MixPlan, height: int, width: int, device: torch.device,
-                    dtype: torch.dtype) -> torch.Tensor:
-    """``[B, 1, H, W]`` weight of the partner at every pixel: ``1 - lam`` for a blend,
-    1 inside the box and 0 outside it for CutMix.
-
-    Built as an outer product of a row weight ``[B, H]`` and a column weight ``[B, W]``
-    (a box is the product of its row range and its column range; a blend is ``1 x (1 - lam)``),
-    so only the final product, on the device, touches ``B * H * W`` elements.
-    """
-    boxes, cutmix = plan.boxes.cpu().numpy(), plan.cutmix.cpu().numpy()[:, None]
-    rows, cols = np.arange(height), np.arange(width)
-    row_weight = np.where(cutmix, (rows >= boxes[:, 0:1]) & (rows < boxes[:, 1:2]), 1.0)
-    col_weight = np.where(cutmix, (cols >= boxes[:, 2:3]) & (cols < boxes[:, 3:4]),
-                          1.0 - plan.lam.cpu().numpy()[:, None])
-    row_weight, col_weight = (torch.from_numpy(w).to(device=device, dtype=dtype) for w in (row_weight, col_weight))
-    return (row_weight.unsqueeze(2) * col_weight.unsqueeze(1)).unsqueeze(1)
-
-
-def mix_images(images: torch.Tensor, plan: MixPlan, inplace: bool = False) -> torch.Tensor:
-    """Apply a plan's blends and boxes to ``[B, C, H, W]`` images (or hidden features).
-
-    Per-sample plans become one per-pixel weight map ``w`` (``1 - lam`` for a blend, 1
-    inside a box and 0 outside it for CutMix) and a single ``lerp(x, partner, w)``:
-    one pass over the batch whatever the mix of kinds, no loop over samples.
-    ``inplace=True`` writes into ``images`` (the training loop's fresh batch) and saves a
-    full-size copy; never use it on a tensor autograd still needs.
-    """
-    if plan.is_identity:
-        return images
-    device = images.device
-    out = images if inplace else images.clone()
-    if plan.shared:  # one box or one scalar for the batch: copies only the box, builds no weight map
-        if plan.cutmix.numpy()[0]:
-            y_low, y_high, x_low, x_high = plan.boxes.numpy()[0].tolist()
-            other = images.index_select(0, plan.partner.to(device))  # whole partners: faster than a strided box
-            out[:, :, y_low:y_high, x_low:x_high] = other[:, :, y_low:y_high, x_low:x_high]
-            return out
-        return out.lerp_(images.index_select(0, plan.partner.to(device)), 1.0 - float(plan.lam.numpy()[0]))
-    other = images.index_select(0, plan.partner.to(device))  # whole partners: faster than a strided box
-    if plan.cutmix.any():
-        weight = partner_weights(plan, *images.shape[-2:], device, images.dtype)
-    else:
-        weight = (1.0 - plan.lam).to(device=device, dtype=images.dtype).view(-1, 1, 1, 1)
-    return out.lerp_(other, weight)
-
-
-def mix_targets(targets: torch.Tensor, plan: MixPlan) -> torch.Tensor:
-    """``lam * targets + (1 - lam) * targets[partner]``: still a distribution per row."""
-    if plan.is_identity:
-        return targets
-    other = targets.index_select(0, plan.partner.to(targets.device))
-    if plan.shared:
-        return other.lerp_(targets, float(plan.lam.numpy()[0]))
-    return other.lerp_(targets, plan.lam.to(device=targets.device, dtype=targets.dtype).view(-1, 1))

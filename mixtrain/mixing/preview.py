@@ -1,4 +1,4 @@
-"""A picture of one mixed training batch: each tile captioned with its two labels and weights."""
+"""A picture of one mixed training batch: each tile captioned with its labels and their weights."""
 
 from __future__ import annotations
 
@@ -15,17 +15,16 @@ from mixtrain.mixing.method import create_mixer, method_of
 
 MAX_TILES = 32
 COLUMNS = 8
-CAPTION_HEIGHT = 26
+LINE_HEIGHT = 12
 
 
 def caption(target: torch.Tensor, classes: Sequence[str]) -> List[str]:
-    """The two heaviest labels of a soft target, as ``["cat 0.62", "dog 0.38"]`` (one if unmixed)."""
-    weights, labels = target.topk(min(2, target.numel()))
-    lines = [f"{classes[int(labels[0])]} {float(weights[0]):.2f}"]
-    # A second label only when it came from mixing, not from label smoothing's floor.
-    if len(weights) > 1 and float(weights[1]) > float(target.min()) + 1e-6:
-        lines.append(f"{classes[int(labels[1])]} {float(weights[1]):.2f}")
-    return lines
+    """Every label of a soft target, heaviest first, as ``["cat 0.62", "dog 0.38"]`` (one if unmixed; a
+    method of k partners has up to k + 1)."""
+    weights, labels = target.sort(descending=True)
+    # The first label always; the others only where mixing put them, above label smoothing's floor.
+    kept = [0] + [k for k in range(1, len(weights)) if float(weights[k]) > float(target.min()) + 1e-6]
+    return [f"{classes[int(labels[k])]} {float(weights[k]):.2f}" for k in kept]
 
 
 def render_grid(images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], mean: Sequence[float],
@@ -35,8 +34,9 @@ def render_grid(images: torch.Tensor, targets: torch.Tensor, classes: Sequence[s
     pixels = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
     pixels = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     n, height, width = pixels.shape[:3]
+    captions = [caption(target, classes) for target in targets]
     scale = max(1, 96 // max(height, width))  # small images are enlarged so captions fit
-    tile_w, tile_h = width * scale, height * scale + CAPTION_HEIGHT
+    tile_w, tile_h = width * scale, height * scale + LINE_HEIGHT * max(2, *map(len, captions)) + 2
     columns = min(COLUMNS, n)
     rows = -(-n // columns)
     canvas = Image.new("RGB", (columns * tile_w, rows * tile_h), "white")
@@ -46,8 +46,8 @@ def render_grid(images: torch.Tensor, targets: torch.Tensor, classes: Sequence[s
         x, y = (i % columns) * tile_w, (i // columns) * tile_h
         tile = Image.fromarray(pixels[i]).resize((width * scale, height * scale), Image.NEAREST)
         canvas.paste(tile, (x, y))
-        for k, line in enumerate(caption(targets[i], classes)):
-            draw.text((x + 2, y + height * scale + 1 + 12 * k), line, fill="black", font=font)
+        for k, line in enumerate(captions[i]):
+            draw.text((x + 2, y + height * scale + 1 + LINE_HEIGHT * k), line, fill="black", font=font)
     return np.asarray(canvas)
 
 

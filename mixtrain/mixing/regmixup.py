@@ -8,8 +8,8 @@ from typing import Tuple
 import torch
 
 from mixtrain.config.errors import at_least
-from mixtrain.mixing.method import register_method
-from mixtrain.mixing.mixup import Mixer, MixupConfig
+from mixtrain.mixing.method import Mixer, register_method
+from mixtrain.mixing.mixup import MixupConfig
 
 
 @dataclass

@@ -20,10 +20,10 @@ import torch
 
 from mixtrain.config.augment import MixConfig
 from mixtrain.config.errors import require
-from mixtrain.mixing.masks import mix_by_weights, mixing, pair_sources
-from mixtrain.mixing.method import register_method
-from mixtrain.mixing.mixup import Mixer, spec_of
-from mixtrain.mixing.plans import MixPlan, MixSpec, partner_weights
+from mixtrain.mixing.apply import partner_weights
+from mixtrain.mixing.masks import mix_by_weights
+from mixtrain.mixing.method import Mixer, mixing, pair_sources, register_method, spec_of
+from mixtrain.mixing.plans import MixPlan, MixSpec
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ResizeMixConfig(MixConfig):
                 "patch is the whole partner image; lower augment.scale_max to keep more of the sample)", True)
 
     def spec(self) -> MixSpec:
-        return spec_of(self, 1.0, 0.0, 0.0)  # Beta(1, 1): the uniform draw of tau
+        return spec_of(self, lam_draw="uniform")  # the uniform draw that tau maps
 
 
 def patch_boxes(tau: np.ndarray, uniform: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 from mixtrain.config.augment import MixConfig
 from mixtrain.config.errors import at_least
-from mixtrain.mixing.masks import MaskMixer, pair_sources
-from mixtrain.mixing.method import register_method
-from mixtrain.mixing.mixup import spec_of
-from mixtrain.mixing.plans import MixPlan, MixSpec, mix_images, mix_targets
+from mixtrain.mixing.apply import mix_images, mix_targets
+from mixtrain.mixing.masks import MaskMixer
+from mixtrain.mixing.method import pair_sources, register_method, spec_of
+from mixtrain.mixing.plans import MixPlan, MixSpec
 
 
 @dataclass
@@ -41,7 +41,7 @@ class SaliencyMixConfig(MixConfig):
         at_least(self.alpha, 0.0, "augment.alpha")
 
     def spec(self) -> MixSpec:
-        return spec_of(self, self.alpha, 0.0, 0.0)
+        return spec_of(self, mixup_alpha=self.alpha)
 
 
 def box_around(centre: np.ndarray, lam: float, height: int, width: int):

@@ -17,9 +17,8 @@ import torch
 
 from mixtrain.config.augment import MixConfig
 from mixtrain.config.errors import require
-from mixtrain.mixing.masks import MaskMixer, entries, mixing, pair_sources
-from mixtrain.mixing.method import register_method
-from mixtrain.mixing.mixup import spec_of
+from mixtrain.mixing.masks import MaskMixer
+from mixtrain.mixing.method import entries, mixing, pair_sources, register_method, spec_of
 from mixtrain.mixing.plans import MixPlan, MixSpec
 
 
@@ -37,8 +36,9 @@ class SmoothMixConfig(MixConfig):
                 "must be 0 < sigma_min <= sigma_max (fractions of the image side)", [self.sigma_min, self.sigma_max])
 
     def spec(self) -> MixSpec:
-        # The plan rule only decides partners and which entries mix (prob); the mask sets the weights.
-        return spec_of(self, 1.0, 0.0, 0.0)
+        # The plan rule only decides partners and which entries mix (prob); the mask sets the weights. Its
+        # uniform draw goes unused: drawn still, it keeps the random stream (and results) of earlier runs.
+        return spec_of(self, lam_draw="uniform")
 
 
 def gaussian_masks(centres: torch.Tensor, sigmas: torch.Tensor, height: int, width: int) -> torch.Tensor:
