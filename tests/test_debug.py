@@ -12,7 +12,7 @@ from helpers import TINY, make_config, make_image_folder
 from mixtrain import layout
 from mixtrain.config.registry import option_names
 from mixtrain.errors import RunStopped
-from mixtrain.mixing import mixup
+from mixtrain.mixing import method
 from mixtrain.train.profiling import TimedLoader
 from mixtrain.train.training import Training, fit
 
@@ -115,8 +115,8 @@ def test_anomaly_checks_the_first_steps_then_gets_out_of_the_way(data, tmp_path)
 
 
 def test_anomaly_stops_at_a_mixed_target_that_does_not_sum_to_one(data, tmp_path, monkeypatch):
-    real = mixup.mix_targets
-    monkeypatch.setattr(mixup, "mix_targets", lambda targets, plan: 0.9 * real(targets, plan))  # a soft-label mismatch
+    real = method.mix_targets  # where the Mixer base applies a plan to the targets
+    monkeypatch.setattr(method, "mix_targets", lambda targets, plan: 0.9 * real(targets, plan))  # a soft-label mismatch
     with pytest.raises(RunStopped, match=r"debug=anomaly: at epoch 0 step 0, 6 of 6 mixed target rows are not "
                                          r"distributions \(row 0 sums to 0\.9000, expected 1"):
         fit(make_config(*folder(data), "augment=mixup", "debug=anomaly"), tmp_path / "run")

@@ -254,7 +254,8 @@ def announce(target: Target, console: Optional[Console]) -> None:
     shown = dataset.name if option in (None, dataset.name) else f"{option} ({dataset.name})"
     epoch = layout.epoch_label(*layout.checkpoint_epoch(target.state["state"]))
     console.print(f"[bold]mixtrain eval[/] {target.path} ({train_cfg.model.name}, {describe_run(train_cfg)}, {epoch}) "
-                  f"on {shown} val ({target.val.loader.num_samples} images) | {target.options.device}", highlight=False)
+                  f"on {shown} val ({target.val.loader.num_samples} images) | {target.options.device}", highlight=False,
+                  soft_wrap=True)  # one line, however long its paths: it is read back (and grepped)
 
 
 def measure(cfg: EvalConfig, target: Target) -> Measured:
