@@ -35,7 +35,8 @@ def read_weights(path: str) -> Dict[str, torch.Tensor]:
     if not file.is_file():
         raise MixtrainError(f"model.pretrained_path={path} is not a file: pass a .safetensors, .pth or .bin file")
     try:
-        state = load_state_dict(str(file), use_ema=True, weights_only=True)
+        with timm_load_log():  # its "Loaded ... from checkpoint" is said by the summary line
+            state = load_state_dict(str(file), use_ema=True, weights_only=True)
     except Exception as ex:  # safetensors, zip, pickle and torch each raise their own
         first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
         raise MixtrainError(f"model.pretrained_path={path} is not a readable weights file ({first[:160]}): pass "
@@ -130,17 +131,27 @@ class TimmLoadLog(logging.Handler):
                 keys.extend(k for k in found.group(1).split(", ") if k)
 
 
+# timm's loggers that report a load (the file read, the keys placed): their lines are summed up in
+# mixtrain's one line, so they do not also reach the terminal (a Hydra app logs INFO there).
+TIMM_LOAD_LOGGERS = ("timm.models._builder", "timm.models._helpers")
+
+
 @contextmanager
 def timm_load_log():
-    logger = logging.getLogger("timm.models._builder")
-    handler, level = TimmLoadLog(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in TIMM_LOAD_LOGGERS]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    handler = TimmLoadLog()
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
     try:
         yield handler
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+        for logger, (level, propagate) in zip(loggers, saved):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 def create_timm_with_file(create, name: str, pretrained_cfg: Optional[Dict[str, Any]], path: str, num_classes: int,
