@@ -1,5 +1,9 @@
+import inspect
+import io
 import os
 import sys
+import textwrap
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -36,3 +40,52 @@ def _release_run_dirs():
     from mixtrain.files import release_claims
 
     release_claims()
+
+
+# --------------------------------------------------------------------------- the fast lane
+
+# A call to one of these runs a whole mixtrain command: the CLI in this process (``main``) or in
+# another (``run_cli``, ``start``, ``Popen``), a whole training run (``fit``), or any other program.
+COMMANDS = frozenset({"main", "run_cli", "start", "fit", "Popen", "subprocess"})
+
+
+def calls_a_command(func) -> bool:
+    """Whether ``func``'s source names one of :data:`COMMANDS` as a call (or the subprocess module)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(func))
+    except (OSError, TypeError):
+        return False
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type in (tokenize.NAME, tokenize.OP)]
+    return any(a.type == tokenize.NAME and a.string in COMMANDS and (b.string == "(" or a.string == "subprocess")
+               for a, b in zip(tokens, tokens[1:]))
+
+
+def runs_a_command(item) -> bool:
+    """Whether the test, or any fixture it uses (the closure pytest resolved), runs a whole command."""
+    if calls_a_command(getattr(item, "function", None)):
+        return True
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(calls_a_command(fixture.func) for name in item.fixturenames for fixture in defs.get(name, ()))
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Mark ``e2e`` the tests that run a whole command: ``python -m pytest -m "not e2e"`` is the fast lane."""
+    for item in items:
+        if runs_a_command(item):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One finished 1-epoch run on a tiny 3-class folder, trained once for the whole test run (once per
+    xdist worker) and shared by the tests that only read a run: ``root/run``, its data ``root/data``.
+    Never write into it: copy it first (``shutil.copytree``)."""
+    from helpers import make_image_folder, tiny_folder
+
+    from mixtrain.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    make_image_folder(root / "data", per_class=8, val_per_class=4, size=16)
+    assert main(["train", *tiny_folder(root / "data"), f"hydra.run.dir={root / 'run'}"]) == 0
+    return root

@@ -18,6 +18,9 @@ from PIL import Image
 from mixtrain.config import config_dir, to_object
 from mixtrain.options import register_configs
 
+TESTS = Path(__file__).resolve().parent  # tests/, where helpers.py lives (on sys.path: conftest.py)
+REPO = TESTS.parent
+
 # Small, fast, CPU-only settings for runs made in tests.
 TINY = [
     "trainer.device=cpu",
@@ -124,6 +127,11 @@ class Recorder:
 # 30 steps per epoch, a step checkpoint every 5: long enough to be stopped inside an epoch.
 SLOW = ["model=resnet20", "optim.lr=0.02", "trainer.epochs=3", "trainer.batch_size=4", "trainer.eval_batch_size=64",
         "trainer.device=cpu", "trainer.num_workers=0", "dataset.image_size=16", "trainer.checkpoint_every_steps=5"]
+
+
+def tiny_folder(data: Path) -> list:
+    """The overrides of the shared tiny run (``tiny_run`` in conftest.py): a cached 16 px folder, :data:`TINY`."""
+    return ["dataset=imagefolder", f"dataset.root={data}", "dataset.cache=true", "dataset.image_size=16", *TINY]
 
 
 def folder_args(root: Path, cache: bool = True) -> list:

@@ -89,12 +89,10 @@ def test_a_run_dir_that_cannot_be_written(tmp_path):
     assert (tmp_path / "afile").read_text() == "keep me" and sorted(os.listdir(tmp_path)) == ["afile"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad_eval")
-    make_image_folder(root / "data", per_class=8, val_per_class=3, size=16)
-    fit(make_config(*folder(root / "data", True)), root / "run")
-    return root
+@pytest.fixture
+def trained(tiny_run):
+    """The shared finished run (``tiny_run``), trained with ``folder(data, True)``."""
+    return tiny_run
 
 
 def eval_fails(capsys, *args):

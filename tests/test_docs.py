@@ -75,7 +75,7 @@ def test_a_key_without_a_doc_line_is_named(tmp_path, monkeypatch):
 def test_the_readme_is_a_front_door_with_the_two_commands():
     readme = (REPO / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
-    assert 'pip install -e ".[dev]" && mixtrain train' in readme and "\npython -m pytest\n" in readme
+    assert 'pip install -e ".[dev]" && mixtrain train' in readme and "\npython -m pytest -n 2\n" in readme
     for link in ("docs/reference/config.md", "docs/index.md", "CHANGELOG.md"):
         assert f"({link})" in readme and (REPO / link).is_file()
 
@@ -146,12 +146,14 @@ def test_error_examples_in_the_docs_are_the_errors_the_code_gives():
         assert str(raised.value) == match.group(1), path
 
 
-def test_the_test_suites_figure_carries_its_date_and_command():
+def test_the_test_suites_figures_carry_their_date_and_command():
     figure = load_script("suite_figure")
-    block = figure.BLOCK.search((REPO / "docs" / "index.md").read_text())
-    assert block, "docs/index.md: no <!-- measured: suite --> block (python scripts/suite_figure.py)"
-    measured = figure.FIGURE.match(block.group(2))
-    assert measured, f"docs/index.md: {block.group(2)!r} is not what scripts/suite_figure.py writes"
-    assert int(measured["count"]) > 0 and measured["command"].startswith("python -m pytest")
+    for name, page in figure.PAGES.items():
+        block = figure.block(name).search(page.read_text())
+        assert block, f"{page}: no <!-- measured: {name} --> block (python scripts/suite_figure.py)"
+        measured = figure.FIGURE.match(block.group(2))
+        assert measured, f"{page}: {block.group(2)!r} is not what scripts/suite_figure.py writes"
+        assert int(measured["count"]) > 0 and measured["command"].startswith("python -m pytest")
+        assert ('-m "not e2e"' in measured["command"]) == (name == "fast")
     assert figure.count("tests/test_a.py: 3\ntests/test_b.py: 4\n") == 7
     assert figure.count("640 passed, 27 skipped, 3 warnings in 581.20s (0:09:41)") == 667

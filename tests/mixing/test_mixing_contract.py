@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 
 import mixtrain.mixing
 from mixtrain.cli import main
@@ -226,9 +227,8 @@ def test_the_preview_captions_every_label_of_a_target():
 
 def test_the_bench_measures_every_registered_method():
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "mixing.py"
+    path = REPO / "bench" / "mixing.py"
     spec = importlib.util.spec_from_file_location("bench_mixing", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

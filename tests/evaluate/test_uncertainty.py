@@ -5,12 +5,11 @@ import importlib.util
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY, make_config, make_image_folder
+from helpers import REPO, TINY, make_config, make_image_folder
 
 from mixtrain.artifacts.logits import load_logits
 from mixtrain.cli import main
@@ -252,7 +251,7 @@ def test_evidence_tables_pair_ece_after_t_and_fgsm_as_each_eval_reported_them(tw
         assert main(["eval", f"checkpoint={seed_dir / 'last.pt'}", "fgsm_eps=[2,8]",
                      f"hydra.run.dir={seed_dir / 'eval'}"]) == 0
         reports[arm] = json.loads((seed_dir / "eval" / "eval.json").read_text())
-    spec = importlib.util.spec_from_file_location("evidence_tables", Path(__file__).parents[1] / "scripts" /
+    spec = importlib.util.spec_from_file_location("evidence_tables", REPO / "scripts" /
                                                   "evidence_tables.py")
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)

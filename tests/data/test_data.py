@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY, make_cifar10_folder, make_config, make_image_folder
+from helpers import REPO, TINY, make_cifar10_folder, make_config, make_image_folder
 from PIL import Image
 
 from mixtrain.data import build_data
@@ -161,11 +161,10 @@ def test_folder_errors_name_the_problem(tmp_path):
 
 def test_subset_folder_links_the_first_images_of_each_class_and_the_whole_val_split(tmp_path, capsys):
     import importlib.util
-    from pathlib import Path
 
     from mixtrain.data import FolderConfig, LoaderOptions, open_split
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "subset_folder.py"
+    script = REPO / "scripts" / "subset_folder.py"
     spec = importlib.util.spec_from_file_location("subset_folder", script)
     subset_folder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(subset_folder)

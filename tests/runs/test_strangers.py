@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import TINY, make_image_folder, run_cli
+from helpers import TINY, make_image_folder, run_cli, tiny_folder
 
 from mixtrain.artifacts import checkpoint
 from mixtrain.cli import main
@@ -23,17 +23,14 @@ from mixtrain.files import claim_dir, open_append, release_dir, write_text_atomi
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished 1-epoch run on a tiny 3-class folder: ``root/run``, its data ``root/data``."""
-    root = tmp_path_factory.mktemp("strangers")
-    make_image_folder(root / "data", per_class=8, val_per_class=4, size=16)
-    assert main(["train", *folder(root / "data"), f"hydra.run.dir={root / 'run'}"]) == 0
-    return root
+@pytest.fixture
+def trained(tiny_run):
+    """The shared finished run (``tiny_run``): ``root/run``, its data ``root/data``."""
+    return tiny_run
 
 
 def folder(data: Path) -> list:
-    return ["dataset=imagefolder", f"dataset.root={data}", "dataset.cache=true", "dataset.image_size=16", *TINY]
+    return tiny_folder(data)
 
 
 def one_line_error(text: str) -> str:

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import SLOW, TINY, folder_args, make_config, make_image_folder, run_cli, start, wait_until_inside
+from helpers import SLOW, TESTS, TINY, folder_args, make_config, make_image_folder, run_cli, start, wait_until_inside
 
 from mixtrain.artifacts import checkpoint
 
@@ -504,7 +504,7 @@ print("trained:", [m for m in trackers if m in sys.modules])
 create_loggers({{"m": cfg.logger["mlflow"]}})
 print("chosen:", [m for m in trackers if m in sys.modules])
 """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     said = [line for line in out.stdout.splitlines() if line.startswith(("composed:", "trained:", "chosen:"))]

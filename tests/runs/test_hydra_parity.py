@@ -21,7 +21,7 @@ from typing import List
 
 import hydra
 import pytest
-from helpers import EVENTS
+from helpers import EVENTS, REPO
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
@@ -30,7 +30,7 @@ import mixtrain.train.training as training
 from mixtrain.config import config_dir
 from mixtrain.options import register_configs
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_configs"  # the README's worked example
+EXAMPLE = REPO / "examples" / "my_configs"  # the README's worked example
 # Test-only callbacks that record the order Hydra calls them in.
 RECORDERS = {
     "hydra/callbacks/order.yaml": "first:\n  _target_: helpers.Recorder\n  name: first\n"
