@@ -47,17 +47,38 @@ def _release_run_dirs():
 # A call to one of these runs a whole mixtrain command: the CLI in this process (``main``) or in
 # another (``run_cli``, ``start``, ``Popen``), a whole training run (``fit``), or any other program.
 COMMANDS = frozenset({"main", "run_cli", "start", "fit", "Popen", "subprocess"})
+TESTS = Path(__file__).resolve().parent
+FOUND: dict = {}  # function -> whether it runs a command (each source is read once)
 
 
-def calls_a_command(func) -> bool:
-    """Whether ``func``'s source names one of :data:`COMMANDS` as a call (or the subprocess module)."""
+def called_names(func) -> set:
+    """The names ``func``'s source calls (a name followed by ``(``), and ``subprocess`` if it is named:
+    tokens, so a name in a string or a comment does not count."""
     try:
         source = textwrap.dedent(inspect.getsource(func))
     except (OSError, TypeError):
-        return False
+        return set()
     tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type in (tokenize.NAME, tokenize.OP)]
-    return any(a.type == tokenize.NAME and a.string in COMMANDS and (b.string == "(" or a.string == "subprocess")
-               for a, b in zip(tokens, tokens[1:]))
+    names = {a.string for a, b in zip(tokens, tokens[1:]) if a.type == tokenize.NAME and b.string == "("}
+    return names | ({"subprocess"} & {t.string for t in tokens})
+
+
+def suite_helpers(func, names: set):
+    """The functions of the test suite (tests/) that ``func`` calls by name: a test's own helpers."""
+    scope = getattr(func, "__globals__", {})
+    for name in names:
+        target = scope.get(name)
+        if inspect.isfunction(target) and TESTS in Path(inspect.getfile(target)).resolve().parents:
+            yield target
+
+
+def calls_a_command(func) -> bool:
+    """Whether ``func`` calls one of :data:`COMMANDS`, itself or through the suite's helpers it calls."""
+    if func not in FOUND:
+        FOUND[func] = False  # while it is read: a helper that calls itself adds nothing
+        names = called_names(func)
+        FOUND[func] = bool(names & COMMANDS) or any(calls_a_command(h) for h in suite_helpers(func, names))
+    return FOUND[func]
 
 
 def runs_a_command(item) -> bool:

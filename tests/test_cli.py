@@ -129,6 +129,25 @@ def test_help_and_cfg_job(tmp_path):
     assert "name: resnet56" in printed.stdout and "lr: 0.05" in printed.stdout
 
 
+def test_help_lists_the_users_groups_once(tmp_path, monkeypatch, capsys):
+    """OmegaConf resolves the help template twice; the listing of the groups a user chooses from (one
+    config repository opened per group by Hydra) is made once."""
+    from hydra._internal.hydra import Hydra
+
+    listings, format_config_groups = [], Hydra.format_config_groups
+
+    def counted(self, predicate, compact=True):
+        listings.append(not predicate("schema/dataset") and not predicate("hydra/help"))  # the user's groups
+        return format_config_groups(self, predicate, compact)
+
+    monkeypatch.setattr(Hydra, "format_config_groups", counted)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["mixtrain", "train", "--help"])
+    main(["train", "--help"])
+    assert f"\ndebug: {', '.join(option_names('debug'))}\n" in capsys.readouterr().out
+    assert listings.count(True) == 1
+
+
 def test_default_dataset_runs_from_any_directory(tmp_path):
     # The bundled mini set: the offline default. Limited to a few steps here.
     result = run_cli("train", "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",

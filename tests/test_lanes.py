@@ -29,9 +29,21 @@ def builds_a_wheel():
     return subprocess.check_output(["true"])
 
 
+def through_a_helper():
+    return trains()  # a helper of the suite that runs the command
+
+
+def through_a_library(path):
+    return path.exists()  # a call that is not the suite's own
+
+
 def test_a_call_to_a_command_is_found_by_its_tokens_not_by_its_text():
     assert calls_a_command(trains) and calls_a_command(builds_a_wheel)
     assert not calls_a_command(reads_a_run) and not calls_a_command(says_the_command)
+
+
+def test_a_call_through_the_suites_own_helpers_is_followed():
+    assert calls_a_command(through_a_helper) and not calls_a_command(through_a_library)
 
 
 def item(function, **fixtures):
