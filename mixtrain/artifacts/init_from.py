@@ -7,24 +7,15 @@ run records where its weights came from (path, sha256, raw or EMA) in its ``summ
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from torch import nn
 
 from mixtrain import layout
 from mixtrain.artifacts import checkpoint
+from mixtrain.artifacts.calibration import sha256_of
 from mixtrain.errors import MixtrainError
 from mixtrain.models.weights import classifier_prefixes, head_keys
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def init_weights(model: nn.Module, model_name: str, source: str, ema: bool) -> Tuple[Dict[str, Any], str]:
@@ -56,7 +47,7 @@ def init_weights(model: nn.Module, model_name: str, source: str, ema: bool) -> T
         raise MixtrainError(f"the weights of {path} do not fit this {model_name} ({len(missing)} missing, "
                             f"{len(result.unexpected_keys)} unexpected: {', '.join([*missing, *result.unexpected_keys][:3])}): "
                             "set the model.* keys it was trained with")
-    record = {"path": str(path), "sha256": sha256(path), "weights": "ema" if ema else "raw",
+    record = {"path": str(path), "sha256": sha256_of(path), "weights": "ema" if ema else "raw",
               "classifier": "new" if replaced else "kept"}
     head_text = "a new classifier" if replaced else "its classifier"
     line = (f"init_from {path}: the {record['weights']} weights of {model_name} with {head_text}; optimizer, schedule "
